@@ -1,0 +1,113 @@
+"""Load a study file and the search space it references; two stages, like Ludwig: the schema, then
+cross-field checks. Every problem becomes a StudyError naming file, line and field path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hpo.config.messages import to_study_errors
+from hpo.config.study import StudyConfig
+from hpo.config.yaml_loader import YamlDoc, load_yaml
+from hpo.errors import StudyError, StudyErrors
+from hpo.space import SearchSpace, parse_space
+
+
+@dataclass
+class Study:
+    """A validated study: its config, its compiled search space and where both came from."""
+
+    config: StudyConfig
+    space: SearchSpace
+    space_data: dict[str, Any]  # the search space as written, for logging beside the study
+    file: Path
+    space_file: Path | None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def resolved(self) -> dict[str, Any]:
+        """The study with defaults filled in and the search space inlined (what gets logged)."""
+        data = self.config.model_dump(mode="json")
+        data["search_space"] = self.space_data
+        return data
+
+    def fingerprint(self) -> str:
+        """A short hash of the resolved study: the same study gives the same resume identity."""
+        blob = json.dumps(self.resolved(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def load_study(file: str | Path) -> Study:
+    """Load and validate ``file``. Raises StudyErrors (every problem found) or StudyError."""
+    file = Path(file)
+    doc = load_yaml(file)
+    if not isinstance(doc.data, dict):
+        raise StudyError("a study must be a mapping of keys (name:, dataset:, ...)", file=file, line=1)
+
+    try:
+        config = StudyConfig.model_validate(doc.data)
+    except ValidationError as exc:
+        raise StudyErrors(to_study_errors(exc, doc, StudyConfig)) from None
+    errors = [e for check in CHECKS if (e := check(config, doc)) is not None]
+    if errors:
+        raise StudyErrors(errors)
+
+    if isinstance(config.search_space, str):
+        space_path = (file.parent / config.search_space)
+        if not space_path.is_file():
+            raise doc.error(("search_space",), f"search-space file not found: {config.search_space} "
+                                               f"(looked for {space_path})")
+        space_doc = load_yaml(space_path, display=_display(space_path))
+        space = parse_space(space_doc)
+        space_data = space_doc.data
+    else:
+        space_path = None
+        space = parse_space(doc, doc.data["search_space"], base=("search_space",))
+        space_data = doc.data["search_space"]
+
+    return Study(config=config, space=space, space_data=space_data, file=file, space_file=space_path)
+
+
+def _display(path: Path) -> Path:
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
+# ------------------------------------------------------------------------------- cross-field checks
+Check = Callable[[StudyConfig, YamlDoc], "StudyError | None"]
+
+
+def _grace_within_epochs(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    s, b = config.scheduler, config.budget
+    if s.type == "asha" and s.grace_period > b.max_epochs:
+        return doc.error(("scheduler", "grace_period"),
+                         f"must be <= budget.max_epochs ({b.max_epochs}) (got {s.grace_period})")
+    return None
+
+
+def _mode_follows_metric(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    o = config.objective
+    natural = "max" if o.metric == "val_accuracy" else "min"
+    if o.mode is not None and o.mode != natural:
+        return doc.error(("objective", "mode"), f"{o.metric} is {'maximised' if natural == 'max' else 'minimised'}; "
+                                                f"mode must be {natural!r} (got {o.mode!r})")
+    return None
+
+
+def _final_epochs_positive(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    if isinstance(config.final.epochs, int) and config.final.epochs < 1:
+        return doc.error(("final", "epochs"), f"must be >= 1 or 'best' (got {config.final.epochs})")
+    return None
+
+
+CHECKS: list[Check] = [_grace_within_epochs, _mode_follows_metric, _final_epochs_positive]

@@ -1,0 +1,101 @@
+"""Turn pydantic's validation errors into StudyErrors that name file, line and field path."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from hpo.config.yaml_loader import YamlDoc
+from hpo.errors import StudyError
+
+Loc = tuple[str | int, ...]
+
+
+def describe(error: dict[str, Any]) -> str:
+    """One pydantic error as a rule and the value that broke it: ``must be >= 1 (got 0)``."""
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    got = f" (got {value!r})"
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx['ge']}{got}"
+    if kind == "greater_than":
+        return f"must be > {ctx['gt']}{got}"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx['le']}{got}"
+    if kind == "less_than":
+        return f"must be < {ctx['lt']}{got}"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected']}{got}"
+    if kind == "missing":
+        return "is required"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be an integer{got}"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number{got}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false{got}"
+    if kind in ("string_type",):
+        return f"must be a string{got}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a mapping of keys to values{got}"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx['pattern']}{got}"
+    msg = error["msg"]
+    msg = msg.removeprefix("Value error, ")
+    return msg[:1].lower() + msg[1:] + (got if kind != "value_error" else "")
+
+
+def fields_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+    """The field names valid at ``loc`` inside ``model`` (for "did you mean" suggestions)."""
+    current: Any = model
+    for part in loc:
+        cls = _model_in(current)
+        if cls is None or not isinstance(part, str) or part not in cls.model_fields:
+            return []
+        current = cls.model_fields[part].annotation
+    cls = _model_in(current)
+    return list(cls.model_fields) if cls else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType) or origin is typing.Annotated:
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found:
+                return found
+    return None
+
+
+def unknown_key_message(key: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {key!r} (did you mean {close[0]!r}?)"
+    if valid:
+        return f"unknown key {key!r}; valid keys: {', '.join(valid)}"
+    return f"unknown key {key!r}"
+
+
+def to_study_errors(exc: ValidationError, doc: YamlDoc, model: type[BaseModel], *,
+                    locate: Callable[[Loc], Loc] | None = None) -> list[StudyError]:
+    """Map each pydantic error to the line of the offending key in ``doc``.
+
+    ``locate`` translates a location in the validated data to a path in the YAML document when the two
+    differ (as for a search space, whose branches and distributions sit between the keys).
+    """
+    errors: list[StudyError] = []
+    for err in exc.errors(include_url=False):
+        loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        if err["type"] == "extra_forbidden":
+            message = unknown_key_message(str(loc[-1]), fields_at(model, loc[:-1]))
+        else:
+            message = describe(err)
+        doc_path = locate(loc) if locate else loc
+        errors.append(doc.error(doc_path, message))
+    return errors

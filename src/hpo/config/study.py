@@ -1,0 +1,117 @@
+"""The study file's schema: what to search, on which data, for how long, and where to track it."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from hpo.config.trial import Strict
+
+DATASET_NAMES = ("fashion_mnist",)  # kept in step with hpo.data.DATASETS by a test
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"45m"`` or ``"1h30m"``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match and any(match.groups()):
+            h, m, s = (float(g) if g else 0.0 for g in match.groups())
+            return h * 3600 + m * 60 + s
+    raise ValueError(f"must be a duration like 90s, 45m or 1h30m (got {value!r})")
+
+
+class Subset(Strict):
+    """Use a stratified sample of the data (for smoke tests and first looks)."""
+
+    train: int | None = Field(None, ge=20)
+    test: int | None = Field(None, ge=10)
+
+
+class DatasetConfig(Strict):
+    name: str
+    validation_split: float = Field(0.1, gt=0.0, lt=1.0)
+    subset: Subset | None = None
+    data_dir: str | None = None
+    download: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in DATASET_NAMES:
+            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
+        return name
+
+
+class Objective(Strict):
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    mode: Literal["max", "min"] | None = None
+
+    @property
+    def direction(self) -> str:
+        return self.mode or ("max" if self.metric == "val_accuracy" else "min")
+
+
+
+class Budget(Strict):
+    trials: int = Field(ge=1, le=100_000)
+    time: float | None = Field(None, description="wall-clock limit of the search, e.g. 45m; finalize runs after")
+    max_epochs: int = Field(ge=1, le=10_000)
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        if value is None:
+            return None
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ValueError(f"must be a positive duration (got {value!r})")
+        return seconds
+
+
+class SchedulerConfig(Strict):
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3.0, ge=2.0)
+
+
+class Resources(Strict):
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    gpus_per_trial: float = Field(0.0, ge=0.0)
+    max_concurrent: int | None = Field(None, ge=1)
+
+
+class FinalConfig(Strict):
+    enabled: bool = True
+    retrain_on: Literal["train+val", "train"] = "train+val"
+    epochs: int | Literal["best"] = "best"
+    register_as: str | None = None
+
+
+class TrackingConfig(Strict):
+    uri: str | None = None
+    experiment: str | None = None
+
+
+class StudyConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    description: str | None = None
+    seed: int = Field(0, ge=0)
+    dataset: DatasetConfig
+    search_space: str | dict[str, Any]
+    objective: Objective = Objective()
+    budget: Budget
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources: Resources = Resources()
+    final: FinalConfig = FinalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output_dir: str = "runs"
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.final.register_as or self.name

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hpo.config.study import DatasetConfig
+from hpo.data.fashion_mnist import load_fashion_mnist
+
+
+@dataclass
+class SourceData:
+    """A dataset as its loader returns it: train and test arrays, uint8 images (N, C, H, W)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    origin: str  # where the files were read from
+
+
+@dataclass
+class ImageData:
+    """The splits one study uses. Train/val come from the dataset's training part; the test set is only
+    read by the final evaluation. Index arrays refer to the source arrays, so another backend can be
+    handed exactly the same examples."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_index: np.ndarray
+    val_index: np.ndarray
+    test_index: np.ndarray
+    origin: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.x_train.shape[2]), int(self.x_train.shape[3])
+
+    def summary(self) -> str:
+        c, (h, w) = self.in_channels, self.image_size
+        return (f"{len(self.y_train):,} train / {len(self.y_val):,} val / {len(self.y_test):,} test images, "
+                f"{c}x{h}x{w}, {self.num_classes} classes")
+
+
+Loader = Callable[[Path | None, bool], SourceData]
+DATASETS: dict[str, Loader] = {"fashion_mnist": load_fashion_mnist}
+
+
+def list_datasets() -> list[str]:
+    return sorted(DATASETS)
+
+
+def load_data(config: DatasetConfig, seed: int) -> ImageData:
+    """Load the dataset named in the study, then take its seeded, stratified subset and split."""
+    if config.name not in DATASETS:
+        raise KeyError(f"unknown dataset {config.name!r}; known: {', '.join(list_datasets())}")
+    data_dir = config.data_dir or os.environ.get("HPO_DATA_DIR")
+    source = DATASETS[config.name](Path(data_dir).expanduser() if data_dir else None, config.download)
+
+    rng = np.random.default_rng(seed)
+    train_pool = np.arange(len(source.y_train))
+    test_index = np.arange(len(source.y_test))
+    if config.subset and config.subset.train:
+        train_pool = stratified_sample(source.y_train, config.subset.train, rng)
+    if config.subset and config.subset.test:
+        test_index = stratified_sample(source.y_test, config.subset.test, rng)
+    n_val = max(len(source.classes), round(len(train_pool) * config.validation_split))
+    val_local = stratified_sample(source.y_train[train_pool], n_val, rng)
+    val_index = train_pool[val_local]
+    train_index = np.setdiff1d(train_pool, val_index)  # sorted; the trainer shuffles every epoch
+
+    x_train = source.x_train[train_index]
+    pixels = x_train.astype(np.float32) / 255.0
+    mean = tuple(float(m) for m in pixels.mean(axis=(0, 2, 3)))
+    std = tuple(float(s) for s in pixels.std(axis=(0, 2, 3)))
+    return ImageData(
+        x_train=x_train, y_train=source.y_train[train_index],
+        x_val=source.x_train[val_index], y_val=source.y_train[val_index],
+        x_test=source.x_test[test_index], y_test=source.y_test[test_index],
+        classes=source.classes, mean=mean, std=std,
+        train_index=train_index, val_index=val_index, test_index=test_index, origin=source.origin,
+    )
+
+
+def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices into ``labels`` keeping class proportions (largest remainders), sorted."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts / counts.sum() * n
+    take = np.floor(exact).astype(int)
+    for i in np.argsort(exact - take)[::-1][: n - take.sum()]:
+        take[i] += 1
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(chosen))

@@ -1,0 +1,92 @@
+"""Fashion-MNIST (Xiao et al., 2017): 70,000 28x28 grayscale images of clothing, 10 classes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hpo.data.idx import read_idx
+from hpo.errors import DataError
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hpo" / "datasets"
+
+
+def candidate_dirs(data_dir: Path | None) -> list[Path]:
+    """Where the raw files are looked for, in order: the study's data_dir (or $HPO_DATA_DIR), the
+    download cache, Debian's package. Each may hold the files directly or in torchvision's
+    ``FashionMNIST/raw/`` layout."""
+    roots = [d for d in (data_dir, CACHE_DIR, DEBIAN_DIR) if d is not None]
+    return [p for root in roots for p in (root, root / "FashionMNIST" / "raw")]
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def load_fashion_mnist(data_dir: Path | None, download: bool):
+    from hpo.data._private import SourceData
+
+    for directory in candidate_dirs(data_dir):
+        found = {key: _find(directory, stem) for key, stem in FILES.items()}
+        if all(found.values()):
+            break
+    else:
+        if not download:
+            raise DataError(_not_found_message(data_dir, downloaded=False))
+        directory = _download(data_dir)
+        found = {key: _find(directory, stem) for key, stem in FILES.items()}
+
+    arrays = {key: read_idx(path) for key, path in found.items()}
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{found[f'x_{split}']}: expected N images of 28x28 with N labels, "
+                            f"got images {x.shape} and labels {y.shape}")
+        if y.max(initial=0) >= len(CLASSES):
+            raise DataError(f"{found[f'y_{split}']}: labels must be 0..9, found {int(y.max())}")
+    return SourceData(
+        x_train=arrays["x_train"][:, None], y_train=arrays["y_train"].astype(np.int64),
+        x_test=arrays["x_test"][:, None], y_test=arrays["y_test"].astype(np.int64),
+        classes=list(CLASSES), origin=str(directory),
+    )
+
+
+def _download(data_dir: Path | None) -> Path:
+    """Fetch the files with torchvision into ``data_dir`` (or the cache)."""
+    from hpo._torchvision import import_torchvision
+
+    root = data_dir or CACHE_DIR
+    try:
+        import_torchvision().datasets.FashionMNIST(str(root), train=True, download=True)
+        import_torchvision().datasets.FashionMNIST(str(root), train=False, download=True)
+    except Exception as exc:  # network errors come in many types; all mean the same to the user
+        raise DataError(_not_found_message(data_dir, downloaded=True, reason=exc)) from None
+    return root / "FashionMNIST" / "raw"
+
+
+def _not_found_message(data_dir: Path | None, downloaded: bool, reason: Exception | None = None) -> str:
+    places = "\n".join(f"  - {p}" for p in candidate_dirs(data_dir))
+    attempt = f"The download failed ({type(reason).__name__}: {reason}).\n" if downloaded else ""
+    return (
+        "Fashion-MNIST not found. Looked for train-images-idx3-ubyte[.gz] and its three siblings in:\n"
+        f"{places}\n{attempt}"
+        "To fix it, do one of:\n"
+        "  - point HPO_DATA_DIR (or dataset.data_dir in the study) at a folder holding the four files;\n"
+        "  - on Debian/Ubuntu: apt-get install dataset-fashion-mnist (installs them under "
+        f"{DEBIAN_DIR});\n"
+        "  - run once with internet access: hpo downloads them to " + str(CACHE_DIR)
+    )

@@ -1,0 +1,361 @@
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Union
+
+from pydantic import ValidationError
+
+from hpo.config.messages import to_study_errors
+from hpo.config.trial import TrialConfig
+from hpo.config.yaml_loader import YamlDoc
+from hpo.errors import StudyError, StudyErrors
+
+DocPath = tuple[Union[str, int], ...]
+_DISTRIBUTIONS = ("float", "int", "categorical", "one_of")
+_MODIFIERS = {"float": {"log", "step"}, "int": {"log", "step"}, "categorical": set(), "one_of": set()}
+
+
+@dataclass(frozen=True)
+class Float:
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    def suggest(self, trial: Any, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+
+    def corners(self) -> list[float]:
+        return [self.low, self.high]
+
+    def describe(self) -> str:
+        scale = "log" if self.log else "linear"
+        step = f", step {self.step:g}" if self.step else ""
+        return f"float [{self.low:g}, {self.high:g}] {scale}{step}"
+
+
+@dataclass(frozen=True)
+class Int:
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    def suggest(self, trial: Any, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step)
+
+    def corners(self) -> list[int]:
+        return [self.low, self.high]
+
+    def describe(self) -> str:
+        step = f", step {self.step}" if self.step != 1 else ""
+        return f"int [{self.low}, {self.high}]{' log' if self.log else ''}{step}"
+
+
+@dataclass(frozen=True)
+class Categorical:
+    choices: tuple[Any, ...]
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        return trial.suggest_categorical(name, list(self.choices))
+
+    def corners(self) -> list[Any]:
+        return list(self.choices)
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(c) for c in self.choices)
+
+
+@dataclass(frozen=True)
+class Constant:
+    value: Any
+
+
+@dataclass(frozen=True)
+class Branches:
+    """A conditional: one named sub-space per branch."""
+
+    options: dict[str, dict[str, Node]]
+
+    @property
+    def selector(self) -> Categorical:
+        return Categorical(tuple(self.options))
+
+
+Param = Union[Float, Int, Categorical]
+Node = Union[Param, Constant, Branches, dict]
+Suggest = Callable[[str, Param], Any]
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One searchable parameter, for display and for mapping back to the file."""
+
+    name: str            # Optuna's parameter name: dotted path with branch names inserted
+    param: Param
+    condition: str | None  # e.g. "model.name == 'cnn'"
+    doc_path: DocPath
+
+
+class SearchSpace:
+    """A parsed, validated search space; ``sample`` turns Optuna suggestions into a nested config."""
+
+    def __init__(self, root: dict[str, Node], params: list[ParamInfo], file: str | None = None) -> None:
+        self.root = root
+        self.params = params
+        self.file = file
+
+    def sample(self, suggest: Suggest) -> dict[str, Any]:
+        """Build one nested trial config, asking ``suggest(name, distribution)`` for each parameter."""
+        return _sample(self.root, suggest, ())
+
+    def suggest_with(self, trial: Any) -> dict[str, Any]:
+        """Sample through an Optuna trial (or Ray's captor of one)."""
+        return self.sample(lambda name, p: p.suggest(trial, name))
+
+    def resolve(self, flat: dict[str, Any]) -> TrialConfig:
+        """The TrialConfig for flat Optuna params (as Ray Tune hands them to a trial)."""
+        def lookup(name: str, _: Param) -> Any:
+            if name not in flat:
+                raise KeyError(f"sampled parameters lack {name!r}")
+            return flat[name]
+        return TrialConfig.model_validate(self.sample(lookup))
+
+    def describe_rows(self) -> list[tuple[str, str, str]]:
+        return [(p.name, p.param.describe(), p.condition or "") for p in self.params]
+
+
+def define_by_run(trial: Any, space: SearchSpace) -> None:
+    """Optuna define-by-run entry point. Module-level so Ray pickles it by reference
+    (``functools.partial(define_by_run, space=space)``), which ``Tuner.restore`` needs."""
+    space.suggest_with(trial)
+
+
+def _sample(node: dict[str, Node], suggest: Suggest, names: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, child in node.items():
+        name = (*names, key)
+        if isinstance(child, Constant):
+            out[key] = child.value
+        elif isinstance(child, dict):
+            out[key] = _sample(child, suggest, name)
+        elif isinstance(child, Branches):
+            choice = suggest(".".join((*name, "name")), child.selector)
+            out[key] = {"name": choice, **_sample(child.options[choice], suggest, (*name, choice))}
+        else:
+            out[key] = suggest(".".join(name), child)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+def parse_space(doc: YamlDoc, data: Any = None, base: DocPath = ()) -> SearchSpace:
+    """Parse and validate a search space held in ``doc`` (at ``base``, for one inlined in a study).
+
+    Raises StudyErrors listing every problem, each with its line in the file.
+    """
+    data = doc.data if data is None else data
+    errors: list[StudyError] = []
+    if not isinstance(data, dict):
+        raise StudyErrors([doc.error(base, "a search space must be a mapping of config keys")])
+    params: list[ParamInfo] = []
+    root = _parse_mapping(data, doc, base, (), None, params, errors)
+    if errors:
+        raise StudyErrors(errors)
+    space = SearchSpace(root, params, file=str(doc.file))
+    _check_against_schema(space, doc, base)
+    return space
+
+
+def _parse_mapping(data: dict, doc: YamlDoc, doc_path: DocPath, names: tuple[str, ...],
+                   condition: str | None, params: list[ParamInfo], errors: list[StudyError]) -> dict[str, Node]:
+    out: dict[str, Node] = {}
+    for key, value in data.items():
+        path = (*doc_path, key)
+        name = (*names, key)
+        if isinstance(value, dict) and any(k in value for k in _DISTRIBUTIONS):
+            node = _parse_distribution(value, doc, path, name, condition, params, errors)
+            if node is not None:
+                out[key] = node
+        elif isinstance(value, dict):
+            out[key] = _parse_mapping(value, doc, path, name, condition, params, errors)
+        else:
+            out[key] = Constant(value)
+    return out
+
+
+def _parse_distribution(value: dict, doc: YamlDoc, path: DocPath, name: tuple[str, ...],
+                        condition: str | None, params: list[ParamInfo],
+                        errors: list[StudyError]) -> Node | None:
+    kinds = [k for k in _DISTRIBUTIONS if k in value]
+    if len(kinds) > 1:
+        errors.append(doc.error(path, f"give one distribution, not {' and '.join(kinds)}"))
+        return None
+    kind = kinds[0]
+    for extra in set(value) - {kind} - _MODIFIERS[kind]:
+        allowed = sorted(_MODIFIERS[kind])
+        hint = f"; {kind} takes {', '.join(allowed)}" if allowed else f"; {kind} takes no options"
+        errors.append(doc.error((*path, extra), f"unknown key {extra!r}{hint}"))
+    spec = value[kind]
+    here = (*path, kind)
+    dotted = ".".join(name)
+    try:
+        if kind == "one_of":
+            return _parse_branches(spec, doc, here, name, condition, params, errors)
+        if kind == "categorical":
+            param: Param = _categorical(spec)
+        else:
+            param = _numeric(kind, spec, value.get("log", False), value.get("step"))
+    except ValueError as exc:
+        errors.append(doc.error(here, str(exc)))
+        return None
+    params.append(ParamInfo(dotted, param, condition, path))
+    return param
+
+
+def _parse_branches(spec: Any, doc: YamlDoc, path: DocPath, name: tuple[str, ...], condition: str | None,
+                    params: list[ParamInfo], errors: list[StudyError]) -> Branches:
+    if not isinstance(spec, dict) or not spec:
+        raise ValueError("one_of takes a mapping of branch names to their parameters, e.g. "
+                         "{cnn: {depth: {int: [2, 4]}}, resnet: {}}")
+    selector = ".".join((*name, "name"))
+    params.append(ParamInfo(selector, Categorical(tuple(spec)), condition, path))
+    options: dict[str, dict[str, Node]] = {}
+    for branch, sub in spec.items():
+        sub = {} if sub is None else sub
+        if not isinstance(sub, dict):
+            errors.append(doc.error((*path, branch), "a branch must be a mapping of parameters (or empty)"))
+            continue
+        if "name" in sub:
+            errors.append(doc.error((*path, branch, "name"), "'name' is set by the branch itself; remove it"))
+            continue
+        cond = f"{selector} == {branch!r}"
+        cond = f"{condition} and {cond}" if condition else cond
+        options[branch] = _parse_mapping(sub, doc, (*path, branch), (*name, branch), cond, params, errors)
+    return Branches(options)
+
+
+def _categorical(spec: Any) -> Categorical:
+    if not isinstance(spec, list) or not spec:
+        raise ValueError(f"categorical takes a non-empty list of choices (got {spec!r})")
+    for choice in spec:
+        if not (choice is None or isinstance(choice, (bool, int, float, str))):
+            raise ValueError(f"categorical choices must be plain values (got {choice!r})")
+    if len({repr(c) for c in spec}) != len(spec):
+        raise ValueError(f"categorical choices must be distinct (got {spec!r})")
+    return Categorical(tuple(spec))
+
+
+def _numeric(kind: str, spec: Any, log: Any, step: Any) -> Float | Int:
+    if not (isinstance(spec, list) and len(spec) == 2):
+        raise ValueError(f"{kind} takes [low, high] (got {spec!r})")
+    low, high = spec
+    number = int if kind == "int" else (int, float)
+    for label, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, number) or (isinstance(v, float) and not math.isfinite(v)):
+            what = "an integer" if kind == "int" else "a finite number"
+            raise ValueError(f"{label} must be {what} (got {v!r})")
+    if not isinstance(log, bool):
+        raise ValueError(f"log must be true or false (got {log!r})")
+    if not low <= high:
+        raise ValueError(f"`low <= high` must hold, but got (low={low}, high={high})")
+    if log and low <= 0:
+        raise ValueError(f"a log scale needs `low > 0`, but got (low={low})")
+    if step is not None:
+        if log:
+            raise ValueError("`step` and `log: true` cannot be combined")
+        if isinstance(step, bool) or not isinstance(step, number) or step <= 0:
+            raise ValueError(f"step must be a positive {'integer' if kind == 'int' else 'number'} (got {step!r})")
+    if kind == "int":
+        return Int(low, high, log=log, step=step or 1)
+    return Float(float(low), float(high), log=log, step=None if step is None else float(step))
+
+
+# ----------------------------------------------------------------------- validation against the schema
+
+def _check_against_schema(space: SearchSpace, doc: YamlDoc, base: DocPath) -> None:
+    """Every value the space can produce must be a valid TrialConfig: validate the corners of the space
+    (each parameter at each end / each choice, the others at their first corner) in every branch."""
+    errors: dict[tuple, StudyError] = {}
+    for config, origin in _corner_configs(space.root, base):
+        try:
+            TrialConfig.model_validate(config)
+        except ValidationError as exc:
+            def locate(loc, origin=origin):
+                for n in range(len(loc), 0, -1):
+                    if tuple(loc[:n]) in origin:
+                        return (*origin[tuple(loc[:n])], *loc[n:])
+                return (*base, *loc)
+            for err in to_study_errors(exc, doc, TrialConfig, locate=locate):
+                errors.setdefault((err.line, err.message), err)
+    if errors:
+        raise StudyErrors(list(errors.values()))
+
+
+def _corner_configs(root: dict[str, Node], base: DocPath) -> Iterator[tuple[dict, dict]]:
+    """Yield (config, origin) pairs; origin maps config paths to document paths for error locations."""
+    branch_sets = list(_branch_assignments(root, ()))
+    for assignment in branch_sets:
+        leaves: list[tuple[tuple, Param]] = []
+        origin: dict[tuple, DocPath] = {}
+        _collect(root, (), base, assignment, leaves, origin)
+        firsts = {path: p.corners()[0] for path, p in leaves}
+        variants = [dict(firsts)]
+        for path, p in leaves:
+            for value in p.corners()[1:]:
+                variants.append({**firsts, path: value})
+        for values in variants:
+            yield _build(root, (), assignment, values), origin
+
+
+def _branch_assignments(node: dict[str, Node], path: tuple) -> Iterator[dict[tuple, str]]:
+    choices: list[list[dict[tuple, str]]] = []
+    for key, child in node.items():
+        here = (*path, key)
+        if isinstance(child, dict):
+            choices.append(list(_branch_assignments(child, here)))
+        elif isinstance(child, Branches):
+            options = []
+            for label, sub in child.options.items():
+                for inner in _branch_assignments(sub, here):
+                    options.append({here: label, **inner})
+            choices.append(options)
+    for combo in itertools.product(*choices):
+        merged: dict[tuple, str] = {}
+        for part in combo:
+            merged.update(part)
+        yield merged
+
+
+def _collect(node: dict[str, Node], path: tuple, doc_path: DocPath, assignment: dict, leaves: list,
+             origin: dict) -> None:
+    for key, child in node.items():
+        here, doc_here = (*path, key), (*doc_path, key)
+        origin[here] = doc_here
+        if isinstance(child, dict):
+            _collect(child, here, doc_here, assignment, leaves, origin)
+        elif isinstance(child, Branches):
+            label = assignment[here]
+            origin[(*here, "name")] = (*doc_here, "one_of")
+            _collect(child.options[label], here, (*doc_here, "one_of", label), assignment, leaves, origin)
+        elif not isinstance(child, Constant):
+            leaves.append((here, child))
+
+
+def _build(node: dict[str, Node], path: tuple, assignment: dict, values: dict) -> dict:
+    out: dict[str, Any] = {}
+    for key, child in node.items():
+        here = (*path, key)
+        if isinstance(child, Constant):
+            out[key] = child.value
+        elif isinstance(child, dict):
+            out[key] = _build(child, here, assignment, values)
+        elif isinstance(child, Branches):
+            label = assignment[here]
+            out[key] = {"name": label, **_build(child.options[label], here, assignment, values)}
+        else:
+            out[key] = values[here]
+    return out
