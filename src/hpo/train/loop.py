@@ -55,9 +55,10 @@ class EpochResult:
     lr: float
     seconds: float
     images_per_second: float
+    early_stop: bool = False  # this is the last epoch: early stopping ends the run here
 
     def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if v is not None and k != "epoch"}
+        return {k: v for k, v in asdict(self).items() if v is not None and k not in ("epoch", "early_stop")}
 
 
 @dataclass
@@ -131,14 +132,6 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, d
         if data.x_val is not None:
             val_loss, val_acc = evaluate(model, data.x_val, data.y_val, device=dev, bf16=bf16)
         seconds = time.perf_counter() - start
-        epoch_result = EpochResult(
-            epoch=epoch, train_loss=loss_sum.item() / n, train_accuracy=correct.item() / n,
-            val_loss=val_loss, val_accuracy=val_acc, lr=optimizer.param_groups[0]["lr"],
-            seconds=seconds, images_per_second=n / seconds,
-        )
-        result.history.append(epoch_result)
-        if report is not None:
-            report(epoch_result, model)
 
         patience = config.early_stopping.patience
         if patience and val_acc is not None:
@@ -146,9 +139,18 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, d
                 best, since_best = val_acc, 0
             else:
                 since_best += 1
-                if since_best >= patience:
-                    result.stopped_early = True
-                    break
+        stop = bool(patience) and since_best >= patience
+        epoch_result = EpochResult(
+            epoch=epoch, train_loss=loss_sum.item() / n, train_accuracy=correct.item() / n,
+            val_loss=val_loss, val_accuracy=val_acc, lr=optimizer.param_groups[0]["lr"],
+            seconds=seconds, images_per_second=n / seconds, early_stop=stop,
+        )
+        result.history.append(epoch_result)
+        if report is not None:
+            report(epoch_result, model)
+        if stop:
+            result.stopped_early = True
+            break
     return result
 
 

@@ -1,0 +1,71 @@
+"""The live terminal view of a search: one row per trial and an overall progress bar."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hpo.backends.records import TrialRecord
+
+STATUS_STYLE = {"running": "cyan", "completed": "green", "early_stopped": "green", "pruned": "yellow",
+                "failed": "red"}
+MAX_ROWS = 20
+
+
+def short_params(params: dict) -> str:
+    """``model.cnn.depth=4`` -> ``depth=4``; branch selectors show their choice alone."""
+    parts = []
+    for name, value in params.items():
+        if name.endswith(".name"):
+            parts.append(str(value))
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        parts.append(f"{leaf}={value:.3g}" if isinstance(value, float) else f"{leaf}={value}")
+    return " ".join(parts)
+
+
+class LiveView:
+    def __init__(self, records: list[TrialRecord], *, trials: int, time_budget: float | None, max_epochs: int,
+                 metric: str, mode: str, console: Console | None = None) -> None:
+        self.records = records
+        self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
+        self.time_budget = time_budget
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[budget]}"))
+        self.task = self.progress.add_task("trials", total=trials, budget=self._budget_text())
+        self.start = time.time()
+        self.live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2,
+                         transient=False, redirect_stdout=False, redirect_stderr=False)
+
+    def _budget_text(self) -> str:
+        if not self.time_budget:
+            return ""
+        return f"of {self.time_budget / 60:.0f} min budget"
+
+    def render(self) -> Group:
+        done = sum(1 for r in self.records if r.status != "running")
+        self.progress.update(self.task, completed=done)
+        table = Table(expand=False, header_style="bold", show_edge=False, pad_edge=False)
+        for col in ("#", "status", "epoch", f"best {self.metric}", "s/epoch", "params"):
+            table.add_column(col, overflow="fold" if col == "params" else "ellipsis")
+        shown = sorted(self.records, key=lambda r: (r.status != "running", -r.number))[:MAX_ROWS]
+        for r in sorted(shown, key=lambda r: r.number):
+            value, epoch = r.best(self.metric, self.mode)
+            best = f"{value:.4f} (ep {epoch})" if value is not None else "-"
+            status = r.status if r.status != "pruned" else f"pruned @{r.epochs}"
+            per_epoch = f"{r.compute_seconds / r.epochs:.1f}" if r.epochs else "-"
+            table.add_row(str(r.number), f"[{STATUS_STYLE.get(r.status, '')}]{status}",
+                          f"{r.epochs}/{self.max_epochs}", best, per_epoch, short_params(r.params))
+        return Group(table, self.progress)
+
+    def __enter__(self) -> "LiveView":
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.__exit__(*exc)

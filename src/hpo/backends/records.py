@@ -1,0 +1,48 @@
+"""What the driver knows about each trial; shared by tracking, the live view and finalize."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpo.config.trial import TrialConfig
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    number: int
+    params: dict[str, Any]        # Optuna's flat parameters, as sampled
+    config: TrialConfig
+    run_id: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "running"       # running | completed | early_stopped | pruned | failed
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+    def best(self, metric: str, mode: str) -> tuple[float | None, int | None]:
+        """(best value of ``metric``, the epoch it was reached) over this trial's epochs."""
+        rows = [r for r in self.history if r.get(metric) is not None]
+        if not rows:
+            return None, None
+        pick = max if mode == "max" else min
+        row = pick(rows, key=lambda r: r[metric])
+        return row[metric], row["epoch"]
+
+    @property
+    def compute_seconds(self) -> float:
+        return sum(r.get("seconds", 0.0) for r in self.history)
+
+
+def best_trial(records: list[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
+    scored = [(r.best(metric, mode)[0], r) for r in records if r.best(metric, mode)[0] is not None]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda s: s[0])[1]

@@ -1,0 +1,139 @@
+"""``hpo run``: load the data once, search, finalize, summarise. Heavy imports happen here, not at CLI
+start-up."""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from hpo.backends.records import TrialRecord, best_trial
+from hpo.config import Study
+from hpo.errors import HpoError
+
+
+class SearchFailed(HpoError):
+    """No trial produced a result: nothing to finalize."""
+
+
+@dataclass
+class StudyOutcome:
+    study_run_id: str
+    records: list[TrialRecord]
+    winner: TrialRecord
+    final: object | None
+    seconds: float
+    tracking_uri: str
+
+
+def run_study(study: Study, *, address: str | None = None, tracking_uri: str | None = None,
+              console: Console | None = None, live: bool = True) -> StudyOutcome:
+    import ray
+
+    from hpo.backends.live import LiveView
+    from hpo.backends.ray_tune import run_search, start_ray
+    from hpo.data import load_data
+    from hpo.finalize import finalize
+    from hpo.tracking import Tracker, default_tracking_uri
+
+    console = console or Console(stderr=True)
+    c = study.config
+    start = time.time()
+    workdir = Path(c.output_dir) / c.name / time.strftime("%Y%m%d-%H%M%S")
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    with console.status("loading data"):
+        data = load_data(c.dataset, c.seed)
+    console.print(f"[bold]data[/] {c.dataset.name}: {data.summary()} (from {data.origin})")
+
+    uri = default_tracking_uri(tracking_uri or c.tracking.uri)
+    tracker = Tracker(uri, c.tracking.experiment or c.name)
+    started_ray = not ray.is_initialized()
+    start_ray(address)
+    parent = tracker.start_study(study, study.resolved())
+    console.print(f"[bold]tracking[/] {uri}  study run {parent}")
+
+    records: list[TrialRecord] = []
+    view = LiveView(records, trials=c.budget.trials, time_budget=c.budget.time, max_epochs=c.budget.max_epochs,
+                    metric=c.objective.metric, mode=c.objective.direction, console=console) if live else None
+    try:
+        run_search(study, data, tracker, parent, workdir, records, view)
+        search_seconds = time.time() - start
+        winner = best_trial(records, c.objective.metric, c.objective.direction)
+        _log_search_summary(tracker, parent, records, workdir, c.objective.metric, c.objective.direction,
+                            search_seconds)
+        if winner is None:
+            reasons = "; ".join(f"trial {r.number}: {r.error}" for r in records if r.error) or "no trial reported"
+            raise SearchFailed(f"no trial produced a result ({reasons})")
+        tracker.set_tags(parent, {"hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id})
+
+        final = None
+        if c.final.enabled:
+            with console.status(f"finalize: retraining trial #{winner.number} on {c.final.retrain_on}"):
+                final = finalize(study, data, winner, tracker, parent)
+            tracker.log_metrics(parent, {"test_accuracy": final.test_accuracy, "test_loss": final.test_loss})
+        seconds = time.time() - start
+        tracker.log_metrics(parent, {"wall_seconds": seconds})
+        tracker.set_tags(parent, {"hpo.status": "completed"})
+        tracker.end_run(parent)
+    except BaseException as exc:
+        tracker.set_tags(parent, {"hpo.status": "failed", "hpo.error": f"{type(exc).__name__}: {exc}"[:500]})
+        tracker.end_run(parent, "FAILED" if isinstance(exc, Exception) else "KILLED")
+        raise
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    outcome = StudyOutcome(parent, records, winner, final, seconds, uri)
+    print_summary(console, study, outcome)
+    return outcome
+
+
+def _log_search_summary(tracker, parent: str, records: list[TrialRecord], workdir: Path, metric: str, mode: str,
+                        seconds: float) -> None:
+    counts = {s: sum(r.status == s for r in records) for s in ("completed", "early_stopped", "pruned", "failed")}
+    best = best_trial(records, metric, mode)
+    metrics = {f"trials_{k}": v for k, v in counts.items()}
+    metrics["search_seconds"] = seconds
+    metrics["trial_epochs"] = sum(r.epochs for r in records)
+    if best is not None:
+        metrics[f"best_{metric}"] = best.best(metric, mode)[0]
+    tracker.log_metrics(parent, metrics)
+    board = workdir / "leaderboard.csv"
+    pick = (lambda r: -(r.best(metric, mode)[0] or 0)) if mode == "max" else (lambda r: r.best(metric, mode)[0] or 1e9)
+    with board.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["trial", "status", "epochs", f"best_{metric}", "best_epoch", "run_id", "params"])
+        for r in sorted(records, key=pick):
+            value, epoch = r.best(metric, mode)
+            writer.writerow([r.number, r.status, r.epochs, value, epoch, r.run_id, r.params])
+    tracker.log_artifact(parent, board)
+
+
+def print_summary(console: Console, study: Study, outcome: StudyOutcome) -> None:
+    c = study.config
+    w = outcome.winner
+    value, epoch = w.best(c.objective.metric, c.objective.direction)
+    table = Table(title=f"study {study.name}: summary", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    counts = ", ".join(f"{sum(r.status == s for r in outcome.records)} {s}"
+                       for s in ("completed", "early_stopped", "pruned", "failed"))
+    table.add_row("trials", f"{len(outcome.records)} ({counts})")
+    table.add_row("best trial", f"#{w.number}: {c.objective.metric} {value:.4f} at epoch {epoch}")
+    table.add_row("best params", "\n".join(f"{k} = {v}" for k, v in w.params.items()))
+    f = outcome.final
+    if f is not None:
+        table.add_row("test accuracy", f"{f.test_accuracy:.4f} (loss {f.test_loss:.4f}), retrained "
+                                       f"{f.epochs} epochs on {c.final.retrain_on}")
+        if f.registered_name:
+            table.add_row("model", f"models:/{f.registered_name}/{f.registered_version}")
+        table.add_row("final run", f.run_id)
+    table.add_row("study run", outcome.study_run_id)
+    table.add_row("tracking", outcome.tracking_uri)
+    table.add_row("wall time", f"{outcome.seconds / 60:.1f} min")
+    console.print(table)

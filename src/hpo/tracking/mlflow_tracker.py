@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpo import __version__
+
+DEFAULT_STORE = Path("mlflow")
+MAX_PARAM_LENGTH = 6000
+
+
+def default_tracking_uri(configured: str | None = None) -> str:
+    """The study's ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite store under ./mlflow/."""
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: MLflow params and UI columns are flat."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Tracker:
+    """Writes a study's runs. All calls take explicit run ids: no global active-run state."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # table creation, registry chatter
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.uri = uri
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(uri)
+        self.mlflow = mlflow
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            artifacts = None
+            if uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the cwd
+                artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+        else:
+            self.experiment_id = found.experiment_id
+
+    # ------------------------------------------------------------------------------------- runs
+    def start_run(self, name: str, *, parent: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+        all_tags = {"mlflow.runName": name, "hpo.version": __version__, **(tags or {})}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        return self.client.create_run(self.experiment_id, tags=all_tags, run_name=name).info.run_id
+
+    def start_study(self, study, resolved: Mapping[str, Any]) -> str:
+        import optuna
+        import ray
+        import torch
+
+        run_id = self.start_run(study.name, tags={
+            "hpo.kind": "study", "hpo.study": study.name, "hpo.study_file": str(study.file),
+            "hpo.fingerprint": study.fingerprint(), "mlflow.source.git.commit": _git_commit() or "unknown",
+        })
+        c = study.config
+        self.log_params(run_id, {
+            "seed": c.seed, "dataset.name": c.dataset.name, "dataset.validation_split": c.dataset.validation_split,
+            "objective.metric": c.objective.metric, "budget.trials": c.budget.trials,
+            "budget.time_s": c.budget.time, "budget.max_epochs": c.budget.max_epochs,
+            "scheduler.type": c.scheduler.type, "scheduler.grace_period": c.scheduler.grace_period,
+            "scheduler.reduction_factor": c.scheduler.reduction_factor,
+            "resources.cpus_per_trial": c.resources.cpus_per_trial,
+            "resources.gpus_per_trial": c.resources.gpus_per_trial,
+        })
+        self.client.log_text(run_id, yaml.safe_dump(dict(resolved), sort_keys=False), "study.resolved.yaml")
+        self.client.log_dict(run_id, {
+            "python": platform.python_version(), "platform": platform.platform(), "hpo": __version__,
+            "torch": torch.__version__, "ray": ray.__version__, "optuna": optuna.__version__,
+            "mlflow": self.mlflow.__version__,
+        }, "environment.json")
+        return run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i: i + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        if items:
+            self.client.log_batch(run_id, metrics=items)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def run_url_hint(self, run_id: str) -> str:
+        return f"{self.uri} (experiment {self.experiment_id}, run {run_id})"
