@@ -16,7 +16,7 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Declarative hyperparameter search for image classification.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error line stays one line, for grep and editors
 out = Console()
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -39,7 +39,7 @@ def _load(path: Path):
     except (StudyError, StudyErrors) as exc:
         problems = exc.errors if isinstance(exc, StudyErrors) else [exc]
         for problem in problems:
-            err.print(f"[red]error[/]: {problem}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error[/]: {problem}", highlight=False)
         err.print(f"{len(problems)} problem{'s' * (len(problems) != 1)} in {path}; nothing was run.")
         raise typer.Exit(EXIT_BAD_INPUT) from None
 

@@ -39,6 +39,8 @@ class LiveView:
                                  TimeElapsedColumn(), TextColumn("{task.fields[budget]}"))
         self.task = self.progress.add_task("trials", total=trials, budget=self._budget_text())
         self.start = time.time()
+        # On a terminal: a live table. Elsewhere (CI logs, nohup): one line per trial event instead.
+        self.interactive = self.console.is_terminal
         self.live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2,
                          transient=False, redirect_stdout=False, redirect_stderr=False)
 
@@ -63,9 +65,26 @@ class LiveView:
                           f"{r.epochs}/{self.max_epochs}", best, per_epoch, short_params(r.params))
         return Group(table, self.progress)
 
+    def trial_changed(self, record: TrialRecord) -> None:
+        """Called by the driver's callback when a trial starts or ends."""
+        if self.interactive:
+            return
+        elapsed = time.time() - self.start
+        done = sum(1 for r in self.records if r.status != "running")
+        if record.status == "running":
+            line = f"trial {record.number} started: {short_params(record.params)}"
+        else:
+            value, epoch = record.best(self.metric, self.mode)
+            best = f"{self.metric} {value:.4f} (epoch {epoch})" if value is not None else record.error or ""
+            line = f"trial {record.number} {record.status} after {record.epochs} epochs: {best}"
+        self.console.print(f"[{elapsed / 60:5.1f} min] {done}/{self.progress.tasks[0].total} done | {line}",
+                           highlight=False, soft_wrap=True)
+
     def __enter__(self) -> "LiveView":
-        self.live.__enter__()
+        if self.interactive:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.live.__exit__(*exc)
+        if self.interactive:
+            self.live.__exit__(*exc)

@@ -8,6 +8,7 @@ import functools
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,10 @@ def _tune_callback_class():
         """Runs in the driver: records every trial, mirrors it to MLflow, feeds the live view."""
 
         def __init__(self, space: SearchSpace, tracker: Tracker, parent_run: str, records: list[TrialRecord],
-                     max_epochs: int) -> None:
+                     max_epochs: int, on_change: Callable[[TrialRecord], None] | None = None) -> None:
             self.space, self.tracker, self.parent_run = space, tracker, parent_run
             self.records, self.max_epochs = records, max_epochs
+            self.on_change = on_change or (lambda record: None)
             self.by_id: dict[str, TrialRecord] = {}
 
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -71,6 +73,7 @@ def _tune_callback_class():
             self.tracker.log_params(record.run_id, flatten(config.model_dump(mode="json")))
             self.records.append(record)
             self.by_id[trial.trial_id] = record
+            self.on_change(record)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             record = self.by_id[trial.trial_id]
@@ -103,13 +106,14 @@ def _tune_callback_class():
 
         def _end(self, record: TrialRecord, reason: str, status: str) -> None:
             record.ended = time.time()
-            value_epochs = {"hpo.status": record.status, "hpo.reason": reason, "hpo.epochs": record.epochs}
+            tags = {"hpo.status": record.status, "hpo.reason": reason, "hpo.epochs": record.epochs}
             if record.status == "pruned":
-                value_epochs["hpo.pruned_at_epoch"] = record.epochs
+                tags["hpo.pruned_at_epoch"] = record.epochs
             if record.error:
-                value_epochs["hpo.error"] = record.error
-            self.tracker.set_tags(record.run_id, value_epochs)
+                tags["hpo.error"] = record.error
+            self.tracker.set_tags(record.run_id, tags)
             self.tracker.end_run(record.run_id, status)
+            self.on_change(record)
 
     return TrialTracker
 
@@ -163,7 +167,8 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
     trainable = tune.with_parameters(run_trial, space=study.space, data=data, settings=settings)
     trainable = tune.with_resources(trainable, {"cpu": c.resources.cpus_per_trial,
                                                 "gpu": c.resources.gpus_per_trial})
-    callback = _tune_callback_class()(study.space, tracker, parent_run, records, c.budget.max_epochs)
+    callback = _tune_callback_class()(study.space, tracker, parent_run, records, c.budget.max_epochs,
+                                      on_change=view.trial_changed if view is not None else None)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,

@@ -1,0 +1,35 @@
+"""Helpers for hpo's tests (and for plugins' tests): locating the real Fashion-MNIST files, writing
+IDX files, tiny configs."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hpo.data.fashion_mnist import DEBIAN_DIR, FILES
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def find_fashion_mnist() -> Path | None:
+    """A directory holding the four Fashion-MNIST files: $HPO_DATA_DIR, ../shared/datasets beside the
+    repository, or Debian's package. None if there is none."""
+    candidates = [os.environ.get("HPO_DATA_DIR"), REPO_ROOT.parent / "shared" / "datasets", DEBIAN_DIR]
+    for root in filter(None, candidates):
+        for d in (Path(root), Path(root) / "FashionMNIST" / "raw"):
+            if all((d / s).is_file() or (d / (s + ".gz")).is_file() for s in FILES.values()):
+                return Path(root)
+    return None
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool | None = None) -> Path:
+    """Write ``array`` (uint8) in IDX format; gzip it when the name ends in .gz."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    blob = header + array.tobytes()
+    gz = path.suffix == ".gz" if gz is None else gz
+    path.write_bytes(gzip.compress(blob) if gz else blob)
+    return path

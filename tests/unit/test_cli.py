@@ -1,0 +1,79 @@
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("torch", "ray", "mlflow", "optuna", "torchvision")
+
+
+def hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpo.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def bad_studies(tmp_path: Path, repo_root: Path) -> dict[str, Path]:
+    good = (repo_root / "studies" / "smoke.yaml").read_text()
+    space = (repo_root / "search_spaces" / "smoke.yaml").read_text()
+    (tmp_path / "space.yaml").write_text(space)
+    (tmp_path / "inverted.yaml").write_text(space.replace("lr: {float: [0.001, 0.3], log: true}",
+                                                          "lr: {float: [0.3, 0.001], log: true}"))
+    good = good.replace("../search_spaces/smoke.yaml", "space.yaml")
+    files = {
+        "unknown_key": good.replace("max_epochs: 2", "max_epochs: 2, trails: 3"),
+        "inverted_range": good.replace("space.yaml", "inverted.yaml"),
+        "missing_space": good.replace("space.yaml", "missing.yaml"),
+    }
+    paths = {}
+    for name, text in files.items():
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(text)
+    return paths
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("unknown_key", r"unknown_key.yaml:10: budget.trails: unknown key 'trails' (did you mean 'trials'?)"),
+    ("inverted_range", r"inverted.yaml:12: optimizer.lr.float: `low <= high` must hold, but got (low=0.3, high=0.001)"),
+    ("missing_space", r"missing_space.yaml:8: search_space: search-space file not found: missing.yaml"),
+])
+@pytest.mark.parametrize("verb", ["validate", "run"])
+def test_bad_studies_exit_2_with_location_and_write_nothing(tmp_path, repo_root, case, expected, verb):
+    work = tmp_path / "work"
+    work.mkdir()
+    study = bad_studies(tmp_path, repo_root)[case]
+    start = time.time()
+    result = hpo(verb, str(study), cwd=work)
+    assert result.returncode == 2, result.stderr
+    assert expected in " ".join(result.stderr.split()), result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(work.iterdir()) == []  # no MLflow store, no runs/ folder
+    assert time.time() - start < 10
+
+
+def test_validate_prints_the_resolved_study_and_space(repo_root):
+    result = hpo("validate", "studies/fashion_mnist.yaml", cwd=repo_root)
+    assert result.returncode == 0, result.stderr
+    assert "max_epochs:" in result.stdout
+    assert "model.cnn.depth" in result.stdout and "int [3, 5]" in result.stdout
+    assert "optimizer.adamw.lr" in result.stdout
+
+
+def test_validate_and_help_do_not_import_heavy_packages(repo_root):
+    code = ("import sys; from typer.testing import CliRunner; from hpo.cli import app; "
+            "r = CliRunner().invoke(app, ['validate', 'studies/fashion_mnist.yaml']); "
+            "assert r.exit_code == 0, r.output; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0; "
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_schema_is_json_schema(repo_root):
+    result = hpo("schema", cwd=repo_root)
+    schema = json.loads(result.stdout)
+    assert result.returncode == 0
+    assert schema["additionalProperties"] is False
+    assert {"name", "dataset", "search_space", "budget"} <= set(schema["required"])

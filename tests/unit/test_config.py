@@ -1,0 +1,102 @@
+from pathlib import Path
+
+import pytest
+
+from hpo.config import load_study
+from hpo.errors import StudyError, StudyErrors
+
+STUDY = """\
+name: t
+dataset: {{name: fashion_mnist, validation_split: 0.2}}
+search_space: space.yaml
+budget: {{trials: {trials}, max_epochs: 2, time: 1m}}
+scheduler: {{type: asha, grace_period: {grace}}}
+"""
+SPACE = """\
+model:
+  one_of:
+    cnn:
+      depth: {int: [2, 3]}
+optimizer:
+  lr: {float: [0.01, 0.1], log: true}
+"""
+
+
+def write(tmp_path: Path, study: str = STUDY.format(trials=2, grace=1), space: str = SPACE) -> Path:
+    (tmp_path / "space.yaml").write_text(space)
+    (tmp_path / "study.yaml").write_text(study)
+    return tmp_path / "study.yaml"
+
+
+def messages(exc_info) -> list[str]:
+    exc = exc_info.value
+    return [str(e) for e in exc.errors] if isinstance(exc, StudyErrors) else [str(exc)]
+
+
+@pytest.mark.parametrize("name", ["smoke", "fashion_mnist"])
+def test_shipped_studies_validate(repo_root, name):
+    study = load_study(repo_root / "studies" / f"{name}.yaml")
+    assert study.config.name
+    assert study.space.params
+
+
+def test_a_valid_study_resolves_defaults(tmp_path):
+    study = load_study(write(tmp_path))
+    assert study.config.objective.direction == "max"
+    assert study.config.budget.time == 60.0
+    assert study.resolved()["search_space"]["optimizer"]["lr"] == {"float": [0.01, 0.1], "log": True}
+
+
+def test_range_errors_name_file_line_and_field(tmp_path):
+    with pytest.raises(StudyErrors) as info:
+        load_study(write(tmp_path, STUDY.format(trials=0, grace=1)))
+    assert messages(info) == [f"{tmp_path / 'study.yaml'}:4: budget.trials: must be >= 1 (got 0)"]
+
+
+def test_unknown_key_suggests_the_close_one(tmp_path):
+    study = STUDY.format(trials=2, grace=1).replace("max_epochs", "max_epoch")
+    with pytest.raises(StudyErrors) as info:
+        load_study(write(tmp_path, study))
+    found = messages(info)
+    assert any(":4: budget.max_epoch: unknown key 'max_epoch' (did you mean 'max_epochs'?)" in m for m in found)
+
+
+def test_cross_field_check_points_at_the_field(tmp_path):
+    with pytest.raises(StudyErrors) as info:
+        load_study(write(tmp_path, STUDY.format(trials=2, grace=5)))
+    assert messages(info) == [f"{tmp_path / 'study.yaml'}:5: scheduler.grace_period: "
+                              f"must be <= budget.max_epochs (2) (got 5)"]
+
+
+def test_missing_search_space_file(tmp_path):
+    study = STUDY.format(trials=2, grace=1).replace("space.yaml", "nowhere.yaml")
+    with pytest.raises(StudyError, match=r"study.yaml:3: search_space: search-space file not found: nowhere.yaml"):
+        load_study(write(tmp_path, study))
+
+
+def test_unknown_dataset_lists_the_known_ones(tmp_path):
+    study = STUDY.format(trials=2, grace=1).replace("fashion_mnist", "fashion_mnst")
+    with pytest.raises(StudyErrors) as info:
+        load_study(write(tmp_path, study))
+    assert "dataset.name: unknown dataset 'fashion_mnst'; known: fashion_mnist" in messages(info)[0]
+
+
+@pytest.mark.parametrize("space, line, field, message", [
+    ("optimizer:\n  lr: {float: [0.1, 0.01]}\n", 2, "optimizer.lr.float",
+     "`low <= high` must hold, but got (low=0.1, high=0.01)"),
+    ("optimizer:\n  lr: {float: [0.0, 0.1], log: true}\n", 2, "optimizer.lr.float", "a log scale needs `low > 0`"),
+    ("augment:\n  hflip: {float: [0.0, 1.5]}\n", 2, "augment.hflip", "must be <= 1.0 (got 1.5)"),
+    ("model:\n  one_of:\n    cnn:\n      dpeth: 3\n", 4, "model.one_of.cnn.dpeth",
+     "unknown key 'dpeth' (did you mean 'depth'?)"),
+    ("model:\n  one_of:\n    cnn:\n      batchnorm: {categorical: [none, sideways]}\n", 4,
+     "model.one_of.cnn.batchnorm", "must be one of"),
+    ("batch_size: {int: [1, 64]}\n", 1, "batch_size", "must be >= 2 (got 1)"),
+    ("lr: {float: [0.1, 1]}\n", 1, "lr", "unknown key 'lr'"),
+    ("optimizer:\n  lr: {float: [0.1, 1], q: 2}\n", 2, "optimizer.lr.q", "unknown key 'q'"),
+    ("batch_size: {categorical: []}\n", 1, "batch_size.categorical", "non-empty list"),
+])
+def test_search_space_errors_name_the_line_in_the_space_file(tmp_path, space, line, field, message):
+    with pytest.raises(StudyErrors) as info:
+        load_study(write(tmp_path, space=space))
+    found = messages(info)
+    assert any(f"space.yaml:{line}: {field}: " in m and message in m for m in found), found

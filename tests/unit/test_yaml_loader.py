@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+
+from hpo.config.yaml_loader import load_yaml, parse_yaml
+from hpo.errors import StudyError
+
+
+def parse(text: str):
+    return parse_yaml(text, Path("x.yaml"))
+
+
+def test_records_the_line_of_every_key():
+    doc = parse("a: 1\nb:\n  c: 2\n  d: [1, 2]\n")
+    assert doc.data == {"a": 1, "b": {"c": 2, "d": [1, 2]}}
+    assert doc.line_of(("a",)) == 1
+    assert doc.line_of(("b", "c")) == 3
+    assert doc.line_of(("b", "d")) == 4
+    assert doc.line_of(("b", "missing", "deeper")) == 2  # falls back to the nearest ancestor
+
+
+def test_exponent_floats_are_floats_not_strings():
+    assert parse("lr: 1e-3\nq: '1e-3'\n").data == {"lr": 0.001, "q": "1e-3"}
+
+
+def test_duplicate_keys_are_errors():
+    with pytest.raises(StudyError, match=r"x.yaml:3: a: duplicate key 'a'"):
+        parse("a: 1\nb: 2\na: 3\n")
+
+
+def test_python_tags_are_refused_and_never_constructed(tmp_path):
+    marker = tmp_path / "pwned"
+    text = f"a: !!python/object/apply:os.system ['touch {marker}']\n"
+    with pytest.raises(StudyError, match="tag .* is not allowed"):
+        parse(text)
+    assert not marker.exists()
+
+
+def test_aliases_are_refused():
+    bomb = 'a: &a ["x", "x"]\nb: &b [*a, *a]\nc: [*b, *b]\n'
+    with pytest.raises(StudyError, match="anchors and aliases"):
+        parse(bomb)
+
+
+def test_syntax_errors_name_the_line():
+    with pytest.raises(StudyError, match=r"x.yaml:2: YAML syntax error"):
+        parse("a: [1, 2\nb: 3\n")
+
+
+def test_empty_and_missing_files(tmp_path):
+    (tmp_path / "empty.yaml").write_text("# only a comment\n")
+    with pytest.raises(StudyError, match="file is empty"):
+        load_yaml(tmp_path / "empty.yaml")
+    with pytest.raises(StudyError, match="file not found"):
+        load_yaml(tmp_path / "nope.yaml")
