@@ -62,7 +62,7 @@ def finalize(study: Study, data: ImageData, winner: TrialRecord, tracker: Tracke
     tracker.log_params(run_id, {**flatten(winner.config.model_dump(mode="json")),
                                 "final.epochs": epochs, "final.retrain_on": c.final.retrain_on,
                                 "final.train_images": len(y), "seed": c.seed})
-    try:
+    with tracker.finishing(run_id):
         train_data = TrainData.from_arrays(x, y, None, None, data.num_classes, data.mean, data.std)
 
         def report(epoch, _model) -> None:
@@ -96,12 +96,6 @@ def finalize(study: Study, data: ImageData, winner: TrialRecord, tracker: Tracke
                 tracker.log_artifact(run_id, tmp_path / name, "evaluation")
 
         model_uri, name, version = _log_model(tracker, run_id, model, data, study)
-        tracker.set_tags(run_id, {"hpo.status": "completed"})
-        tracker.end_run(run_id)
-    except BaseException as exc:
-        tracker.set_tags(run_id, {"hpo.status": "failed", "hpo.error": f"{type(exc).__name__}: {exc}"[:500]})
-        tracker.end_run(run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
-        raise
     return FinalResult(run_id, epochs, test_accuracy, test_loss, model_uri, name, version, time.time() - start)
 
 

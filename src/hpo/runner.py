@@ -16,6 +16,9 @@ from hpo.config import Study
 from hpo.errors import HpoError
 
 
+STATUSES = ("completed", "early_stopped", "pruned", "stopped", "failed")
+
+
 class SearchFailed(HpoError):
     """No trial produced a result: nothing to finalize."""
 
@@ -61,29 +64,24 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     view = LiveView(records, trials=c.budget.trials, time_budget=c.budget.time, max_epochs=c.budget.max_epochs,
                     metric=c.objective.metric, mode=c.objective.direction, console=console) if live else None
     try:
-        run_search(study, data, tracker, parent, workdir, records, view)
-        search_seconds = time.time() - start
-        winner = best_trial(records, c.objective.metric, c.objective.direction)
-        _log_search_summary(tracker, parent, records, workdir, c.objective.metric, c.objective.direction,
-                            search_seconds)
-        if winner is None:
-            reasons = "; ".join(f"trial {r.number}: {r.error}" for r in records if r.error) or "no trial reported"
-            raise SearchFailed(f"no trial produced a result ({reasons})")
-        tracker.set_tags(parent, {"hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id})
+        with tracker.finishing(parent):
+            run_search(study, data, tracker, parent, workdir, records, view)
+            search_seconds = time.time() - start
+            winner = best_trial(records, c.objective.metric, c.objective.direction)
+            _log_search_summary(tracker, parent, records, workdir, c.objective.metric, c.objective.direction,
+                                search_seconds)
+            if winner is None:
+                reasons = "; ".join(f"trial {r.number}: {r.error}" for r in records if r.error) or "no trial reported"
+                raise SearchFailed(f"no trial produced a result ({reasons})")
+            tracker.set_tags(parent, {"hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id})
 
-        final = None
-        if c.final.enabled:
-            with console.status(f"finalize: retraining trial #{winner.number} on {c.final.retrain_on}"):
-                final = finalize(study, data, winner, tracker, parent)
-            tracker.log_metrics(parent, {"test_accuracy": final.test_accuracy, "test_loss": final.test_loss})
-        seconds = time.time() - start
-        tracker.log_metrics(parent, {"wall_seconds": seconds})
-        tracker.set_tags(parent, {"hpo.status": "completed"})
-        tracker.end_run(parent)
-    except BaseException as exc:
-        tracker.set_tags(parent, {"hpo.status": "failed", "hpo.error": f"{type(exc).__name__}: {exc}"[:500]})
-        tracker.end_run(parent, "FAILED" if isinstance(exc, Exception) else "KILLED")
-        raise
+            final = None
+            if c.final.enabled:
+                with console.status(f"finalize: retraining trial #{winner.number} on {c.final.retrain_on}"):
+                    final = finalize(study, data, winner, tracker, parent)
+                tracker.log_metrics(parent, {"test_accuracy": final.test_accuracy, "test_loss": final.test_loss})
+            seconds = time.time() - start
+            tracker.log_metrics(parent, {"wall_seconds": seconds})
     finally:
         if started_ray:
             ray.shutdown()
@@ -95,7 +93,7 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
 
 def _log_search_summary(tracker, parent: str, records: list[TrialRecord], workdir: Path, metric: str, mode: str,
                         seconds: float) -> None:
-    counts = {s: sum(r.status == s for r in records) for s in ("completed", "early_stopped", "pruned", "failed")}
+    counts = {s: sum(r.status == s for r in records) for s in STATUSES}
     best = best_trial(records, metric, mode)
     metrics = {f"trials_{k}": v for k, v in counts.items()}
     metrics["search_seconds"] = seconds
@@ -122,7 +120,7 @@ def print_summary(console: Console, study: Study, outcome: StudyOutcome) -> None
     table.add_column(style="bold")
     table.add_column()
     counts = ", ".join(f"{sum(r.status == s for r in outcome.records)} {s}"
-                       for s in ("completed", "early_stopped", "pruned", "failed"))
+                       for s in STATUSES if any(r.status == s for r in outcome.records))
     table.add_row("trials", f"{len(outcome.records)} ({counts})")
     table.add_row("best trial", f"#{w.number}: {c.objective.metric} {value:.4f} at epoch {epoch}")
     table.add_row("best params", "\n".join(f"{k} = {v}" for k, v in w.params.items()))

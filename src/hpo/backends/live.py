@@ -12,7 +12,7 @@ from rich.table import Table
 from hpo.backends.records import TrialRecord
 
 STATUS_STYLE = {"running": "cyan", "completed": "green", "early_stopped": "green", "pruned": "yellow",
-                "failed": "red"}
+                "stopped": "yellow", "failed": "red"}
 MAX_ROWS = 20
 
 

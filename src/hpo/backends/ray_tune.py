@@ -94,7 +94,7 @@ def _tune_callback_class():
                 record.status, reason = "pruned", f"pruned by ASHA at epoch {record.epochs}"
             else:
                 record.status, reason = "completed", f"completed {record.epochs} epochs"
-            self._end(record, reason, "FINISHED" if record.status != "pruned" else "KILLED")
+            self.end(record, reason, "FINISHED" if record.status != "pruned" else "KILLED")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             record = self.by_id.get(trial.trial_id)
@@ -102,9 +102,9 @@ def _tune_callback_class():
                 return
             record.status = "failed"
             record.error = _error_text(trial)
-            self._end(record, f"failed: {record.error}", "FAILED")
+            self.end(record, f"failed: {record.error}", "FAILED")
 
-        def _end(self, record: TrialRecord, reason: str, status: str) -> None:
+        def end(self, record: TrialRecord, reason: str, status: str) -> None:
             record.ended = time.time()
             tags = {"hpo.status": record.status, "hpo.reason": reason, "hpo.epochs": record.epochs}
             if record.status == "pruned":
@@ -183,6 +183,10 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
             tuner.fit()
     else:
         tuner.fit()
+    for record in records:  # trials still running when the time budget ran out get no completion event
+        if record.status == "running":
+            record.status = "stopped"
+            callback.end(record, f"stopped at epoch {record.epochs}: the search's time budget ran out", "KILLED")
     return records
 
 

@@ -17,7 +17,7 @@ class TrialRecord:
     config: TrialConfig
     run_id: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "running"       # running | completed | early_stopped | pruned | failed
+    status: str = "running"       # running | completed | early_stopped | pruned | stopped | failed
     error: str | None = None
     started: float = field(default_factory=time.time)
     ended: float | None = None

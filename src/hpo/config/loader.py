@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,7 @@ def load_study(file: str | Path) -> Study:
         raise StudyErrors(errors)
 
     if isinstance(config.search_space, str):
-        space_path = (file.parent / config.search_space)
+        space_path = Path(os.path.normpath(file.parent / config.search_space))
         if not space_path.is_file():
             raise doc.error(("search_space",), f"search-space file not found: {config.search_space} "
                                                f"(looked for {space_path})")

@@ -5,7 +5,8 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,18 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    @contextmanager
+    def finishing(self, run_id: str) -> Iterator[str]:
+        """End ``run_id`` when the block ends: completed, or failed with the error (killed on Ctrl-C)."""
+        try:
+            yield run_id
+        except BaseException as exc:
+            self.set_tags(run_id, {"hpo.status": "failed", "hpo.error": f"{type(exc).__name__}: {exc}"[:500]})
+            self.end_run(run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
+            raise
+        self.set_tags(run_id, {"hpo.status": "completed"})
+        self.end_run(run_id)
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)

@@ -1,0 +1,49 @@
+"""A trial that fails is recorded with its error; the study goes on and finishes with the others."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+STUDY = """\
+name: failing
+seed: 1
+dataset: {{name: fashion_mnist, validation_split: 0.2, subset: {{train: 1000, test: 200}}, data_dir: {data}}}
+search_space:
+  model: {{name: cnn, depth: 2, width: 8, batchnorm: none}}
+  optimizer: {{name: sgd, momentum: 0.99, lr: {{categorical: [0.05, 1.0e+6]}}}}
+  schedule: {{name: constant, warmup_fraction: 0}}
+objective: {{metric: val_accuracy}}
+budget: {{trials: 4, max_epochs: 1}}
+scheduler: {{type: none}}
+resources: {{cpus_per_trial: 1, max_concurrent: 1}}
+final: {{enabled: false}}
+"""
+
+
+def test_diverging_trials_fail_with_their_error_and_the_study_completes(tmp_path, data_dir):
+    import mlflow
+
+    (tmp_path / "study.yaml").write_text(STUDY.format(data=data_dir))
+    result = subprocess.run([sys.executable, "-m", "hpo.cli", "run", "study.yaml"], cwd=tmp_path,
+                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("failing")
+    trials = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("hpo.kind") == "trial"]
+    by_status = {}
+    for trial in trials:
+        by_status.setdefault(trial.data.tags["hpo.status"], []).append(trial)
+    assert len(trials) == 4
+    assert by_status.get("failed") and by_status.get("completed"), {k: len(v) for k, v in by_status.items()}
+    for trial in by_status["failed"]:
+        assert trial.info.status == "FAILED"
+        assert trial.data.params["optimizer.lr"] == "1000000.0"
+        assert "FloatingPointError: training loss became" in trial.data.tags["hpo.error"]
+    assert "failed" in result.stderr
