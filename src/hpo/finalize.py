@@ -107,16 +107,22 @@ def _row(epoch) -> dict:
 def _log_model(tracker: Tracker, run_id: str, model, data: ImageData, study: Study):
     """Log the model as a torch.export program (weights and graph, no pickled code) and register it."""
     import mlflow
-    import torch
+    from mlflow.exceptions import MlflowException
 
     example = (data.x_test[:4].astype(np.float32) / 255.0)  # batch > 1: the batch dim stays dynamic
-    name = study.config.registered_model_name
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             model, name="model", input_example=example, pip_requirements=pip_requirements(),
-            serialization_format="pt2", registered_model_name=name,
+            serialization_format="pt2",
             metadata={"classes": data.classes, "input": "float32 (N, C, H, W) in [0, 1]",
                       "mean": list(data.mean), "std": list(data.std)},
         )
-    version = getattr(info, "registered_model_version", None)
-    return info.model_uri, name, None if version is None else str(version)
+    name = study.config.registered_model_name
+    try:
+        tracker.client.get_registered_model(name)
+    except MlflowException:
+        tracker.client.create_registered_model(name, tags={"hpo.study": study.name})
+    version = tracker.client.create_model_version(name, source=info.model_uri, run_id=run_id,
+                                                  model_id=info.model_id,
+                                                  tags={"hpo.study": study.name})
+    return info.model_uri, name, str(version.version)

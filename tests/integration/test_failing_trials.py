@@ -15,8 +15,9 @@ name: failing
 seed: 1
 dataset: {{name: fashion_mnist, validation_split: 0.2, subset: {{train: 1000, test: 200}}, data_dir: {data}}}
 search_space:
-  model: {{name: cnn, depth: 2, width: 8, batchnorm: none}}
-  optimizer: {{name: sgd, momentum: 0.99, lr: {{categorical: [0.05, 1.0e+6]}}}}
+  model: {{name: cnn, depth: 2, width: 8, batchnorm: none, activation: leaky_relu}}
+  optimizer: {{name: sgd, momentum: 0.99, lr: {{categorical: [0.05, 10.0]}}}}
+  batch_size: 16
   schedule: {{name: constant, warmup_fraction: 0}}
 objective: {{metric: val_accuracy}}
 budget: {{trials: 4, max_epochs: 1}}
@@ -44,6 +45,6 @@ def test_diverging_trials_fail_with_their_error_and_the_study_completes(tmp_path
     assert by_status.get("failed") and by_status.get("completed"), {k: len(v) for k, v in by_status.items()}
     for trial in by_status["failed"]:
         assert trial.info.status == "FAILED"
-        assert trial.data.params["optimizer.lr"] == "1000000.0"
+        assert trial.data.params["optimizer.lr"] == "10.0"
         assert "FloatingPointError: training loss became" in trial.data.tags["hpo.error"]
     assert "failed" in result.stderr

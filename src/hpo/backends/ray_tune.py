@@ -57,8 +57,12 @@ def _tune_callback_class():
                      max_epochs: int, on_change: Callable[[TrialRecord], None] | None = None) -> None:
             self.space, self.tracker, self.parent_run = space, tracker, parent_run
             self.records, self.max_epochs = records, max_epochs
-            self.on_change = on_change or (lambda record: None)
+            self.on_change = on_change or _ignore
             self.by_id: dict[str, TrialRecord] = {}
+
+        def __getstate__(self) -> dict:
+            # Ray pickles callbacks into its experiment state; the terminal view holds locks and stays here.
+            return {**self.__dict__, "on_change": _ignore}
 
         def on_trial_start(self, iteration, trials, trial, **info):
             if trial.trial_id in self.by_id:  # restarted after a failure: same record, same run
@@ -116,6 +120,10 @@ def _tune_callback_class():
             self.on_change(record)
 
     return TrialTracker
+
+
+def _ignore(record: TrialRecord) -> None:
+    return None
 
 
 def _error_text(trial) -> str:
