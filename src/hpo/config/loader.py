@@ -65,7 +65,7 @@ def load_study(file: str | Path) -> Study:
         space_path = Path(os.path.normpath(file.parent / config.search_space))
         if not space_path.is_file():
             raise doc.error(("search_space",), f"search-space file not found: {config.search_space} "
-                                               f"(looked for {space_path})")
+                                               f"(looked for {space_path.resolve()})")
         space_doc = load_yaml(space_path, display=_display(space_path))
         space = parse_space(space_doc)
         space_data = space_doc.data
