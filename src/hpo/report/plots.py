@@ -46,12 +46,15 @@ def learning_curves_png(search: Sequence[dict], retrain: Sequence[dict], path: P
         if not rows:
             continue
         epochs = [r["epoch"] for r in rows]
-        ax_loss.plot(epochs, [r["train_loss"] for r in rows], style, color="tab:blue", label=f"{label} train")
+        ax_loss.plot(epochs, [r["train_loss"] for r in rows], style, color="tab:blue", marker=".", label=f"{label} train")
         ax_acc.plot(epochs, [r["train_accuracy"] for r in rows], style, color="tab:blue", label=f"{label} train")
         if rows[0].get("val_loss") is not None:
             ax_loss.plot(epochs, [r["val_loss"] for r in rows], style, color="tab:orange", label=f"{label} val")
             ax_acc.plot(epochs, [r["val_accuracy"] for r in rows], style, color="tab:orange", label=f"{label} val")
+    from matplotlib.ticker import MaxNLocator
+
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
