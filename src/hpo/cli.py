@@ -7,6 +7,7 @@ need them, so ``hpo --help`` and ``hpo validate`` stay fast.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -90,6 +91,87 @@ def run(
         raise typer.Exit(EXIT_FAILED) from None
 
 
+TrackingOption = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default: "
+                                                    "the study's, else $MLFLOW_TRACKING_URI, else ./mlflow/mlflow.db)")]
+
+
+@app.command()
+def report(
+    study: StudyArg,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="output folder (default: reports/STUDY_NAME)")] = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Write an HTML (self-contained) and a Markdown report of the study's latest finished run."""
+    from hpo.errors import HpoError
+
+    loaded = _load(study)
+    try:
+        from hpo.report.study_report import write_report
+        from hpo.tracking import default_tracking_uri
+
+        uri = default_tracking_uri(tracking_uri or loaded.config.tracking.uri)
+        files = write_report(loaded.name, uri, out_dir or Path("reports") / loaded.name)
+    except HpoError as exc:
+        err.print(f"[red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+    out.print(f"{files.html}\n{files.markdown}", highlight=False)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="models:/NAME@champion, models:/NAME/VERSION, runs:/RUN/model "
+                                              "or a run id")],
+    images: Annotated[list[Path], typer.Argument(help="image files (PNG, JPEG, ...)")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="classes to show per image")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (one object per image)")] = False,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Classify images with a registered model, using the preprocessing it was trained with."""
+    from hpo.errors import HpoError
+
+    for path in images:
+        if not path.is_file():
+            err.print(f"[red]error[/]: {path}: no such file", highlight=False)
+            raise typer.Exit(EXIT_BAD_INPUT)
+    try:
+        import mlflow
+
+        from hpo.predict import Predictor, model_uri_for
+        from hpo.tracking import default_tracking_uri
+
+        mlflow.set_tracking_uri(default_tracking_uri(tracking_uri))
+        predictions = Predictor(model_uri_for(model)).predict([str(p) for p in images], top_k=top_k)
+    except HpoError as exc:
+        err.print(f"[red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+    if as_json:
+        print(json.dumps([p.as_dict() for p in predictions], indent=2))
+        return
+    for p in predictions:
+        out.print(f"[bold]{p.image}[/]  " + "  ".join(f"{c} {prob:.1%}" for c, prob in p.top), highlight=False)
+
+
+@app.command()
+def ui(
+    study: Annotated[Optional[Path], typer.Argument(help="a study file, to open its tracking store")] = None,
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+    host: Annotated[str, typer.Option(help="interface to bind; loopback unless you mean to share it")] = "127.0.0.1",
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Start the MLflow UI for the study's store (on loopback by default)."""
+    import shutil
+
+    from hpo.tracking import default_tracking_uri
+
+    configured = _load(study).config.tracking.uri if study else None
+    uri = default_tracking_uri(tracking_uri or configured)
+    mlflow_bin = shutil.which("mlflow") or "mlflow"
+    err.print(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C to stop)")
+    os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    os.execvp(mlflow_bin, [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+                           "--workers", "1"])
+
+
 @app.command()
 def schema(
     space: Annotated[bool, typer.Option("--trial", help="print the schema of one trial's configuration")] = False,
@@ -102,6 +184,7 @@ def schema(
 
 
 def main() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         app()
     except Exception as exc:  # an unexpected failure: short message, traceback on --debug

@@ -1,8 +1,9 @@
 """Finalize: retrain the winning configuration on train+val for its best epoch count, test it once,
-log plots and the model, and register it."""
+log the evaluation, the model and its exports, register it, and move the ``champion`` alias if it won."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -16,6 +17,8 @@ from hpo.config import Study
 from hpo.data import ImageData
 from hpo.tracking import Tracker, flatten
 
+CHAMPION = "champion"
+
 
 @dataclass
 class FinalResult:
@@ -23,9 +26,11 @@ class FinalResult:
     epochs: int
     test_accuracy: float
     test_loss: float
+    metrics: dict[str, float]
     model_uri: str
     registered_name: str | None
     registered_version: str | None
+    promotion: str  # what happened to the champion alias, in words
     seconds: float
 
 
@@ -40,16 +45,20 @@ def pip_requirements() -> list[str]:
             f"numpy=={numpy.__version__}"]
 
 
-def finalize(study: Study, data: ImageData, winner: TrialRecord, tracker: Tracker, parent_run: str,
+def finalize(study: Study, data: ImageData, winner: TrialRecord, records: list[TrialRecord], tracker: Tracker,
+             parent_run: str, *, optuna_storage: str | None = None, best_epoch: int | None = None,
              threads: int | None = None) -> FinalResult:
     import torch
 
-    from hpo.report import confusion_matrix_png, learning_curves_png
+    from hpo.report import learning_curves_png
+    from hpo.report.evaluation import write_evaluation
+    from hpo.report.study_plots import family_table, optuna_plots_html
     from hpo.train import TrainData, predict_logits, train
 
     c = study.config
     start = time.time()
-    _, best_epoch = winner.best(c.objective.metric, c.objective.direction)
+    if best_epoch is None:
+        best_epoch = winner.best(c.objective.metric, c.objective.direction)[1]
     epochs = best_epoch if c.final.epochs == "best" else c.final.epochs
     if c.final.retrain_on == "train+val":
         x = np.concatenate([data.x_train, data.x_val])
@@ -72,31 +81,31 @@ def finalize(study: Study, data: ImageData, winner: TrialRecord, tracker: Tracke
                        threads=threads or os.cpu_count(), report=report)
         model = result.model.cpu().to(memory_format=torch.contiguous_format).eval()
 
-        x_test = torch.as_tensor(data.x_test)
-        y_test = torch.as_tensor(data.y_test)
-        logits = predict_logits(model, x_test, device="cpu")
-        test_loss = torch.nn.functional.cross_entropy(logits, y_test).item()
-        predicted = logits.argmax(1).numpy()
-        test_accuracy = float((predicted == data.y_test).mean())
-        cm = np.bincount(data.y_test * data.num_classes + predicted,
-                         minlength=data.num_classes ** 2).reshape(data.num_classes, data.num_classes)
-        tracker.log_metrics(run_id, {"test_accuracy": test_accuracy, "test_loss": test_loss,
-                                     "retrain_seconds": sum(e.seconds for e in result.history)})
+        logits = predict_logits(model, torch.as_tensor(data.x_test), device="cpu")
+        test_loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(data.y_test)).item()
+        test_accuracy = float((logits.argmax(1).numpy() == data.y_test).mean())
 
         with tempfile.TemporaryDirectory() as tmp:
-            tmp_path = Path(tmp)
-            confusion_matrix_png(cm, data.classes, tmp_path / "confusion_matrix.png",
-                                 f"{study.name}: test accuracy {test_accuracy:.2%}")
-            learning_curves_png(winner.history, [_row(e) for e in result.history],
-                                tmp_path / "learning_curves.png",
+            out = Path(tmp)
+            metrics = write_evaluation(logits.numpy(), data.y_test, data.x_test, data.classes, out, study.name)
+            learning_curves_png(winner.history, [_row(e) for e in result.history], out / "learning_curves.png",
                                 f"{study.name}: winning trial #{winner.number} and its retrain")
-            np.savetxt(tmp_path / "confusion_matrix.csv", cm, fmt="%d", delimiter=",",
-                       header=",".join(data.classes))
-            for name in ("confusion_matrix.png", "learning_curves.png", "confusion_matrix.csv"):
-                tracker.log_artifact(run_id, tmp_path / name, "evaluation")
+            family_table(records, c.objective.metric, c.objective.direction, winner, test_accuracy,
+                         out / "families.csv")
+            if optuna_storage:
+                optuna_plots_html(optuna_storage, study.name, out / "optuna_plots.html")
+            for path in sorted(out.iterdir()):
+                tracker.log_artifact(run_id, path, "evaluation")
+        metrics = {"test_accuracy": test_accuracy, "test_loss": test_loss, **metrics,
+                   "retrain_seconds": sum(e.seconds for e in result.history)}
+        tracker.log_metrics(run_id, metrics)
 
-        model_uri, name, version = _log_model(tracker, run_id, model, data, study)
-    return FinalResult(run_id, epochs, test_accuracy, test_loss, model_uri, name, version, time.time() - start)
+        model_uri, model_id = _log_model(run_id, model, data)
+        _log_exports(tracker, run_id, model, data, c.final.export)
+        name, version, promotion = register(tracker, study, run_id, model_uri, model_id, metrics)
+        tracker.set_tags(run_id, {"hpo.promotion": promotion})
+    return FinalResult(run_id, epochs, test_accuracy, test_loss, metrics, model_uri, name, version, promotion,
+                       time.time() - start)
 
 
 def _row(epoch) -> dict:
@@ -104,25 +113,85 @@ def _row(epoch) -> dict:
             "val_loss": epoch.val_loss, "val_accuracy": epoch.val_accuracy}
 
 
-def _log_model(tracker: Tracker, run_id: str, model, data: ImageData, study: Study):
-    """Log the model as a torch.export program (weights and graph, no pickled code) and register it."""
+def model_metadata(data: ImageData) -> dict:
+    """Stored with the logged model; ``hpo predict`` rebuilds the preprocessing from it."""
+    return {"classes": data.classes, "input": "float32 (N, C, H, W) in [0, 1]",
+            "channels": data.in_channels, "image_size": list(data.image_size),
+            "background": "dark" if _dark_background(data.x_train) else "light",
+            "mean": list(data.mean), "std": list(data.std)}
+
+
+def _dark_background(images: np.ndarray) -> bool:
+    border = np.concatenate([images[:512, :, 0, :].ravel(), images[:512, :, -1, :].ravel()])
+    return float(border.mean()) < 128
+
+
+def _log_model(run_id: str, model, data: ImageData) -> tuple[str, str]:
+    """Log the model as a torch.export program: graph and weights, no pickled Python objects."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     example = (data.x_test[:4].astype(np.float32) / 255.0)  # batch > 1: the batch dim stays dynamic
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model, name="model", input_example=example, pip_requirements=pip_requirements(),
-            serialization_format="pt2",
-            metadata={"classes": data.classes, "input": "float32 (N, C, H, W) in [0, 1]",
-                      "mean": list(data.mean), "std": list(data.std)},
-        )
-    name = study.config.registered_model_name
+        info = mlflow.pytorch.log_model(model, name="model", input_example=example,
+                                        pip_requirements=pip_requirements(), serialization_format="pt2",
+                                        metadata=model_metadata(data))
+    return info.model_uri, info.model_id
+
+
+def _log_exports(tracker: Tracker, run_id: str, model, data: ImageData, formats: list[str]) -> None:
+    """TorchScript and ONNX files beside the logged model (artifact folder ``exports/``)."""
+    import torch
+
+    example = torch.as_tensor(data.x_test[:4].astype(np.float32) / 255.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        if "torchscript" in formats:
+            torch.jit.trace(model, example).save(str(out / "model.torchscript.pt"))
+        if "onnx" in formats:
+            torch.onnx.export(model, (example,), str(out / "model.onnx"), input_names=["images"],
+                              output_names=["logits"], dynamo=True, verbose=False, external_data=False,
+                              dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+        (out / "model_metadata.json").write_text(json.dumps(model_metadata(data), indent=2))
+        for path in sorted(out.iterdir()):
+            tracker.log_artifact(run_id, path, "exports")
+
+
+def register(tracker: Tracker, study: Study, run_id: str, model_uri: str, model_id: str | None,
+             metrics: dict[str, float]) -> tuple[str, str, str]:
+    """Create a registered version carrying its metrics and study; move ``champion`` per the study's rule.
+    Returns (name, version, what happened to the alias)."""
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    c = study.config
+    client = tracker.client
+    name = c.registered_model_name
     try:
-        tracker.client.get_registered_model(name)
+        client.get_registered_model(name)
     except MlflowException:
-        tracker.client.create_registered_model(name, tags={"hpo.study": study.name})
-    version = tracker.client.create_model_version(name, source=info.model_uri, run_id=run_id,
-                                                  model_id=info.model_id,
-                                                  tags={"hpo.study": study.name})
-    return info.model_uri, name, str(version.version)
+        client.create_registered_model(name, tags={"hpo.study": study.name})
+    tags = {"hpo.study": study.name, "hpo.run_id": run_id, **{k: f"{v:.6g}" for k, v in metrics.items()}}
+    version = client.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id, tags=tags,
+                                          description=yaml.safe_dump(study.resolved(), sort_keys=False)[:5000])
+    v = str(version.version)
+
+    metric = c.final.promote_metric
+    new = metrics[metric]
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        current = None
+    old = float(current.tags[metric]) if current is not None and metric in current.tags else None
+    better = old is None or (new - old > c.final.min_improvement if metric == "test_accuracy"
+                             else old - new > c.final.min_improvement)
+    if c.final.promote == "always" or (c.final.promote == "if_better" and better):
+        client.set_registered_model_alias(name, CHAMPION, v)
+        client.set_model_version_tag(name, v, "hpo.role", CHAMPION)
+        was = f" (was v{current.version}: {metric} {old:.4f})" if current is not None and old is not None else ""
+        promotion = f"v{v} is now {CHAMPION}: {metric} {new:.4f}{was}"
+    else:
+        client.set_model_version_tag(name, v, "hpo.role", "challenger")
+        why = "promotion is off" if c.final.promote == "never" else (
+            f"{CHAMPION} v{current.version} keeps the alias with {metric} {old:.4f}")
+        promotion = f"v{v} is a challenger ({metric} {new:.4f}); {why}"
+    return name, v, promotion

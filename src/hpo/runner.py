@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from hpo.backends.live import short_params
 from hpo.backends.records import TrialRecord, best_trial
 from hpo.config import Study
 from hpo.errors import HpoError
@@ -41,6 +42,7 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     from hpo.backends.ray_tune import run_search, start_ray
     from hpo.data import load_data
     from hpo.finalize import finalize
+    from hpo.recheck import recheck
     from hpo.tracking import Tracker, default_tracking_uri
 
     console = console or Console(stderr=True)
@@ -73,12 +75,21 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
             if winner is None:
                 reasons = "; ".join(f"trial {r.number}: {r.error}" for r in records if r.error) or "no trial reported"
                 raise SearchFailed(f"no trial produced a result ({reasons})")
-            tracker.set_tags(parent, {"hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id})
 
-            final = None
+            final = rechecked = None
             if c.final.enabled:
+                if c.final.recheck.top_k:
+                    k, n = c.final.recheck.top_k, c.final.recheck.seeds
+                    with console.status(f"re-checking the top {k} configurations with {n} seeds each"):
+                        rechecked = recheck(study, data, records, tracker, parent)
+                    winner = rechecked.winner
+                    console.print(f"[bold]recheck[/] trial #{winner.number} wins: mean {c.objective.metric} "
+                                  f"{rechecked.mean:.4f} ± {rechecked.std:.4f} over {n} seeds")
+                tracker.set_tags(parent, {"hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id})
                 with console.status(f"finalize: retraining trial #{winner.number} on {c.final.retrain_on}"):
-                    final = finalize(study, data, winner, tracker, parent)
+                    final = finalize(study, data, winner, records, tracker, parent,
+                                     optuna_storage=f"sqlite:///{(workdir / 'optuna.db').resolve()}",
+                                     best_epoch=rechecked.best_epoch if rechecked else None)
                 tracker.log_metrics(parent, {"test_accuracy": final.test_accuracy, "test_loss": final.test_loss})
             seconds = time.time() - start
             tracker.log_metrics(parent, {"wall_seconds": seconds})
@@ -108,7 +119,7 @@ def _log_search_summary(tracker, parent: str, records: list[TrialRecord], workdi
         writer.writerow(["trial", "status", "epochs", f"best_{metric}", "best_epoch", "run_id", "params"])
         for r in sorted(records, key=pick):
             value, epoch = r.best(metric, mode)
-            writer.writerow([r.number, r.status, r.epochs, value, epoch, r.run_id, r.params])
+            writer.writerow([r.number, r.status, r.epochs, value, epoch, r.run_id, short_params(r.params)])
     tracker.log_artifact(parent, board)
 
 
@@ -129,7 +140,7 @@ def print_summary(console: Console, study: Study, outcome: StudyOutcome) -> None
         table.add_row("test accuracy", f"{f.test_accuracy:.4f} (loss {f.test_loss:.4f}), retrained "
                                        f"{f.epochs} epochs on {c.final.retrain_on}")
         if f.registered_name:
-            table.add_row("model", f"models:/{f.registered_name}/{f.registered_version}")
+            table.add_row("model", f"models:/{f.registered_name}/{f.registered_version} ({f.promotion})")
         table.add_row("final run", f.run_id)
     table.add_row("study run", outcome.study_run_id)
     table.add_row("tracking", outcome.tracking_uri)

@@ -2,69 +2,36 @@
 
 from __future__ import annotations
 
+import csv
 import os
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
+import torch
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, repo_root_module, data_dir):
-    work = tmp_path_factory.mktemp("smoke")
-    env = {**os.environ, "HPO_DATA_DIR": str(data_dir), "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    start = time.time()
-    result = subprocess.run([sys.executable, "-m", "hpo.cli", "run", str(repo_root_module / "studies" / "smoke.yaml")],
-                            cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    seconds = time.time() - start
-    assert result.returncode == 0, result.stdout + result.stderr
-    return work, result, seconds
-
-
-@pytest.fixture(scope="module")
-def repo_root_module():
-    from hpo.testing import REPO_ROOT
-    return REPO_ROOT
-
-
-@pytest.fixture(scope="module")
-def runs(smoke_run):
-    import mlflow
-
-    work, _, _ = smoke_run
-    uri = f"sqlite:///{work / 'mlflow' / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("smoke")
-    assert experiment is not None
-    found = client.search_runs([experiment.experiment_id])
-    by_kind: dict[str, list] = {}
-    for run in found:
-        by_kind.setdefault(run.data.tags.get("hpo.kind"), []).append(run)
-    return uri, client, by_kind
+EVALUATION = {"confusion_matrix.png", "confusion_matrix_normalized.png", "confusion_matrix.csv",
+              "per_class_metrics.csv", "roc_curves.png", "reliability.png", "confident_errors.png",
+              "learning_curves.png", "optuna_plots.html", "families.csv"}
 
 
 def test_finishes_within_three_minutes_and_prints_a_summary(smoke_run):
-    _, result, seconds = smoke_run
-    assert seconds < 180
-    assert "test accuracy" in result.stderr and "models:/smoke/" in result.stderr
+    assert smoke_run.seconds < 180
+    assert "test accuracy" in smoke_run.stderr and "models:/smoke/" in smoke_run.stderr
 
 
-def test_one_study_run_with_its_resolved_config(runs):
-    _, client, by_kind = runs
+def test_one_study_run_with_its_resolved_config(smoke_runs):
+    client, by_kind = smoke_runs
     (study,) = by_kind["study"]
     assert study.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(study.info.run_id)}
-    assert {"study.resolved.yaml", "environment.json", "leaderboard.csv"} <= artifacts
+    assert {"study.resolved.yaml", "environment.json", "leaderboard.csv", "recheck.csv"} <= artifacts
     assert study.data.metrics["trials_pruned"] >= 1
 
 
-def test_one_nested_run_per_trial_with_epoch_curves(runs):
-    _, client, by_kind = runs
+def test_one_nested_run_per_trial_with_epoch_curves(smoke_runs):
+    client, by_kind = smoke_runs
     (study,) = by_kind["study"]
     trials = by_kind["trial"]
     assert len(trials) == 4
@@ -82,36 +49,59 @@ def test_one_nested_run_per_trial_with_epoch_curves(runs):
         assert len(client.get_metric_history(trial.info.run_id, "val_accuracy")) == 1
 
 
-def test_final_run_has_test_metrics_plots_and_a_registered_model(runs, data_dir):
-    import mlflow
-    import torch
+def test_recheck_reruns_the_top_k_with_fresh_seeds(smoke_runs):
+    client, by_kind = smoke_runs
+    rechecks = by_kind["recheck"]
+    assert len(rechecks) == 2 * 2  # top_k 2, seeds 2
+    assert len({r.data.params["seed"] for r in rechecks}) == 2
+    (study,) = by_kind["study"]
+    path = client.download_artifacts(study.info.run_id, "recheck.csv")
+    rows = list(csv.DictReader(open(path)))
+    assert len(rows) == 2 and sum(r["chosen"] == "True" for r in rows) == 1
+    assert study.data.metrics["recheck_std_val_accuracy"] >= 0
+
+
+def test_final_run_holds_every_evaluation_artifact(smoke_runs, smoke_data):
     from PIL import Image
 
-    uri, client, by_kind = runs
+    client, by_kind = smoke_runs
     (final,) = by_kind["final"]
     assert final.info.status == "FINISHED"
-    test_accuracy = final.data.metrics["test_accuracy"]
-    assert 0.5 < test_accuracy <= 1.0
     local = client.download_artifacts(final.info.run_id, "evaluation")
-    for name in ("confusion_matrix.png", "learning_curves.png"):
-        with Image.open(os.path.join(local, name)) as image:
-            assert image.size[0] > 300 and image.size[1] > 300
+    assert EVALUATION <= set(os.listdir(local))
+    for name in EVALUATION:
+        if name.endswith(".png"):
+            with Image.open(os.path.join(local, name)) as image:
+                image.load()
+                assert image.size[0] > 300 and image.size[1] > 300
+    per_class = list(csv.DictReader(open(os.path.join(local, "per_class_metrics.csv"))))
+    assert [r["class"] for r in per_class] == smoke_data.classes
+    assert all(0.0 <= float(r["roc_auc"]) <= 1.0 for r in per_class)
+    assert sum(int(r["support"]) for r in per_class) == len(smoke_data.y_test)
+    cm = np.loadtxt(os.path.join(local, "confusion_matrix.csv"), delimiter=",", dtype=int)
+    assert cm.shape == (10, 10) and cm.sum() == len(smoke_data.y_test)
+    assert np.trace(cm) / cm.sum() == pytest.approx(final.data.metrics["test_accuracy"])
+    html = open(os.path.join(local, "optuna_plots.html")).read()
+    assert "Optimisation history" in html and "plotly" in html.lower()
+    families = list(csv.DictReader(open(os.path.join(local, "families.csv"))))
+    assert [f["family"] for f in families] == ["cnn"]
+    for metric in ("test_accuracy", "test_loss", "test_macro_f1", "test_macro_roc_auc", "test_ece"):
+        assert metric in final.data.metrics
+    exports = {a.path for a in client.list_artifacts(final.info.run_id, "exports")}
+    assert {"exports/model.onnx", "exports/model.torchscript.pt", "exports/model_metadata.json"} <= exports
 
+
+def test_registered_model_loads_back_and_predicts(smoke_runs, smoke_run, smoke_model, smoke_data):
+    client, by_kind = smoke_runs
+    (final,) = by_kind["final"]
     (version,) = client.search_model_versions("name='smoke'")
     assert version.run_id == final.info.run_id
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pytorch.load_model(f"models:/smoke/{version.version}")
-
-    from hpo.config import load_study
-    from hpo.data import load_data
-    from hpo.testing import REPO_ROOT
-
-    study = load_study(REPO_ROOT / "studies" / "smoke.yaml")
-    data = load_data(study.config.dataset.model_copy(update={"data_dir": str(data_dir)}), study.config.seed)
+    assert client.get_model_version_by_alias("smoke", "champion").version == version.version
+    assert float(version.tags["test_accuracy"]) == pytest.approx(final.data.metrics["test_accuracy"], abs=1e-5)
+    assert "name: smoke" in version.description  # the study config travels with the version
     with torch.no_grad():
-        logits = model(torch.as_tensor(data.x_test, dtype=torch.float32) / 255.0)
-    accuracy = float((logits.argmax(1).numpy() == data.y_test).mean())
-    assert logits.shape == (len(data.y_test), 10)
+        logits = smoke_model(torch.as_tensor(smoke_data.x_test, dtype=torch.float32) / 255.0)
+    accuracy = float((logits.argmax(1).numpy() == smoke_data.y_test).mean())
+    assert logits.shape == (len(smoke_data.y_test), 10)
     # the logged model runs in fp32; the final evaluation used bf16 autocast
-    assert abs(accuracy - test_accuracy) < 0.02
-    assert np.isfinite(logits.numpy()).all()
+    assert abs(accuracy - final.data.metrics["test_accuracy"]) < 0.02

@@ -86,11 +86,26 @@ class Resources(Strict):
     max_concurrent: int | None = Field(None, ge=1)
 
 
+class RecheckConfig(Strict):
+    """Re-run the top-k configurations at the full epoch budget with fresh seeds and pick the winner by
+    the mean of their best validation metric (ASHA's ranking is noisy). ``top_k: 0`` turns it off."""
+
+    top_k: int = Field(0, ge=0, le=50)
+    seeds: int = Field(3, ge=1, le=20)
+
+
 class FinalConfig(Strict):
     enabled: bool = True
+    recheck: RecheckConfig = RecheckConfig()
     retrain_on: Literal["train+val", "train"] = "train+val"
     epochs: int | Literal["best"] = "best"
     register_as: str | None = None
+    # The registry alias ``champion`` moves to the new version when: always, never, or only if it beats
+    # the current champion's ``promote_metric`` by more than ``min_improvement``.
+    promote: Literal["if_better", "always", "never"] = "if_better"
+    promote_metric: Literal["test_accuracy", "test_loss"] = "test_accuracy"
+    min_improvement: float = Field(0.0, ge=0.0)
+    export: list[Literal["torchscript", "onnx"]] = ["torchscript", "onnx"]
 
 
 class TrackingConfig(Strict):

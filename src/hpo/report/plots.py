@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -15,9 +15,11 @@ def _pyplot():
     return plt
 
 
-def confusion_matrix_png(cm: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
-    """Row-normalised confusion matrix (recall on the diagonal) with the counts in each cell."""
-    plt = _pyplot()
+def confusion_matrix_png(cm: np.ndarray, classes: Sequence[str], path: Path, title: str,
+                         normalized: bool = False) -> Path:
+    """Confusion matrix coloured by row share (recall on the diagonal); cells show counts, or shares
+    when ``normalized``."""
+    plt = pyplot()
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     size = max(5.0, 0.6 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=110)
@@ -30,7 +32,8 @@ def confusion_matrix_png(cm: np.ndarray, classes: Sequence[str], path: Path, tit
     if len(classes) <= 30:
         for i in range(len(classes)):
             for j in range(len(classes)):
-                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
+                text = f"{norm[i, j]:.2f}" if normalized else str(int(cm[i, j]))
+                ax.text(j, i, text, ha="center", va="center", fontsize=8,
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
     fig.savefig(path)
@@ -40,7 +43,7 @@ def confusion_matrix_png(cm: np.ndarray, classes: Sequence[str], path: Path, tit
 
 def learning_curves_png(search: Sequence[dict], retrain: Sequence[dict], path: Path, title: str) -> Path:
     """Loss and accuracy per epoch: the winning trial's train/val curves and the final retrain's."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     for rows, label, style in ((search, "trial", "-"), (retrain, "retrain", "--")):
         if not rows:

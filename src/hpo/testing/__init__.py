@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,3 +35,13 @@ def write_idx(path: Path, array: np.ndarray, *, gz: bool | None = None) -> Path:
     gz = path.suffix == ".gz" if gz is None else gz
     path.write_bytes(gzip.compress(blob) if gz else blob)
     return path
+
+
+def run_hpo(args: list[str], cwd: Path, data_dir: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the ``hpo`` CLI in a subprocess (as a user would), with data found and usage stats off."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    if data_dir is not None:
+        env["HPO_DATA_DIR"] = str(data_dir)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "hpo.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
