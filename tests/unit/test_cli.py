@@ -77,3 +77,34 @@ def test_schema_is_json_schema(repo_root):
     assert result.returncode == 0
     assert schema["additionalProperties"] is False
     assert {"name", "dataset", "search_space", "budget"} <= set(schema["required"])
+
+
+def test_ui_serves_the_store_on_loopback(tmp_path):
+    import os
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "ui", "--port", str(port), "--tracking-uri", uri],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        status = None
+        while time.time() < deadline and status is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    status = response.status
+            except OSError:
+                time.sleep(0.5)
+                assert proc.poll() is None, proc.stderr.read().decode()
+        assert status == 200
+        listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
+        bound = [line.split()[3] for line in listening.splitlines()[1:] if line.split()[3].endswith(f":{port}")]
+        assert bound and all(addr.startswith("127.0.0.1:") for addr in bound), bound
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
