@@ -159,17 +159,15 @@ def ui(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Start the MLflow UI for the study's store (on loopback by default)."""
-    import shutil
-
     from hpo.tracking import default_tracking_uri
 
     configured = _load(study).config.tracking.uri if study else None
     uri = default_tracking_uri(tracking_uri or configured)
-    mlflow_bin = shutil.which("mlflow") or "mlflow"
     err.print(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C to stop)")
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    os.execvp(mlflow_bin, [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-                           "--workers", "1"])
+    # this interpreter's MLflow, whether or not its environment's bin/ is on PATH
+    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
+                              "--port", str(port), "--workers", "1"])
 
 
 @app.command()

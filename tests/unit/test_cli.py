@@ -106,5 +106,6 @@ def test_ui_serves_the_store_on_loopback(tmp_path):
         bound = [line.split()[3] for line in listening.splitlines()[1:] if line.split()[3].endswith(f":{port}")]
         assert bound and all(addr.startswith("127.0.0.1:") for addr in bound), bound
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
