@@ -4,7 +4,9 @@ start-up."""
 from __future__ import annotations
 
 import csv
+import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +37,7 @@ class StudyOutcome:
 
 
 def run_study(study: Study, *, address: str | None = None, tracking_uri: str | None = None,
-              console: Console | None = None, live: bool = True) -> StudyOutcome:
+              console: Console | None = None, live: bool = True, points: list[dict] | None = None) -> StudyOutcome:
     import ray
 
     from hpo.backends.live import LiveView
@@ -51,14 +53,27 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     workdir = Path(c.output_dir) / c.name / time.strftime("%Y%m%d-%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
 
-    with console.status("loading data"):
-        data = load_data(c.dataset, c.seed)
+    def timed_load():
+        begin = time.time()
+        return load_data(c.dataset, c.seed), time.time() - begin
+
+    started_ray = not ray.is_initialized()
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(timed_load)  # reading the data overlaps Ray's start-up
+        try:
+            ray_start = time.time()
+            start_ray(address)
+            ray_seconds = time.time() - ray_start
+            with console.status("loading data"):
+                data, data_seconds = loading.result()
+        except BaseException:
+            if started_ray:
+                ray.shutdown()
+            raise
     console.print(f"[bold]data[/] {c.dataset.name}: {data.summary()} (from {data.origin})")
 
     uri = default_tracking_uri(tracking_uri or c.tracking.uri)
     tracker = Tracker(uri, c.tracking.experiment or c.name)
-    started_ray = not ray.is_initialized()
-    start_ray(address)
     parent = tracker.start_study(study, study.resolved())
     console.print(f"[bold]tracking[/] {uri}  study run {parent}")
 
@@ -67,8 +82,10 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
                     metric=c.objective.metric, mode=c.objective.direction, console=console) if live else None
     try:
         with tracker.finishing(parent):
-            run_search(study, data, tracker, parent, workdir, records, view)
+            run_search(study, data, tracker, parent, workdir, records, view, points=points)
             search_seconds = time.time() - start
+            _log_stats(tracker, parent, workdir / "search_stats.json", run_start=start, data_seconds=data_seconds,
+                       ray_seconds=ray_seconds)
             winner = best_trial(records, c.objective.metric, c.objective.direction)
             _log_search_summary(tracker, parent, records, workdir, c.objective.metric, c.objective.direction,
                                 search_seconds)
@@ -121,6 +138,13 @@ def _log_search_summary(tracker, parent: str, records: list[TrialRecord], workdi
             value, epoch = r.best(metric, mode)
             writer.writerow([r.number, r.status, r.epochs, value, epoch, r.run_id, short_params(r.params)])
     tracker.log_artifact(parent, board)
+
+
+def _log_stats(tracker, parent: str, path: Path, **extra: float) -> None:
+    """Complete the backend's timing record with what happened before the search, and log it."""
+    stats = {**json.loads(path.read_text()), **extra}
+    path.write_text(json.dumps(stats, indent=1))
+    tracker.log_artifact(parent, path)
 
 
 def print_summary(console: Console, study: Study, outcome: StudyOutcome) -> None:

@@ -5,6 +5,7 @@ every trial reads it from there."""
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import time
@@ -36,12 +37,14 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
 
     from hpo.train import TrainData, train
 
+    started = time.time()  # for the orchestration-overhead accounting (benchmarks/orchestration.py)
     config = space.resolve(params)
     train_data = TrainData.from_arrays(data.x_train, data.y_train, data.x_val, data.y_val,
                                        data.num_classes, data.mean, data.std)
 
     def report(epoch, _model) -> None:
-        tune.report({**epoch.metrics(), "epoch": epoch.epoch, "early_stop": epoch.early_stop})
+        tune.report({**epoch.metrics(), "epoch": epoch.epoch, "early_stop": epoch.early_stop,
+                     "trial_started": started, "reported_at": time.time()})
 
     train(config, train_data, epochs=settings.max_epochs, seed=settings.seed, threads=settings.threads,
           report=report)
@@ -84,6 +87,8 @@ def _tune_callback_class():
             row = {k: result[k] for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                                           "lr", "seconds", "images_per_second", "early_stop") if k in result}
             record.history.append(row)
+            record.worker_started = result.get("trial_started", record.worker_started)
+            record.worker_last = result.get("reported_at", record.worker_last)
             metrics = {k: v for k, v in row.items() if k not in ("epoch", "early_stop")}
             self.tracker.log_metrics(record.run_id, metrics, step=row["epoch"])
 
@@ -141,8 +146,10 @@ def _error_text(trial) -> str:
 
 
 def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str, workdir: Path,
-               records: list[TrialRecord], view=None) -> list[TrialRecord]:
-    """Run the search; fills ``records`` (also on interruption) and returns them."""
+               records: list[TrialRecord], view=None, points: list[dict] | None = None) -> list[TrialRecord]:
+    """Run the search; fills ``records`` (also on interruption) and returns them. ``points`` are flat
+    Optuna parameter sets to evaluate first (enqueued in the Optuna study), e.g. to warm-start or to
+    compare schedulers on identical configurations."""
     import optuna
     import ray
     from ray import tune
@@ -162,7 +169,8 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
     sampler = optuna.samplers.TPESampler(seed=c.seed, n_startup_trials=min(10, max(2, c.budget.trials // 3)))
     storage = optuna.storages.RDBStorage(f"sqlite:///{(workdir / 'optuna.db').resolve()}")
     searcher = OptunaSearch(functools.partial(define_by_run, space=study.space), metric=metric, mode=mode,
-                            sampler=sampler, storage=storage, study_name=study.name)
+                            sampler=sampler, storage=storage, study_name=study.name,
+                            points_to_evaluate=points or None)
     if c.scheduler.type == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=c.budget.max_epochs,
                                   grace_period=c.scheduler.grace_period,
@@ -172,7 +180,9 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
 
     settings = TrialSettings(max_epochs=c.budget.max_epochs, seed=c.seed,
                              threads=max(1, math.floor(c.resources.cpus_per_trial)))
-    trainable = tune.with_parameters(run_trial, space=study.space, data=data, settings=settings)
+    put_start = time.perf_counter()
+    trainable = tune.with_parameters(run_trial, space=study.space, data=data, settings=settings)  # ray.put once
+    put_seconds = time.perf_counter() - put_start
     trainable = tune.with_resources(trainable, {"cpu": c.resources.cpus_per_trial,
                                                 "gpu": c.resources.gpus_per_trial})
     callback = _tune_callback_class()(study.space, tracker, parent_run, records, c.budget.max_epochs,
@@ -186,15 +196,24 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
                                   callbacks=[callback], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
+    fit_start = time.time()
     if view is not None:
         with view:
             tuner.fit()
     else:
         tuner.fit()
+    fit_end = time.time()
     for record in records:  # trials still running when the time budget ran out get no completion event
         if record.status == "running":
             record.status = "stopped"
             callback.end(record, f"stopped at epoch {record.epochs}: the search's time budget ran out", "KILLED")
+    stats = {"slots": concurrency, "data_put_seconds": put_seconds, "fit_start": fit_start, "fit_end": fit_end,
+             "tracking_seconds": tracker.busy_seconds,
+             "trials": [{"number": r.number, "status": r.status, "epochs": r.epochs,
+                         "compute_seconds": r.compute_seconds, "worker_started": r.worker_started,
+                         "worker_last": r.worker_last, "driver_started": r.started, "driver_ended": r.ended}
+                        for r in records]}
+    (workdir / "search_stats.json").write_text(json.dumps(stats, indent=1))
     return records
 
 

@@ -21,6 +21,8 @@ class TrialRecord:
     error: str | None = None
     started: float = field(default_factory=time.time)
     ended: float | None = None
+    worker_started: float | None = None  # wall clock in the trial's process: when it began
+    worker_last: float | None = None     # ... and when it last reported
 
     @property
     def epochs(self) -> int:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -47,8 +48,22 @@ def _git_commit() -> str | None:
         return None
 
 
+def _timed(method):
+    """Accumulate the time spent writing to MLflow (reported as tracking overhead)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.busy_seconds += time.perf_counter() - start
+    return wrapper
+
+
 class Tracker:
     """Writes a study's runs. All calls take explicit run ids: no global active-run state."""
+
+    busy_seconds = 0.0
 
     def __init__(self, uri: str, experiment: str) -> None:
         import mlflow
@@ -72,6 +87,7 @@ class Tracker:
             self.experiment_id = found.experiment_id
 
     # ------------------------------------------------------------------------------------- runs
+    @_timed
     def start_run(self, name: str, *, parent: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         all_tags = {"mlflow.runName": name, "hpo.version": __version__, **(tags or {})}
         if parent:
@@ -105,6 +121,7 @@ class Tracker:
         }, "environment.json")
         return run_id
 
+    @_timed
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -112,6 +129,7 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i: i + 100])
 
+    @_timed
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
@@ -120,11 +138,13 @@ class Tracker:
         if items:
             self.client.log_batch(run_id, metrics=items)
 
+    @_timed
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
+    @_timed
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
@@ -140,6 +160,7 @@ class Tracker:
         self.set_tags(run_id, {"hpo.status": "completed"})
         self.end_run(run_id)
 
+    @_timed
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 

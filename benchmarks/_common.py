@@ -1,0 +1,59 @@
+"""Shared by the benchmark scripts: machine description and appending results to docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = ROOT / "docs" / "BENCHMARKS.md"
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{gpu}"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def record(title: str, table: str, notes: str = "") -> None:
+    """Print the table and append it, with date, machine, commit and command, to docs/BENCHMARKS.md."""
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    block = (f"\n### {title} — {dt.date.today().isoformat()}\n\n"
+             f"Machine: {machine()}. Commit {commit()}. Command: `{command}`.\n\n{table}\n")
+    if notes:
+        block += f"\n{notes}\n"
+    print(block)
+    with BENCHMARKS_MD.open("a") as fh:
+        fh.write(block)
