@@ -72,15 +72,15 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
             raise
     console.print(f"[bold]data[/] {c.dataset.name}: {data.summary()} (from {data.origin})")
 
-    uri = default_tracking_uri(tracking_uri or c.tracking.uri)
-    tracker = Tracker(uri, c.tracking.experiment or c.name)
-    parent = tracker.start_study(study, study.resolved())
-    console.print(f"[bold]tracking[/] {uri}  study run {parent}")
-
-    records: list[TrialRecord] = []
-    view = LiveView(records, trials=c.budget.trials, time_budget=c.budget.time, max_epochs=c.budget.max_epochs,
-                    metric=c.objective.metric, mode=c.objective.direction, console=console) if live else None
     try:
+        uri = default_tracking_uri(tracking_uri or c.tracking.uri)
+        tracker = Tracker(uri, c.tracking.experiment or c.name)
+        parent = tracker.start_study(study, study.resolved())
+        console.print(f"[bold]tracking[/] {uri}  study run {parent}")
+        records: list[TrialRecord] = []
+        view = LiveView(records, trials=c.budget.trials, time_budget=c.budget.time,
+                        max_epochs=c.budget.max_epochs, metric=c.objective.metric, mode=c.objective.direction,
+                        console=console) if live else None
         with tracker.finishing(parent):
             run_search(study, data, tracker, parent, workdir, records, view, points=points)
             search_seconds = time.time() - start
