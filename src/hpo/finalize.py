@@ -170,7 +170,7 @@ def register(tracker: Tracker, study: Study, run_id: str, model_uri: str, model_
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, tags={"hpo.study": study.name})
-    tags = {"hpo.study": study.name, "hpo.run_id": run_id, **{k: f"{v:.6g}" for k, v in metrics.items()}}
+    tags = {"hpo.study": study.name, "hpo.run_id": run_id, **{k: repr(float(v)) for k, v in metrics.items()}}
     version = client.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id, tags=tags,
                                           description=yaml.safe_dump(study.resolved(), sort_keys=False)[:5000])
     v = str(version.version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import datetime as dt
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class ReportFiles:
 def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFiles:
     import jinja2
     import mlflow
+    from markupsafe import Markup
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(study_name)
@@ -110,9 +112,8 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
     table_template = env.from_string(TABLE)
 
     def table(rows):
-        return jinja2.utils.markupsafe.Markup(table_template.render(rows=[rows[0]] + [[_num(c) for c in r] for r in rows[1:]]))
+        return Markup(table_template.render(rows=[rows[0]] + [[_num(c) for c in r] for r in rows[1:]]))
 
-    import datetime as dt
     finished_at = dt.datetime.fromtimestamp((study_run.info.end_time or 0) / 1000).strftime("%Y-%m-%d %H:%M")
     context = dict(name=study_name, study_run=study_run.info.run_id, tracking_uri=tracking_uri,
                    finished=finished_at, kpis=kpis, leaderboard=leaderboard, recheck=recheck, families=families,
