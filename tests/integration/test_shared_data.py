@@ -8,27 +8,16 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def _probe(data):
-    import os
-
-    from hpo.train import TrainData
-
-    x = data.x_train
-    wrapped = TrainData.from_arrays(x, data.y_train, data.x_val, data.y_val, data.num_classes, data.mean, data.std)
-    return {"pid": os.getpid(), "owndata": x.flags.owndata, "writeable": x.flags.writeable,
-            "address": x.__array_interface__["data"][0],
-            "torch_shares": wrapped.x_train.data_ptr() == x.__array_interface__["data"][0]}
-
-
 def test_trials_map_the_dataset_from_the_object_store(fashion_subset):
     import ray
 
     from hpo.backends.ray_tune import start_ray
+    from hpo.testing import probe_shared_arrays
 
     start_ray(None, num_cpus=2)
     try:
         ref = ray.put(fashion_subset)
-        probe = ray.remote(num_cpus=1)(_probe)
+        probe = ray.remote(num_cpus=1)(probe_shared_arrays)
         results = ray.get([probe.remote(ref) for _ in range(2)])
     finally:
         ray.shutdown()

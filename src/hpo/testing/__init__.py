@@ -45,3 +45,14 @@ def run_hpo(args: list[str], cwd: Path, data_dir: Path | None = None, timeout: i
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([sys.executable, "-m", "hpo.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def probe_shared_arrays(data) -> dict:
+    """Run inside a Ray worker: how the worker holds ``data.x_train`` (a module-level function, so Ray can
+    import it there)."""
+    from hpo.train import TrainData
+
+    x = data.x_train
+    wrapped = TrainData.from_arrays(x, data.y_train, data.x_val, data.y_val, data.num_classes, data.mean, data.std)
+    return {"pid": os.getpid(), "owndata": x.flags.owndata, "writeable": x.flags.writeable,
+            "torch_shares": wrapped.x_train.data_ptr() == x.__array_interface__["data"][0]}
