@@ -47,13 +47,16 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def record(title: str, table: str, notes: str = "") -> None:
-    """Print the table and append it, with date, machine, commit and command, to docs/BENCHMARKS.md."""
+def record(title: str, table: str, notes: str = "", *, dry_run: bool = False) -> None:
+    """Print the table and append it, with date, machine, commit and command, to docs/BENCHMARKS.md
+    (``dry_run``: print only)."""
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
     block = (f"\n### {title} — {dt.date.today().isoformat()}\n\n"
              f"Machine: {machine()}. Commit {commit()}. Command: `{command}`.\n\n{table}\n")
     if notes:
         block += f"\n{notes}\n"
     print(block)
+    if dry_run:
+        return
     with BENCHMARKS_MD.open("a") as fh:
         fh.write(block)

@@ -78,11 +78,7 @@ def main() -> None:
              f"validation). ASHA's best is {gap:+.2f} percentage points below full budget's "
              f"(within 0.3 pp: {'yes' if gap <= 0.3 else 'no'}), using "
              f"{asha['epochs'] / full['epochs']:.0%} of its epochs.")
-    if args.no_record:
-        print(table)
-        print(notes)
-    else:
-        record("ASHA efficiency vs full-budget search", table, notes)
+    record("ASHA efficiency vs full-budget search", table, notes, dry_run=args.no_record)
 
 
 if __name__ == "__main__":

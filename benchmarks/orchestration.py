@@ -130,11 +130,7 @@ def main() -> None:
              f"Memory (sampled each second): the dataset is {data_mib:.0f} MiB of uint8 images. USS is memory "
              f"private to a process; a trial holding its own copy of the data would show it there, while the "
              f"object store's shared pages count only in RSS/PSS.\n\n{mem_table}")
-    if args.no_record:
-        print(table)
-        print(notes)
-    else:
-        record("Orchestration overhead (16-trial study)", table, notes)
+    record("Orchestration overhead (16-trial study)", table, notes, dry_run=args.no_record)
 
 
 if __name__ == "__main__":

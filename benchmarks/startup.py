@@ -38,10 +38,7 @@ def main() -> None:
         heavy = probe.stderr.strip().splitlines()[-1].removeprefix("HEAVY ")
         rows.append([f"`{label}`", f"{statistics.median(times):.2f} s", f"{max(times):.2f} s", heavy])
     table = markdown_table(["command", "median wall", "max wall", "heavy modules imported"], rows)
-    if args.no_record:
-        print(table)
-    else:
-        record("CLI start-up", table, f"{args.repeat} fresh processes per command (`python -m hpo.cli`).")
+    record("CLI start-up", table, f"{args.repeat} fresh processes per command (`python -m hpo.cli`).", dry_run=args.no_record)
 
 
 if __name__ == "__main__":

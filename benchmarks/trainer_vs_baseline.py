@@ -121,10 +121,7 @@ def main() -> None:
     notes = (f"{len(y):,} real Fashion-MNIST training images, batch {args.batch}, {args.threads} threads, "
              "images/s of the second epoch (the first is warm-up); both loops train the same nn.Module with "
              "SGD (momentum 0.9), flip p=0.5 and rotation up to 10 degrees.")
-    if args.no_record:
-        print(table)
-    else:
-        record("Trainer vs hand-written loop (images/s)", table, notes)
+    record("Trainer vs hand-written loop (images/s)", table, notes, dry_run=args.no_record)
 
 
 if __name__ == "__main__":
