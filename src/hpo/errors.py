@@ -53,6 +53,3 @@ class StudyErrors(HpoError):
 class DataError(HpoError):
     """A dataset cannot be found or read; the message says what to do."""
 
-
-class MissingExtraError(HpoError):
-    """An optional dependency is missing; the message gives the install command."""

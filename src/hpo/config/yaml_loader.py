@@ -40,9 +40,9 @@ class YamlDoc:
             path = path[:-1]
         return self.lines.get((), None)
 
-    def error(self, path: Path_, message: str, *, prefix: Path_ = ()) -> StudyError:
-        """A StudyError located at ``path`` (``prefix`` is prepended to the printed field path only)."""
-        shown = ".".join(str(p) for p in (*prefix, *path)) or None
+    def error(self, path: Path_, message: str) -> StudyError:
+        """A StudyError located at ``path``."""
+        shown = ".".join(str(p) for p in path) or None
         return StudyError(message, file=self.file, line=self.line_of(path), path=shown)
 
 

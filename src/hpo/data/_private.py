@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,6 @@ class ImageData:
     val_index: np.ndarray
     test_index: np.ndarray
     origin: str = ""
-    info: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:

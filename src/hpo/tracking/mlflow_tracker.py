@@ -163,6 +163,3 @@ class Tracker:
     @_timed
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
-
-    def run_url_hint(self, run_id: str) -> str:
-        return f"{self.uri} (experiment {self.experiment_id}, run {run_id})"
