@@ -72,15 +72,22 @@ def run(
                                                         "else Ray starts in-process)")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (overrides the study and "
                                                              "$MLFLOW_TRACKING_URI)")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="start over instead of continuing an interrupted run "
+                                                        "of this study")] = False,
 ) -> None:
-    """Search, then retrain the winner on train+val, test it once and register it."""
+    """Search, then retrain the winner on train+val, test it once and register it. Running a study again
+    after it was killed continues it: finished trials are kept, cut-off work is redone."""
     from hpo.errors import HpoError
+    from hpo.resume import ResumeConflict
 
     loaded = _load(study)
     try:
         from hpo.runner import run_study
 
-        run_study(loaded, address=address, tracking_uri=tracking_uri, console=err)
+        run_study(loaded, address=address, tracking_uri=tracking_uri, console=err, fresh=fresh)
+    except ResumeConflict as exc:
+        err.print(f"[red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
@@ -89,6 +96,34 @@ def run(
             raise
         err.print(f"[red]error[/]: {exc}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
+
+
+@app.command()
+def status(study: StudyArg,
+           as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Where a study stands: its runs on disk, the stage each reached, its trials and best result."""
+    from hpo.resume import StudyDir, describe
+
+    loaded = _load(study)
+    c = loaded.config
+    runs = [describe(r, c.objective.metric, c.objective.direction)
+            for r in StudyDir.all(Path(c.output_dir) / c.name)]
+    if as_json:
+        out.print_json(data=runs)
+        return
+    if not runs:
+        out.print(f"study '{c.name}' has not run yet (no runs under {Path(c.output_dir) / c.name})")
+        return
+    out.print(f"[bold]study {c.name}[/]: {len(runs)} run{'s' * (len(runs) != 1)} under "
+              f"{Path(c.output_dir) / c.name}", highlight=False)
+    for r in runs:
+        trials = ", ".join(f"{n} {s}" for s, n in sorted(r["trials"].items())) or "none yet"
+        best = r[f"best_{c.objective.metric}"]
+        best_text = f"best {c.objective.metric} {best[0]:.4f} (trial {best[1]})" if best else "no result yet"
+        out.print(f"  [bold]{Path(r['folder']).name}[/]  {r['state']}", highlight=False, soft_wrap=True)
+        out.print(f"    trials: {trials} | {best_text} | search {r['search_seconds'] / 60:.1f} min | "
+                  f"attempts {r['attempts']} | MLflow study run {r['study_run_id'] or '-'}",
+                  highlight=False, soft_wrap=True)
 
 
 TrackingOption = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default: "

@@ -17,9 +17,10 @@ from hpo.backends.live import short_params
 from hpo.backends.records import TrialRecord, best_trial
 from hpo.config import Study
 from hpo.errors import HpoError
+from hpo.resume import StudyDir
 
 
-STATUSES = ("completed", "early_stopped", "pruned", "stopped", "failed")
+STATUSES = ("completed", "early_stopped", "pruned", "stopped", "failed", "infeasible")
 
 
 class SearchFailed(HpoError):
@@ -37,21 +38,24 @@ class StudyOutcome:
 
 
 def run_study(study: Study, *, address: str | None = None, tracking_uri: str | None = None,
-              console: Console | None = None, live: bool = True, points: list[dict] | None = None) -> StudyOutcome:
+              console: Console | None = None, live: bool = True, points: list[dict] | None = None,
+              fresh: bool = False) -> StudyOutcome:
+    """Run ``study`` through its stages (search -> recheck -> finalize). If an earlier run of the same
+    study was killed, continue it (``fresh=True`` starts over instead): see :mod:`hpo.resume`."""
     import ray
 
-    from hpo.backends.live import LiveView
-    from hpo.backends.ray_tune import run_search, start_ray
+    from hpo.backends.ray_tune import start_ray
     from hpo.data import load_data
-    from hpo.finalize import finalize
-    from hpo.recheck import recheck
+    from hpo.security import redact
     from hpo.tracking import Tracker, default_tracking_uri
 
     console = console or Console(stderr=True)
     c = study.config
     start = time.time()
-    workdir = Path(c.output_dir) / c.name / time.strftime("%Y%m%d-%H%M%S")
-    workdir.mkdir(parents=True, exist_ok=True)
+    run_dir, resumed = StudyDir.open(Path(c.output_dir), c.name, study.fingerprint(), fresh=fresh)
+    if resumed:
+        console.print(f"[bold]resuming[/] {run_dir.path}: attempt {run_dir.state.attempts}, continuing "
+                      f"from the {run_dir.state.stage} stage (`hpo run --fresh` starts over)")
 
     def timed_load():
         begin = time.time()
@@ -75,48 +79,96 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     try:
         uri = default_tracking_uri(tracking_uri or c.tracking.uri)
         tracker = Tracker(uri, c.tracking.experiment or c.name)
-        parent = tracker.start_study(study, study.resolved())
-        console.print(f"[bold]tracking[/] {uri}  study run {parent}")
-        records: list[TrialRecord] = []
-        view = LiveView(records, trials=c.budget.trials, time_budget=c.budget.time,
-                        max_epochs=c.budget.max_epochs, metric=c.objective.metric, mode=c.objective.direction,
-                        console=console) if live else None
+        parent = run_dir.state.study_run_id
+        if parent is None:
+            parent = tracker.start_study(study, study.resolved())
+            run_dir.advance(run_dir.state.stage, study_run_id=parent)
+        else:
+            tracker.reopen(parent, {"hpo.attempts": run_dir.state.attempts})
+        console.print(f"[bold]tracking[/] {redact(uri)}  study run {parent}")
         with tracker.finishing(parent):
-            run_search(study, data, tracker, parent, workdir, records, view, points=points)
-            search_seconds = time.time() - start
-            _log_stats(tracker, parent, workdir / "search_stats.json", run_start=start, data_seconds=data_seconds,
-                       ray_seconds=ray_seconds)
-            winner = best_trial(records, c.objective.metric, c.objective.direction)
-            _log_search_summary(tracker, parent, records, workdir, c.objective.metric, c.objective.direction,
-                                search_seconds)
-            if winner is None:
-                reasons = "; ".join(f"trial {r.number}: {r.error}" for r in records if r.error) or "no trial reported"
-                raise SearchFailed(f"no trial produced a result ({reasons})")
-
-            final = rechecked = None
-            if c.final.enabled:
-                if c.final.recheck.top_k:
-                    k, n = c.final.recheck.top_k, c.final.recheck.seeds
-                    with console.status(f"re-checking the top {k} configurations with {n} seeds each"):
-                        rechecked = recheck(study, data, records, tracker, parent)
-                    winner = rechecked.winner
-                    console.print(f"[bold]recheck[/] trial #{winner.number} wins: mean {c.objective.metric} "
-                                  f"{rechecked.mean:.4f} ± {rechecked.std:.4f} over {n} seeds")
-                tracker.set_tags(parent, {"hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id})
-                with console.status(f"finalize: retraining trial #{winner.number} on {c.final.retrain_on}"):
-                    final = finalize(study, data, winner, records, tracker, parent,
-                                     optuna_storage=f"sqlite:///{(workdir / 'optuna.db').resolve()}",
-                                     best_epoch=rechecked.best_epoch if rechecked else None)
-                tracker.log_metrics(parent, {"test_accuracy": final.test_accuracy, "test_loss": final.test_loss})
-            seconds = time.time() - start
-            tracker.log_metrics(parent, {"wall_seconds": seconds})
+            outcome = _run_stages(study, data, tracker, parent, run_dir, resumed, console, live, points,
+                                  start=start, data_seconds=data_seconds, ray_seconds=ray_seconds)
+        outcome.tracking_uri = redact(uri)
     finally:
         if started_ray:
             ray.shutdown()
-
-    outcome = StudyOutcome(parent, records, winner, final, seconds, uri)
+        run_dir.unlock()
     print_summary(console, study, outcome)
     return outcome
+
+
+def _run_stages(study: Study, data, tracker, parent: str, run_dir: StudyDir, resumed: bool, console: Console,
+                live: bool, points: list[dict] | None, *, start: float, data_seconds: float,
+                ray_seconds: float) -> StudyOutcome:
+    from hpo.backends.live import LiveView
+    from hpo.backends.ray_tune import run_search
+    from hpo.backends.recovery import recover_search
+    from hpo.finalize import finalize
+    from hpo.recheck import recheck
+
+    c = study.config
+    metric, mode = c.objective.metric, c.objective.direction
+    state = run_dir.state
+    if state.stage == "search":
+        restarts, time_spent = [], 0.0
+        records: list[TrialRecord] = []
+        if resumed:
+            recovered = recover_search(run_dir, study, tracker, parent)
+            records, restarts, time_spent = recovered.records, recovered.restarts, recovered.time_spent
+            console.print(f"[bold]search[/] {len(records)} trials kept from before, {len(restarts)} restarted")
+        view = LiveView(records, trials=c.budget.trials, time_budget=c.budget.time, max_epochs=c.budget.max_epochs,
+                        metric=metric, mode=mode, console=console) if live else None
+        search_start = time.time()
+        run_search(study, data, tracker, parent, run_dir, records, view, points=None if resumed else points,
+                   restarts=restarts, time_spent=time_spent)
+        _log_stats(tracker, parent, run_dir.path / "search_stats.json", run_start=start, data_seconds=data_seconds,
+                   ray_seconds=ray_seconds)
+        _log_search_summary(tracker, parent, records, run_dir.path, metric, mode, time.time() - search_start)
+        if best_trial(records, metric, mode) is None:
+            run_dir.advance("done", outcome="failed")
+            reasons = "; ".join(f"trial {r.number}: {r.error}" for r in records if r.error) or "no trial reported"
+            raise SearchFailed(f"no trial produced a result ({reasons})")
+        if c.final.enabled:
+            run_dir.advance("recheck")
+        else:
+            run_dir.advance("done", outcome="completed")
+    else:
+        raw, _ = run_dir.load_trials()
+        records = [TrialRecord.from_json(d, study.space.resolve(d["params"])) for d in raw]
+    winner = best_trial(records, metric, mode)
+
+    if state.stage == "recheck":
+        for run in tracker.child_runs(parent, "recheck") if resumed else []:
+            tracker.delete_run(run.info.run_id)  # a re-check cut off by a crash is redone whole
+        verdict = None
+        if c.final.recheck.top_k:
+            k, n = c.final.recheck.top_k, c.final.recheck.seeds
+            with console.status(f"re-checking the top {k} configurations with {n} seeds each"):
+                rechecked = recheck(study, data, records, tracker, parent)
+            console.print(f"[bold]recheck[/] trial #{rechecked.winner.number} wins: mean {metric} "
+                          f"{rechecked.mean:.4f} ± {rechecked.std:.4f} over {n} seeds")
+            verdict = {"winner": rechecked.winner.number, "best_epoch": rechecked.best_epoch,
+                       "mean": rechecked.mean, "std": rechecked.std}
+        run_dir.advance("finalize", recheck=verdict)
+
+    final = None
+    best_epoch = None
+    if state.recheck:
+        winner = next(r for r in records if r.number == state.recheck["winner"])
+        best_epoch = state.recheck["best_epoch"]
+    if state.stage == "finalize":
+        for run in tracker.child_runs(parent, "final") if resumed else []:
+            tracker.delete_run(run.info.run_id)  # with the model version it may have registered
+        tracker.set_tags(parent, {"hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id})
+        with console.status(f"finalize: retraining trial #{winner.number} on {c.final.retrain_on}"):
+            final = finalize(study, data, winner, records, tracker, parent, optuna_storage=run_dir.optuna_storage,
+                             best_epoch=best_epoch)
+        tracker.log_metrics(parent, {"test_accuracy": final.test_accuracy, "test_loss": final.test_loss})
+        run_dir.advance("done", outcome="completed")
+    seconds = time.time() - start
+    tracker.log_metrics(parent, {"wall_seconds": seconds})
+    return StudyOutcome(parent, records, winner, final, seconds, tracker.uri)
 
 
 def _log_search_summary(tracker, parent: str, records: list[TrialRecord], workdir: Path, metric: str, mode: str,

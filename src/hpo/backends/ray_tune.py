@@ -17,6 +17,7 @@ from typing import Any
 from hpo.backends.records import TrialRecord
 from hpo.config import Study
 from hpo.data import ImageData
+from hpo.resume import StudyDir
 from hpo.space import SearchSpace, define_by_run
 from hpo.tracking import Tracker, flatten
 
@@ -28,6 +29,8 @@ class TrialSettings:
     max_epochs: int
     seed: int
     threads: int
+    memory_bytes: int | None = None   # resources.memory_per_trial
+    gpu_fraction: float | None = None  # a fractional gpus_per_trial: the share of the card's memory
 
 
 def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, settings: TrialSettings) -> None:
@@ -35,52 +38,75 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
     driver's import of this module stays light."""
     from ray import tune
 
+    from hpo.backends.limits import TrialOutOfMemory, describe_bytes, is_out_of_memory, memory_cap
     from hpo.train import TrainData, train
+    from hpo.train.loop import pick_device
 
     started = time.time()  # for the orchestration-overhead accounting (benchmarks/orchestration.py)
+    pid = os.getpid()
     config = space.resolve(params)
-    train_data = TrainData.from_arrays(data.x_train, data.y_train, data.x_val, data.y_val,
-                                       data.num_classes, data.mean, data.std)
+    device = pick_device().type
 
     def report(epoch, _model) -> None:
         tune.report({**epoch.metrics(), "epoch": epoch.epoch, "early_stop": epoch.early_stop,
-                     "trial_started": started, "reported_at": time.time()})
+                     "trial_started": started, "reported_at": time.time(), "pid": pid})
 
-    train(config, train_data, epochs=settings.max_epochs, seed=settings.seed, threads=settings.threads,
-          report=report)
+    with memory_cap(settings.memory_bytes, settings.gpu_fraction, device):
+        try:
+            train_data = TrainData.from_arrays(data.x_train, data.y_train, data.x_val, data.y_val,
+                                               data.num_classes, data.mean, data.std)
+            train(config, train_data, epochs=settings.max_epochs, seed=settings.seed, threads=settings.threads,
+                  report=report)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            cap = f", capped at {describe_bytes(settings.memory_bytes)}" if settings.memory_bytes else ""
+            detail = str(exc).strip().splitlines()[0][-200:] if str(exc).strip() else type(exc).__name__
+            raise TrialOutOfMemory(f"out of memory with batch size {config.batch_size} on {device}{cap} "
+                                   f"({detail})") from None
 
 
 def _tune_callback_class():
     from ray import tune
 
     class TrialTracker(tune.Callback):
-        """Runs in the driver: records every trial, mirrors it to MLflow, feeds the live view."""
+        """Runs in the driver: records every trial, mirrors it to MLflow, journals it to disk (for a
+        restart after a crash) and feeds the live view.
+
+        ``restarts`` are trials an earlier, killed attempt left unfinished; re-run with the same
+        parameters, each gets its old number back. One MLflow run per trial number: an attempt that is
+        cut off (crash, or a retry after an error) has its partial run deleted and a new one started."""
 
         def __init__(self, space: SearchSpace, tracker: Tracker, parent_run: str, records: list[TrialRecord],
-                     max_epochs: int, on_change: Callable[[TrialRecord], None] | None = None) -> None:
+                     max_epochs: int, *, restarts: list[TrialRecord] | None = None,
+                     journal: Callable[[list[TrialRecord]], None] | None = None,
+                     on_change: Callable[[TrialRecord], None] | None = None, searcher: Any = None) -> None:
             self.space, self.tracker, self.parent_run = space, tracker, parent_run
             self.records, self.max_epochs = records, max_epochs
+            self.restarts = list(restarts or [])
+            self.journal = journal or _ignore
             self.on_change = on_change or _ignore
+            self.searcher = searcher
             self.by_id: dict[str, TrialRecord] = {}
+            self.next_number = max((r.number for r in [*records, *self.restarts]), default=0) + 1
 
         def __getstate__(self) -> dict:
-            # Ray pickles callbacks into its experiment state; the terminal view holds locks and stays here.
-            return {**self.__dict__, "on_change": _ignore}
+            # Ray pickles callbacks into its experiment state; the view, the journal and the searcher stay here.
+            return {**self.__dict__, "on_change": _ignore, "journal": _ignore, "searcher": None}
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            if trial.trial_id in self.by_id:  # restarted after a failure: same record, same run
-                self.by_id[trial.trial_id].status = "running"
+            if trial.trial_id in self.by_id:  # started again by the retry policy (see on_trial_recover)
+                record = self.by_id[trial.trial_id]
+                record.status = "running"
+                self.changed(record)
                 return
             params = dict(trial.config)
-            config = self.space.resolve(params)
-            record = TrialRecord(trial.trial_id, len(self.records) + 1, params, config)
-            record.run_id = self.tracker.start_run(
-                f"trial-{record.number:03d}", parent=self.parent_run,
-                tags={"hpo.kind": "trial", "hpo.trial_id": trial.trial_id, "hpo.status": "running"})
-            self.tracker.log_params(record.run_id, flatten(config.model_dump(mode="json")))
+            record = TrialRecord(trial.trial_id, self._number_for(params), params, self.space.resolve(params),
+                                 optuna_number=self._optuna_number(trial.trial_id))
+            record.run_id = self._start_run(record)
             self.records.append(record)
             self.by_id[trial.trial_id] = record
-            self.on_change(record)
+            self.changed(record)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             record = self.by_id[trial.trial_id]
@@ -89,31 +115,40 @@ def _tune_callback_class():
             record.history.append(row)
             record.worker_started = result.get("trial_started", record.worker_started)
             record.worker_last = result.get("reported_at", record.worker_last)
+            record.worker_pid = result.get("pid", record.worker_pid)
             metrics = {k: v for k, v in row.items() if k not in ("epoch", "early_stop")}
             self.tracker.log_metrics(record.run_id, metrics, step=row["epoch"])
+            self.journal(self.records)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             record = self.by_id.get(trial.trial_id)
             if record is None:
                 return
-            last = record.history[-1] if record.history else {}
-            if last.get("early_stop"):
-                record.status, reason = "early_stopped", f"early stopping at epoch {record.epochs}"
-            elif record.epochs < self.max_epochs:
-                record.status, reason = "pruned", f"pruned by ASHA at epoch {record.epochs}"
-            else:
-                record.status, reason = "completed", f"completed {record.epochs} epochs"
-            self.end(record, reason, "FINISHED" if record.status != "pruned" else "KILLED")
+            record.status, reason = classify(record, self.max_epochs)
+            self.end(record, reason)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            record = self.by_id.get(trial.trial_id)
+            if record is None:
+                return
+            error = _error_text(trial)
+            self.tracker.delete_run(record.run_id)
+            record.retry_errors.append(error)
+            record.attempts += 1
+            record.history.clear()
+            record.status = "retrying"
+            record.run_id = self._start_run(record)
+            self.changed(record)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             record = self.by_id.get(trial.trial_id)
             if record is None:
                 return
-            record.status = "failed"
             record.error = _error_text(trial)
-            self.end(record, f"failed: {record.error}", "FAILED")
+            record.status = "infeasible" if record.error.startswith("TrialOutOfMemory") else "failed"
+            self.end(record, f"{record.status}: {record.error}")
 
-        def end(self, record: TrialRecord, reason: str, status: str) -> None:
+        def end(self, record: TrialRecord, reason: str) -> None:
             record.ended = time.time()
             tags = {"hpo.status": record.status, "hpo.reason": reason, "hpo.epochs": record.epochs}
             if record.status == "pruned":
@@ -121,10 +156,48 @@ def _tune_callback_class():
             if record.error:
                 tags["hpo.error"] = record.error
             self.tracker.set_tags(record.run_id, tags)
-            self.tracker.end_run(record.run_id, status)
+            self.tracker.end_run(record.run_id, RUN_STATUS[record.status])
+            self.changed(record)
+
+        def changed(self, record: TrialRecord) -> None:
+            self.journal(self.records)
             self.on_change(record)
 
+        def _start_run(self, record: TrialRecord) -> str:
+            tags = {"hpo.kind": "trial", "hpo.trial_id": record.trial_id, "hpo.status": "running",
+                    "hpo.trial_key": f"{self.parent_run}:{record.number}", "hpo.attempt": record.attempts}
+            if record.retry_errors:
+                tags["hpo.retry_errors"] = " | ".join(record.retry_errors)
+            run_id = self.tracker.start_run(f"trial-{record.number:03d}", parent=self.parent_run, tags=tags)
+            self.tracker.log_params(run_id, flatten(record.config.model_dump(mode="json")))
+            return run_id
+
+        def _number_for(self, params: dict[str, Any]) -> int:
+            for i, cut_off in enumerate(self.restarts):
+                if cut_off.params == params:
+                    return self.restarts.pop(i).number
+            number, self.next_number = self.next_number, self.next_number + 1
+            return number
+
+        def _optuna_number(self, trial_id: str) -> int | None:
+            ot_trial = getattr(self.searcher, "_ot_trials", {}).get(trial_id)
+            return None if ot_trial is None else ot_trial.number
+
     return TrialTracker
+
+
+RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "KILLED", "stopped": "KILLED",
+              "failed": "FAILED", "infeasible": "FAILED"}
+
+
+def classify(record: TrialRecord, max_epochs: int) -> tuple[str, str]:
+    """(status, reason) of a trial that ended without an error."""
+    last = record.history[-1] if record.history else {}
+    if last.get("early_stop"):
+        return "early_stopped", f"early stopping at epoch {record.epochs}"
+    if record.epochs < max_epochs:
+        return "pruned", f"pruned by ASHA at epoch {record.epochs}"
+    return "completed", f"completed {record.epochs} epochs"
 
 
 def _ignore(record: TrialRecord) -> None:
@@ -145,11 +218,16 @@ def _error_text(trial) -> str:
     return "unknown error"
 
 
-def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str, workdir: Path,
-               records: list[TrialRecord], view=None, points: list[dict] | None = None) -> list[TrialRecord]:
+def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str, run_dir: StudyDir,
+               records: list[TrialRecord], view=None, points: list[dict] | None = None,
+               restarts: list[TrialRecord] | None = None, time_spent: float = 0.0) -> list[TrialRecord]:
     """Run the search; fills ``records`` (also on interruption) and returns them. ``points`` are flat
     Optuna parameter sets to evaluate first (enqueued in the Optuna study), e.g. to warm-start or to
-    compare schedulers on identical configurations."""
+    compare schedulers on identical configurations.
+
+    On a resumed run, ``records`` holds the trials an earlier attempt finished (kept, not re-run),
+    ``restarts`` those it left unfinished (their parameters are already enqueued in the sampler), and
+    ``time_spent`` the search seconds already used."""
     import optuna
     import ray
     from ray import tune
@@ -158,16 +236,19 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     c = study.config
+    workdir = run_dir.path
+    remaining = c.budget.trials - len(records)
+    time_left = None if c.budget.time is None else c.budget.time - time_spent
     cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
     cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
     concurrency = max(1, math.floor(cluster_cpus / c.resources.cpus_per_trial))
     if c.resources.gpus_per_trial > 0:
         concurrency = min(concurrency, max(1, math.floor(cluster_gpus / c.resources.gpus_per_trial)))
-    concurrency = min(concurrency, c.resources.max_concurrent or concurrency, c.budget.trials)
+    concurrency = max(1, min(concurrency, c.resources.max_concurrent or concurrency, remaining))
 
     metric, mode = c.objective.metric, c.objective.direction
     sampler = optuna.samplers.TPESampler(seed=c.seed, n_startup_trials=min(10, max(2, c.budget.trials // 3)))
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(workdir / 'optuna.db').resolve()}")
+    storage = optuna.storages.RDBStorage(run_dir.optuna_storage)
     searcher = OptunaSearch(functools.partial(define_by_run, space=study.space), metric=metric, mode=mode,
                             sampler=sampler, storage=storage, study_name=study.name,
                             points_to_evaluate=points or None)
@@ -175,38 +256,44 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=c.budget.max_epochs,
                                   grace_period=c.scheduler.grace_period,
                                   reduction_factor=c.scheduler.reduction_factor)
+        seed_asha(scheduler, records, metric, mode)
     else:
         scheduler = FIFOScheduler()
 
+    gpu_fraction = c.resources.gpus_per_trial if 0 < c.resources.gpus_per_trial < 1 else None
+    memory = c.resources.memory_per_trial
     settings = TrialSettings(max_epochs=c.budget.max_epochs, seed=c.seed,
-                             threads=max(1, math.floor(c.resources.cpus_per_trial)))
+                             threads=max(1, math.floor(c.resources.cpus_per_trial)),
+                             memory_bytes=int(memory) if memory else None, gpu_fraction=gpu_fraction)
     put_start = time.perf_counter()
     trainable = tune.with_parameters(run_trial, space=study.space, data=data, settings=settings)  # ray.put once
     put_seconds = time.perf_counter() - put_start
-    trainable = tune.with_resources(trainable, {"cpu": c.resources.cpus_per_trial,
-                                                "gpu": c.resources.gpus_per_trial})
-    callback = _tune_callback_class()(study.space, tracker, parent_run, records, c.budget.max_epochs,
-                                      on_change=view.trial_changed if view is not None else None)
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
-                                    num_samples=c.budget.trials, max_concurrent_trials=concurrency,
-                                    time_budget_s=c.budget.time, reuse_actors=True),
-        run_config=tune.RunConfig(name="search", storage_path=str((workdir / "ray").resolve()),
-                                  callbacks=[callback], verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
-    )
+    resources = {"cpu": c.resources.cpus_per_trial, "gpu": c.resources.gpus_per_trial}
+    if memory:
+        resources["memory"] = int(memory)
+    trainable = tune.with_resources(trainable, resources)
     fit_start = time.time()
-    if view is not None:
-        with view:
-            tuner.fit()
-    else:
-        tuner.fit()
+    callback = _tune_callback_class()(
+        study.space, tracker, parent_run, records, c.budget.max_epochs, restarts=restarts,
+        journal=lambda recs: run_dir.save_trials(recs, time_spent + time.time() - fit_start),
+        on_change=view.trial_changed if view is not None else None, searcher=searcher)
+    if remaining > 0 and (time_left is None or time_left > 0):
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
+                                        num_samples=remaining, max_concurrent_trials=concurrency,
+                                        time_budget_s=time_left, reuse_actors=True),
+            run_config=tune.RunConfig(name=f"search-{run_dir.state.attempts}",
+                                      storage_path=str((workdir / "ray").resolve()), callbacks=[callback],
+                                      verbose=0, failure_config=tune.FailureConfig(max_failures=c.failures.retries)),
+        )
+        _fit(tuner, view)
     fit_end = time.time()
     for record in records:  # trials still running when the time budget ran out get no completion event
-        if record.status == "running":
+        if record.status in ("running", "retrying"):
             record.status = "stopped"
-            callback.end(record, f"stopped at epoch {record.epochs}: the search's time budget ran out", "KILLED")
+            callback.end(record, f"stopped at epoch {record.epochs}: the search's time budget ran out")
+    run_dir.save_trials(records, time_spent + fit_end - fit_start)
     stats = {"slots": concurrency, "data_put_seconds": put_seconds, "fit_start": fit_start, "fit_end": fit_end,
              "tracking_seconds": tracker.busy_seconds,
              "trials": [{"number": r.number, "status": r.status, "epochs": r.epochs,
@@ -215,6 +302,27 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
                         for r in records]}
     (workdir / "search_stats.json").write_text(json.dumps(stats, indent=1))
     return records
+
+
+def _fit(tuner, view) -> None:
+    if view is None:
+        tuner.fit()
+        return
+    with view:
+        tuner.fit()
+
+
+def seed_asha(scheduler, records: list[TrialRecord], metric: str, mode: str) -> None:
+    """Give a fresh ASHA the rung results of trials finished before a crash, so that a resumed search
+    stops trials as the uninterrupted one would have. ASHA keeps, per rung, the metric (sign-adjusted)
+    each trial had when it reached the rung's epoch."""
+    sign = 1.0 if mode == "max" else -1.0
+    for bracket in scheduler._brackets:
+        for milestone, recorded in bracket._rungs:
+            for record in records:
+                epoch = int(milestone)
+                if len(record.history) >= epoch and record.history[epoch - 1].get(metric) is not None:
+                    recorded[f"resumed-{record.number}"] = sign * record.history[epoch - 1][metric]
 
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> None:

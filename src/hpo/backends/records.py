@@ -17,8 +17,12 @@ class TrialRecord:
     config: TrialConfig
     run_id: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "running"       # running | completed | early_stopped | pruned | stopped | failed
+    status: str = "running"       # running | retrying | completed | early_stopped | pruned | stopped | failed | infeasible
     error: str | None = None
+    optuna_number: int | None = None  # the sampler's trial, to reconcile the two after a crash
+    attempts: int = 1             # > 1 when the retry policy restarted it
+    retry_errors: list[str] = field(default_factory=list)  # why earlier attempts failed
+    worker_pid: int | None = None
     started: float = field(default_factory=time.time)
     ended: float | None = None
     worker_started: float | None = None  # wall clock in the trial's process: when it began
@@ -36,6 +40,14 @@ class TrialRecord:
         pick = max if mode == "max" else min
         row = pick(rows, key=lambda r: r[metric])
         return row[metric], row["epoch"]
+
+    def to_json(self) -> dict[str, Any]:
+        """The journal entry (``trials.json``); the config is re-derived from ``params`` on load."""
+        return {k: v for k, v in self.__dict__.items() if k != "config"}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], config: TrialConfig) -> TrialRecord:
+        return cls(**{**data, "config": config})
 
     @property
     def compute_seconds(self) -> float:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ByteSize, Field, field_validator
 
 from hpo.config.trial import Strict
 
 DATASET_NAMES = ("fashion_mnist",)  # kept in step with hpo.data.DATASETS by a test
 
+# The search clock starts before the first trial's worker has imported torch and received the data,
+# which alone takes 3-5 s on 2 CPU cores: below this, not even the smallest model on the smallest
+# subset finishes an epoch (with 10 s, a 1-block CNN on 160 images completes 2).
+MIN_SEARCH_TIME = 10.0
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
 
 
@@ -69,8 +73,9 @@ class Budget(Strict):
         if value is None:
             return None
         seconds = parse_duration(value)
-        if seconds <= 0:
-            raise ValueError(f"must be a positive duration (got {value!r})")
+        if seconds < MIN_SEARCH_TIME:
+            raise ValueError(f"must be at least {MIN_SEARCH_TIME:g}s, or left out: a shorter search stops every "
+                             f"trial before its first epoch (got {value!r})")
         return seconds
 
 
@@ -84,6 +89,16 @@ class Resources(Strict):
     cpus_per_trial: float = Field(1.0, gt=0.0)
     gpus_per_trial: float = Field(0.0, ge=0.0)
     max_concurrent: int | None = Field(None, ge=1)
+    # A cap per trial ("4GiB", "512MB"): Ray packs trials by it, and a trial that needs more fails as
+    # infeasible (out of memory) instead of taking the machine down. On a GPU with a fractional
+    # gpus_per_trial, each trial is held to its fraction of the card's memory.
+    memory_per_trial: ByteSize | None = None
+
+
+class Failures(Strict):
+    """What happens when a trial fails (raises, goes NaN, runs out of memory, its process dies)."""
+
+    retries: int = Field(0, ge=0, le=10)  # restarts from scratch before the trial counts as failed
 
 
 class RecheckConfig(Strict):
@@ -123,6 +138,7 @@ class StudyConfig(Strict):
     budget: Budget
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: Resources = Resources()
+    failures: Failures = Failures()
     final: FinalConfig = FinalConfig()
     tracking: TrackingConfig = TrackingConfig()
     output_dir: str = "runs"

@@ -148,6 +148,31 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def reopen(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Mark a run that a killed or interrupted attempt left behind as running again."""
+        self.client.update_run(run_id, status="RUNNING")
+        self.set_tags(run_id, {**tags, "hpo.status": "running"})
+
+    @_timed
+    def delete_run(self, run_id: str) -> None:
+        """Discard a run whose work is being redone (MLflow keeps it, marked deleted, out of the UI), with
+        any model versions registered from it."""
+        try:
+            versions = self.client.search_model_versions(f"run_id = '{run_id}'")
+        except Exception:  # noqa: BLE001 - stores without a registry have nothing to remove
+            versions = []
+        for version in versions:
+            self.client.delete_model_version(version.name, version.version)
+        if self.client.get_run(run_id).info.lifecycle_stage != "deleted":
+            self.client.delete_run(run_id)
+
+    def child_runs(self, parent: str, kind: str) -> list:
+        """The live runs of one ``hpo.kind`` under a study run."""
+        return self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`hpo.kind` = '{kind}'",
+            max_results=5000)
+
     @contextmanager
     def finishing(self, run_id: str) -> Iterator[str]:
         """End ``run_id`` when the block ends: completed, or failed with the error (killed on Ctrl-C)."""

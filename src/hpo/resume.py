@@ -1,0 +1,203 @@
+"""Crash-safe study state, so that running a killed study again continues it.
+
+Each run of a study owns a folder, ``runs/<study>/<timestamp>/``, holding what a restart needs:
+
+- ``state.json``: the stage reached (search -> recheck -> finalize -> done), the MLflow study run, the
+  study's fingerprint, the time budget already spent, the re-check's verdict;
+- ``trials.json``: every trial the driver has seen, rewritten (atomically) on each event;
+- ``optuna.db``: the sampler's history (Optuna's own storage).
+
+``hpo run`` picks up the newest unfinished folder of the same study (same fingerprint). Work that is
+finished is kept; work that was cut off is discarded and redone: a trial that was running restarts from
+scratch with the same parameters and number, its partial MLflow run is deleted, and so are partial
+re-check and final runs. Reading the folder needs only the standard library (``hpo status`` is fast).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpo.errors import HpoError
+
+STAGES = ("search", "recheck", "finalize", "done")
+TERMINAL = ("completed", "early_stopped", "pruned", "stopped", "failed", "infeasible")
+
+
+class ResumeConflict(HpoError):
+    """An unfinished run exists that this invocation must not continue (changed study, or running now)."""
+
+
+@dataclass
+class RunState:
+    study: str
+    fingerprint: str
+    created: float = field(default_factory=time.time)
+    stage: str = "search"
+    study_run_id: str | None = None
+    attempts: int = 1
+    search_elapsed: float = 0.0           # search seconds spent by earlier attempts (the time budget)
+    recheck: dict[str, Any] | None = None  # {"winner": number, "best_epoch", "mean", "std"}
+    abandoned: bool = False                # superseded by `hpo run --fresh`
+    outcome: str | None = None             # at stage "done": completed | failed (no trial succeeded)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` so that a kill at any instant leaves either the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+class StudyDir:
+    """One run of a study on disk. Holding it means holding its lock (released when the process ends)."""
+
+    def __init__(self, path: Path, state: RunState) -> None:
+        self.path = path
+        self.state = state
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------------ finding and creating
+    @classmethod
+    def open(cls, output_dir: Path, study: str, fingerprint: str, *, fresh: bool = False) -> tuple[StudyDir, bool]:
+        """The study's unfinished run to continue (resumed=True), else a new one."""
+        root = output_dir / study
+        latest = cls.latest_unfinished(root)
+        if latest is not None:
+            latest.lock(wait=False)
+            if fresh:
+                latest.state.abandoned = True
+                latest.save_state()
+                latest.unlock()
+            elif latest.state.fingerprint != fingerprint:
+                latest.unlock()
+                raise ResumeConflict(
+                    f"{latest.path} holds an unfinished run of a different version of study '{study}' "
+                    f"(fingerprint {latest.state.fingerprint}, now {fingerprint}). Restore the study as it was "
+                    "to continue that run, or pass --fresh to start over (the unfinished run is kept on disk).")
+            else:
+                latest.state.attempts += 1
+                latest.save_state()
+                return latest, True
+        path = root / time.strftime("%Y%m%d-%H%M%S")
+        for n in range(2, 1000):
+            try:
+                path.mkdir(parents=True)
+                break
+            except FileExistsError:
+                path = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+        created = cls(path, RunState(study, fingerprint))
+        created.lock(wait=False)
+        created.save_state()
+        return created, False
+
+    @classmethod
+    def load(cls, path: Path) -> StudyDir:
+        return cls(path, RunState(**json.loads((path / "state.json").read_text())))
+
+    @classmethod
+    def all(cls, root: Path) -> list[StudyDir]:
+        """The study's runs, oldest first (folder names sort by time)."""
+        if not root.is_dir():
+            return []
+        return [cls.load(p) for p in sorted(root.iterdir()) if (p / "state.json").is_file()]
+
+    @classmethod
+    def latest_unfinished(cls, root: Path) -> StudyDir | None:
+        runs = [r for r in cls.all(root) if r.state.stage != "done" and not r.state.abandoned]
+        return runs[-1] if runs else None
+
+    # ------------------------------------------------------------------ locking
+    def lock(self, *, wait: bool) -> None:
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ResumeConflict(
+                f"study '{self.state.study}' is running now (pid {holder}, {self.path}); wait for it to end, "
+                "or pass --fresh to start a separate run") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def is_locked(self) -> bool:
+        """Whether some process (this one included) is running this study now."""
+        try:
+            fd = os.open(self.path / "lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ state and trials
+    def save_state(self) -> None:
+        write_json(self.path / "state.json", asdict(self.state))
+
+    def advance(self, stage: str, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(self.state, key, value)
+        self.state.stage = stage
+        self.save_state()
+
+    @property
+    def trials_file(self) -> Path:
+        return self.path / "trials.json"
+
+    def save_trials(self, records: list, search_elapsed: float) -> None:
+        write_json(self.trials_file, {"search_elapsed": search_elapsed,
+                                      "trials": [r.to_json() for r in records]})
+
+    def load_trials(self) -> tuple[list[dict[str, Any]], float]:
+        """The journal of trials (raw dicts) and the search seconds spent so far."""
+        if not self.trials_file.is_file():
+            return [], self.state.search_elapsed
+        data = json.loads(self.trials_file.read_text())
+        return data["trials"], max(data.get("search_elapsed", 0.0), self.state.search_elapsed)
+
+    @property
+    def optuna_storage(self) -> str:
+        return f"sqlite:///{(self.path / 'optuna.db').resolve()}"
+
+
+def describe(run: StudyDir, metric: str = "val_accuracy", mode: str = "max") -> dict[str, Any]:
+    """What ``hpo status`` shows for one run (no heavy imports)."""
+    trials, elapsed = run.load_trials()
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    best = None
+    for t in trials:
+        for row in t["history"]:
+            value = row.get(metric)
+            if value is not None and (best is None or (value > best[0] if mode == "max" else value < best[0])):
+                best = (value, t["number"])
+    running = run.is_locked()
+    stage = run.state.stage
+    if run.state.abandoned:
+        where = "abandoned (--fresh)"
+    elif stage == "done":
+        where = "finished" if run.state.outcome != "failed" else "failed: no trial produced a result"
+    elif running:
+        where = f"running: {stage}"
+    else:
+        where = f"interrupted in {stage}: `hpo run` continues it"
+    return {"folder": str(run.path), "state": where, "stage": stage, "attempts": run.state.attempts,
+            "trials": counts, "search_seconds": elapsed, f"best_{metric}": best,
+            "study_run_id": run.state.study_run_id}
