@@ -127,6 +127,7 @@ def _run_stages(study: Study, data, tracker, parent: str, run_dir: StudyDir, res
         _log_search_summary(tracker, parent, records, run_dir.path, metric, mode, time.time() - search_start)
         if best_trial(records, metric, mode) is None:
             run_dir.advance("done", outcome="failed")
+            _print_trials(console, study, records)
             reasons = "; ".join(f"trial {r.number}: {r.error}" for r in records if r.error) or "no trial reported"
             raise SearchFailed(f"no trial produced a result ({reasons})")
         if c.final.enabled:
@@ -197,6 +198,15 @@ def _log_stats(tracker, parent: str, path: Path, **extra: float) -> None:
     stats = {**json.loads(path.read_text()), **extra}
     path.write_text(json.dumps(stats, indent=1))
     tracker.log_artifact(parent, path)
+
+
+def _print_trials(console: Console, study: Study, records: list[TrialRecord]) -> None:
+    table = Table(title=f"study {study.name}: trials", title_justify="left")
+    for col in ("trial", "status", "attempts", "epochs", "reason"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(str(r.number), r.status, str(r.attempts), str(r.epochs), r.error or "")
+    console.print(table)
 
 
 def print_summary(console: Console, study: Study, outcome: StudyOutcome) -> None:

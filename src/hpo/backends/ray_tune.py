@@ -8,6 +8,7 @@ import functools
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -205,6 +206,15 @@ def _ignore(record: TrialRecord) -> None:
 
 
 def _error_text(trial) -> str:
+    """``"TypeName: message"`` (first line, module path dropped) of the error that ended ``trial``."""
+    text = _raw_error_text(trial)
+    if "worker process has died" in text or "actor died unexpectedly" in text:
+        return ("TrialProcessDied: the trial's process died (killed by a signal, by the kernel's OOM killer, "
+                "or crashed in native code)")
+    return re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=\w+(?::|$))", "", text)
+
+
+def _raw_error_text(trial) -> str:
     try:
         error = trial.get_pickled_error() or trial.get_error()
     except Exception:  # noqa: BLE001 - reading the error must never break the search
