@@ -77,7 +77,7 @@ def run(
 ) -> None:
     """Search, then retrain the winner on train+val, test it once and register it. Running a study again
     after it was killed continues it: finished trials are kept, cut-off work is redone."""
-    from hpo.errors import HpoError
+    from hpo.errors import DataError, HpoError
     from hpo.resume import ResumeConflict
 
     loaded = _load(study)
@@ -85,7 +85,7 @@ def run(
         from hpo.runner import run_study
 
         run_study(loaded, address=address, tracking_uri=tracking_uri, console=err, fresh=fresh)
-    except ResumeConflict as exc:
+    except (ResumeConflict, DataError) as exc:  # like a bad study: nothing to run (unreadable data, ...)
         err.print(f"[red]error[/]: {exc}", highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:

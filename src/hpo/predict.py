@@ -5,6 +5,9 @@ scaled the way Fashion-MNIST's images were made)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,15 +36,52 @@ def model_uri_for(model: str) -> str:
     return f"runs:/{model}/model"
 
 
+@contextmanager
+def _pickle_refused() -> Iterator[None]:
+    """MLflow unpickles a model's files unless told not to (its default allows it); told not to, it also
+    checks every record of a .pt2 archive before torch.export.load unpickles the weights."""
+    key, before = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION", os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def load_exported_model(model_dir: Path, shown: str) -> Any:
+    """The torch.export program in a downloaded MLflow model folder. Anything that could run code on
+    load is refused: a pickled model (``model.pth``), code shipped with the model, a .pt2 archive whose
+    records are not plain tensors. hpo logs only .pt2 programs, so its own models always pass."""
+    import mlflow
+
+    flavor = mlflow.models.Model.load(model_dir).flavors.get("pytorch")
+    data = model_dir / flavor["model_data"] if flavor and flavor.get("model_data") else None
+    if data is None or (data / "model.pth").exists() or not (data / "model.pt2").is_file():
+        raise HpoError(f"model {shown!r} is not a torch.export program (.pt2); hpo does not load pickled "
+                       "models, since unpickling can run arbitrary code")
+    if flavor.get("code"):
+        raise HpoError(f"model {shown!r} ships Python code ({flavor['code']}); hpo does not import a model's code")
+    with _pickle_refused():
+        try:
+            return mlflow.pytorch.load_model(str(model_dir))
+        except mlflow.exceptions.MlflowException as exc:
+            reason = str(exc).split(" You can set")[0]  # the way out it offers is the one shut here
+            raise HpoError(f"model {shown!r} refused: {reason}") from None
+
+
 class Predictor:
     def __init__(self, model_uri: str) -> None:
         import mlflow
 
         try:
-            info = mlflow.models.get_model_info(model_uri)
-            self.model = mlflow.pytorch.load_model(model_uri)
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+            info = mlflow.models.Model.load(local)
         except Exception as exc:  # MLflow raises several types for "not found"
             raise HpoError(f"cannot load model {model_uri!r}: {exc}") from None
+        self.model = load_exported_model(local, model_uri)
         meta = info.metadata or {}
         missing = {"classes", "channels", "image_size", "background"} - set(meta)
         if missing:

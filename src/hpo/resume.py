@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,6 +132,11 @@ class StudyDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
+
+    def discard(self) -> None:
+        """Remove a run that never started (e.g. its data could not be read)."""
+        self.unlock()
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def is_locked(self) -> bool:
         """Whether some process (this one included) is running this study now."""

@@ -73,6 +73,8 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
         except BaseException:
             if started_ray:
                 ray.shutdown()
+            if not resumed:  # nothing happened yet: leave no run behind to "resume"
+                run_dir.discard()
             raise
     console.print(f"[bold]data[/] {c.dataset.name}: {data.summary()} (from {data.origin})")
 

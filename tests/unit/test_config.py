@@ -64,8 +64,8 @@ def test_unknown_key_suggests_the_close_one(tmp_path):
 def test_cross_field_check_points_at_the_field(tmp_path):
     with pytest.raises(StudyErrors) as info:
         load_study(write(tmp_path, STUDY.format(trials=2, grace=5)))
-    assert messages(info) == [f"{tmp_path / 'study.yaml'}:5: scheduler.grace_period: "
-                              f"must be <= budget.max_epochs (2) (got 5)"]
+    assert messages(info) == [(f"{tmp_path / 'study.yaml'}:5: scheduler.grace_period: "
+                               f"must be <= budget.max_epochs (2) (got 5)")]
 
 
 def test_missing_search_space_file(tmp_path):
@@ -100,3 +100,23 @@ def test_search_space_errors_name_the_line_in_the_space_file(tmp_path, space, li
         load_study(write(tmp_path, space=space))
     found = messages(info)
     assert any(f"space.yaml:{line}: {field}: " in m and message in m for m in found), found
+
+
+def test_a_value_that_fits_no_member_of_a_union_is_one_error_at_its_own_key(tmp_path):
+    study = STUDY.format(trials=2, grace=1) + "final: {epochs: bestest}\n"
+    with pytest.raises(StudyErrors) as info:
+        load_study(write(tmp_path, study))
+    expected = f"{tmp_path / 'study.yaml'}:6: final.epochs: must be an integer or one of 'best' (got 'bestest')"
+    assert messages(info) == [expected]
+
+
+@pytest.mark.parametrize("time, ok", [("10s", True), ("1h", True), ("9s", False), (0, False)])
+def test_a_search_budget_must_leave_time_for_one_epoch(tmp_path, time, ok):
+    study = STUDY.format(trials=2, grace=1).replace("time: 1m", f"time: {time}")
+    if ok:
+        assert load_study(write(tmp_path, study)).config.budget.time >= 10
+        return
+    with pytest.raises(StudyErrors) as info:
+        load_study(write(tmp_path, study))
+    assert f"budget.time: must be at least 10s, or left out: a shorter search stops every trial before its first " \
+           f"epoch (got {time!r})" in messages(info)[0]

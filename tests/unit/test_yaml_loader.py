@@ -53,3 +53,32 @@ def test_empty_and_missing_files(tmp_path):
         load_yaml(tmp_path / "empty.yaml")
     with pytest.raises(StudyError, match="file not found"):
         load_yaml(tmp_path / "nope.yaml")
+
+
+def test_an_alias_is_refused_on_its_own_line():
+    with pytest.raises(StudyError, match=r"x.yaml:3: YAML anchors and aliases"):
+        parse('a: &a ["x", "x"]\nb: 1\nc: [*a, *a]\n')
+
+
+def test_merge_keys_are_refused_by_name():
+    with pytest.raises(StudyError, match=r"x.yaml:2: a: YAML merge keys \(<<\) are not allowed"):
+        parse("a:\n  <<: {b: 1}\n")
+
+
+def test_nesting_is_bounded_before_the_stack_is():
+    with pytest.raises(StudyError, match=r"x.yaml:1: nested more than 64 levels deep"):
+        parse("a: " + "[" * 10_000 + "]" * 10_000)
+    assert parse("a: " + "[" * 60 + "]" * 60).data["a"]
+
+
+def test_files_are_read_as_utf8_only_and_never_past_the_size_limit(tmp_path):
+    (tmp_path / "bom.yaml").write_bytes("\ufeffa: é\n".encode())  # a BOM is fine
+    assert load_yaml(tmp_path / "bom.yaml").data == {"a": "é"}
+    (tmp_path / "utf16.yaml").write_text("a: é\n", encoding="utf-16")  # with its byte-order mark
+    assert load_yaml(tmp_path / "utf16.yaml").data == {"a": "é"}
+    (tmp_path / "latin1.yaml").write_bytes("a: 1\nb: é\n".encode("latin-1"))
+    with pytest.raises(StudyError, match=r"latin1.yaml:2: not UTF-8 text \(save it as UTF-8\): byte 0xe9 at column 4"):
+        load_yaml(tmp_path / "latin1.yaml")
+    (tmp_path / "big.yaml").write_bytes(b"a: 1\n" + b"#" * 2_000_000)
+    with pytest.raises(StudyError, match=r"big.yaml:2: study files are limited to 1,000,000 bytes; .* line 2"):
+        load_yaml(tmp_path / "big.yaml")

@@ -17,7 +17,7 @@ from hpo.config.messages import to_study_errors
 from hpo.config.study import StudyConfig
 from hpo.config.yaml_loader import YamlDoc, load_yaml
 from hpo.errors import StudyError, StudyErrors
-from hpo.space import SearchSpace, parse_space
+from hpo.space import SearchSpace, load_space, parse_space
 
 
 @dataclass
@@ -63,10 +63,13 @@ def load_study(file: str | Path) -> Study:
 
     if isinstance(config.search_space, str):
         space_path = Path(os.path.normpath(file.parent / config.search_space))
-        if not space_path.is_file():
+        if not space_path.exists():
             raise doc.error(("search_space",), f"search-space file not found: {config.search_space} "
                                                f"(looked for {space_path.resolve()})")
-        space_doc = load_yaml(space_path, display=_display(space_path))
+        if not space_path.is_file():
+            raise doc.error(("search_space",), f"{config.search_space} is a directory, not a search-space file "
+                                               f"({space_path.resolve()})")
+        space_doc = load_space(space_path, display=_display)
         space = parse_space(space_doc)
         space_data = space_doc.data
     else:

@@ -83,19 +83,50 @@ def unknown_key_message(key: str, valid: Sequence[str]) -> str:
 
 
 def to_study_errors(exc: ValidationError, doc: YamlDoc, model: type[BaseModel], *,
-                    locate: Callable[[Loc], Loc] | None = None) -> list[StudyError]:
+                    locate: Callable[[Loc], Loc] | None = None, data: Any = None) -> list[StudyError]:
     """Map each pydantic error to the line of the offending key in ``doc``.
 
-    ``locate`` translates a location in the validated data to a path in the YAML document when the two
-    differ (as for a search space, whose branches and distributions sit between the keys).
+    ``locate`` translates a location in the validated ``data`` (default: the document's) to a path in the
+    YAML document when the two differ (as for a search space, whose branches and distributions sit
+    between the keys).
     """
-    errors: list[StudyError] = []
+    data = doc.data if data is None else data
+    grouped: dict[Loc, list[str]] = {}
     for err in exc.errors(include_url=False):
         loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         if err["type"] == "extra_forbidden":
             message = unknown_key_message(str(loc[-1]), fields_at(model, loc[:-1]))
         else:
             message = describe(err)
-        doc_path = locate(loc) if locate else loc
-        errors.append(doc.error(doc_path, message))
-    return errors
+        if err["type"] != "missing":
+            loc = _existing(loc, data)
+        grouped.setdefault(loc, []).append(message)
+    return [doc.error(locate(loc) if locate else loc, _either(messages)) for loc, messages in grouped.items()]
+
+
+def _existing(loc: Loc, data: Any) -> Loc:
+    """The part of ``loc`` that exists in ``data``: pydantic appends the member type to the location of a
+    value that fits no member of a union (``final.epochs.int``), which names no key of the study."""
+    n = 0
+    for part in loc:
+        if not _holds(data, part):
+            break
+        data = data[part]
+        n += 1
+    return loc[:n]
+
+
+def _holds(data: Any, part: str | int) -> bool:
+    if isinstance(data, dict):
+        return part in data
+    return isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+
+
+def _either(messages: list[str]) -> str:
+    """One message for a value that fits none of a union's members: ``must be an integer or one of
+    'best' (got 'x')``."""
+    if len(messages) == 1:
+        return messages[0]
+    got = messages[0][messages[0].rfind(" (got "):] if " (got " in messages[0] else ""
+    rules = list(dict.fromkeys(m.removesuffix(got) for m in messages))
+    return " or ".join([rules[0], *(r.removeprefix("must be ") for r in rules[1:])]) + got

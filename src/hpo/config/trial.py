@@ -12,7 +12,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-
 def probability(default: float = 0.0):
     return Field(default, ge=0.0, le=1.0)
 

@@ -52,17 +52,28 @@ def load_fashion_mnist(data_dir: Path | None, download: bool):
 
     arrays = {key: read_idx(path) for key, path in found.items()}
     for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y):
-            raise DataError(f"{found[f'x_{split}']}: expected N images of 28x28 with N labels, "
-                            f"got images {x.shape} and labels {y.shape}")
-        if y.max(initial=0) >= len(CLASSES):
-            raise DataError(f"{found[f'y_{split}']}: labels must be 0..9, found {int(y.max())}")
+        _check_pair(arrays[f"x_{split}"], arrays[f"y_{split}"], found[f"x_{split}"], found[f"y_{split}"])
     return SourceData(
         x_train=arrays["x_train"][:, None], y_train=arrays["y_train"].astype(np.int64),
         x_test=arrays["x_test"][:, None], y_test=arrays["y_test"].astype(np.int64),
         classes=list(CLASSES), origin=str(directory),
     )
+
+
+def _check_pair(x: np.ndarray, y: np.ndarray, x_file: Path, y_file: Path) -> None:
+    """Images and labels that belong together: a swapped, truncated or foreign file fails here, naming
+    itself, rather than as a shape error deep inside a trial."""
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise DataError(f"{x_file}: expected images of 28x28 (shape N x 28 x 28), got shape {x.shape}")
+    if y.ndim != 1:
+        raise DataError(f"{y_file}: expected one label per image (shape N), got shape {y.shape}")
+    if len(x) != len(y):
+        raise DataError(f"{x_file} holds {len(x):,} images but {y_file} holds {len(y):,} labels; one of them is "
+                        "truncated or from another set")
+    if len(y) == 0:
+        raise DataError(f"{y_file}: holds no examples")
+    if y.max() >= len(CLASSES):
+        raise DataError(f"{y_file}: labels must be 0..{len(CLASSES) - 1}, found {int(y.max())}")
 
 
 def _download(data_dir: Path | None) -> Path:

@@ -11,6 +11,9 @@ constant or one distribution:
 
 Optuna parameter names are the dotted config paths with the branch inserted (``model.cnn.depth``), so two
 branches never share a parameter; the branch choice itself is the parameter ``model.name``.
+
+A search-space file may start from another: ``extends: base.yaml`` (relative to the file) deep-merges
+``base.yaml`` under it, the extending file winning key by key (``load_space``).
 """
 
 from hpo.space._private import (
@@ -21,7 +24,9 @@ from hpo.space._private import (
     Int,
     SearchSpace,
     define_by_run,
+    load_space,
     parse_space,
 )
 
-__all__ = ["Branches", "Categorical", "Constant", "Float", "Int", "SearchSpace", "define_by_run", "parse_space"]
+__all__ = ["Branches", "Categorical", "Constant", "Float", "Int", "SearchSpace", "define_by_run", "load_space",
+           "parse_space"]

@@ -2,20 +2,23 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Union
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from hpo.config.messages import to_study_errors
 from hpo.config.trial import TrialConfig
-from hpo.config.yaml_loader import YamlDoc
+from hpo.config.yaml_loader import YamlDoc, load_yaml
 from hpo.errors import StudyError, StudyErrors
 
-DocPath = tuple[Union[str, int], ...]
+DocPath = tuple[str | int, ...]
 _DISTRIBUTIONS = ("float", "int", "categorical", "one_of")
 _MODIFIERS = {"float": {"log", "step"}, "int": {"log", "step"}, "categorical": set(), "one_of": set()}
+EXTENDS = "extends"
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,8 @@ class Branches:
         return Categorical(tuple(self.options))
 
 
-Param = Union[Float, Int, Categorical]
-Node = Union[Param, Constant, Branches, dict]
+Param = Float | Int | Categorical
+Node = Param | Constant | Branches | dict
 Suggest = Callable[[str, Param], Any]
 
 
@@ -161,6 +164,9 @@ def parse_space(doc: YamlDoc, data: Any = None, base: DocPath = ()) -> SearchSpa
     errors: list[StudyError] = []
     if not isinstance(data, dict):
         raise StudyErrors([doc.error(base, "a search space must be a mapping of config keys")])
+    if EXTENDS in data:  # load_space resolves it in files; a space inlined in a study has no file to be
+        raise StudyErrors([doc.error((*base, EXTENDS), "extends works in search-space files: put this space in "
+                                                       "a file and name that file in search_space")])
     params: list[ParamInfo] = []
     root = _parse_mapping(data, doc, base, (), None, params, errors)
     if errors:
@@ -274,6 +280,79 @@ def _numeric(kind: str, spec: Any, log: Any, step: Any) -> Float | Int:
     return Float(float(low), float(high), log=log, step=None if step is None else float(step))
 
 
+# ------------------------------------------------------------------------------------------- extends
+
+def load_space(file: Path, display: Callable[[Path], Path] = Path) -> YamlDoc:
+    """Load a search-space file, resolving ``extends: other.yaml`` (relative to the extending file).
+
+    The extended file is deep-merged under the extending one, which wins: mappings of config keys merge
+    key by key (as do ``one_of`` branches); anything else, a distribution included, is replaced whole.
+    Chains are followed and a cycle is an error that shows it. ``display`` names files in errors.
+    """
+    return _load_extending(Path(file), display, ())
+
+
+def _load_extending(file: Path, display: Callable[[Path], Path], chain: tuple[Path, ...]) -> YamlDoc:
+    doc = load_yaml(file, display=display(file))
+    if not isinstance(doc.data, dict) or EXTENDS not in doc.data:
+        return doc
+    target = doc.data[EXTENDS]
+    if not isinstance(target, str) or not target.strip():
+        raise doc.error((EXTENDS,), f"must be the path of another search-space file, relative to this one "
+                                    f"(got {target!r})")
+    parent = Path(os.path.normpath(file.parent / target))
+    here = (*chain, file.resolve())
+    if parent.resolve() in here:
+        start = here[0].parent
+        cycle = " -> ".join(os.path.relpath(p, start) for p in (*here, parent.resolve()))
+        raise doc.error((EXTENDS,), f"circular extends: {cycle}")
+    if not parent.exists():
+        raise doc.error((EXTENDS,), f"search-space file not found: {target} (looked for {parent.resolve()})")
+    base = _load_extending(parent, display, here)
+    if not isinstance(base.data, dict):
+        raise base.error((), "a search space must be a mapping of config keys")
+    merged = YamlDoc(data=None, file=doc.file)
+    own = {k: v for k, v in doc.data.items() if k != EXTENDS}
+    merged.data = _merge(base, doc, (), base.data, own, merged)
+    return merged
+
+
+def _merge(base: YamlDoc, over: YamlDoc, path: DocPath, old: Any, new: Any, out: YamlDoc) -> Any:
+    """``new`` over ``old`` (both at ``path``), recording in ``out`` the file and line of every key kept."""
+    if not (isinstance(old, dict) and isinstance(new, dict) and _kind(old) == _kind(new)
+            and _kind(new) in (None, "one_of")):
+        _take(over, path, new, out)
+        return new
+    _take(over, path, None, out)
+    merged: dict[str, Any] = {}
+    for key in (*old, *(k for k in new if k not in old)):
+        here = (*path, key)
+        if key in new and key in old:
+            merged[key] = _merge(base, over, here, old[key], new[key], out)
+        elif key in new:
+            merged[key] = new[key]
+            _take(over, here, new[key], out)
+        else:
+            merged[key] = old[key]
+            _take(base, here, old[key], out)
+    return merged
+
+
+def _kind(node: dict) -> str | None:
+    return next((k for k in _DISTRIBUTIONS if k in node), None)
+
+
+def _take(doc: YamlDoc, path: DocPath, value: Any, out: YamlDoc) -> None:
+    """Copy the lines of ``value`` (found at ``path`` in ``doc``) into ``out``."""
+    if path in doc.lines:
+        out.lines[path] = doc.lines[path]
+        if (file := doc.file_of(path)) != out.file:
+            out.files[path] = file
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        _take(doc, (*path, key), child, out)
+
+
 # ----------------------------------------------------------------------- validation against the schema
 
 def _check_against_schema(space: SearchSpace, doc: YamlDoc, base: DocPath) -> None:
@@ -289,7 +368,7 @@ def _check_against_schema(space: SearchSpace, doc: YamlDoc, base: DocPath) -> No
                     if tuple(loc[:n]) in origin:
                         return (*origin[tuple(loc[:n])], *loc[n:])
                 return (*base, *loc)
-            for err in to_study_errors(exc, doc, TrialConfig, locate=locate):
+            for err in to_study_errors(exc, doc, TrialConfig, locate=locate, data=config):
                 errors.setdefault((err.line, err.message), err)
     if errors:
         raise StudyErrors(list(errors.values()))

@@ -37,14 +37,17 @@ def write_idx(path: Path, array: np.ndarray, *, gz: bool | None = None) -> Path:
     return path
 
 
-def run_hpo(args: list[str], cwd: Path, data_dir: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the ``hpo`` CLI in a subprocess (as a user would), with data found and usage stats off."""
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+def run_hpo(args: list[str], cwd: Path, data_dir: Path | None = None, timeout: int = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the ``hpo`` CLI in a subprocess (as a user would), with data found and usage stats off; ``env``
+    adds to (or overrides) the environment."""
+    full = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     if data_dir is not None:
-        env["HPO_DATA_DIR"] = str(data_dir)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "hpo.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+        full["HPO_DATA_DIR"] = str(data_dir)
+    full.pop("MLFLOW_TRACKING_URI", None)
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "hpo.cli", *args], check=False, cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def probe_shared_arrays(data) -> dict:
