@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import functools
 import logging
 import os
@@ -7,7 +8,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,16 @@ def _git_commit() -> str | None:
         return None
 
 
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _timed(method):
     """Accumulate the time spent writing to MLflow (reported as tracking overhead)."""
     @functools.wraps(method)
@@ -72,19 +83,23 @@ class Tracker:
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # table creation, registry chatter
         logging.getLogger("alembic").setLevel(logging.WARNING)
         self.uri = uri
-        if uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(uri)
         self.mlflow = mlflow
-        self.client = MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            artifacts = None
-            if uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the cwd
-                artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
-        else:
-            self.experiment_id = found.experiment_id
+        db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        # Two studies starting at once against a new SQLite file would both run MLflow's schema migrations
+        # and trip over each other: the first to arrive creates the store while the other waits.
+        with _file_lock(db.with_name(db.name + ".lock")) if db is not None else nullcontext():
+            self.client = MlflowClient(tracking_uri=uri)
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                artifacts = None
+                if db is not None:  # keep artifacts beside the database, not in the cwd
+                    artifacts = (db.parent / "artifacts").resolve().as_uri()
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+            else:
+                self.experiment_id = found.experiment_id
 
     # ------------------------------------------------------------------------------------- runs
     @_timed
