@@ -31,6 +31,13 @@ def main_options(debug: Annotated[bool, typer.Option("--debug", help="show trace
     _debug = debug
 
 
+def _print_error(error: object) -> None:
+    """One line on stderr; credentials in URIs and tokens are masked (errors often quote a URI)."""
+    from hpo.security import redact
+
+    err.print(f"[red]error[/]: {redact(str(error))}", highlight=False)
+
+
 def _load(path: Path):
     from hpo.config import load_study
     from hpo.errors import StudyError, StudyErrors
@@ -52,11 +59,13 @@ def validate(study: StudyArg) -> None:
     from rich.syntax import Syntax
     from rich.table import Table
 
+    from hpo.security import redact
+
     loaded = _load(study)
     resolved = loaded.resolved()
     resolved.pop("search_space")
     out.print(f"[bold green]ok[/] {study}  (search space: {loaded.space_file or 'inline'})")
-    out.print(Syntax(yaml.safe_dump(resolved, sort_keys=False), "yaml", background_color="default"))
+    out.print(Syntax(redact(yaml.safe_dump(resolved, sort_keys=False)), "yaml", background_color="default"))
     table = Table(title=f"search space: {len(loaded.space.params)} parameters", title_justify="left")
     for col in ("parameter", "distribution", "when"):
         table.add_column(col)
@@ -86,7 +95,7 @@ def run(
 
         run_study(loaded, address=address, tracking_uri=tracking_uri, console=err, fresh=fresh)
     except (ResumeConflict, DataError) as exc:  # like a bad study: nothing to run (unreadable data, ...)
-        err.print(f"[red]error[/]: {exc}", highlight=False)
+        _print_error(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
@@ -94,7 +103,7 @@ def run(
     except HpoError as exc:
         if _debug:
             raise
-        err.print(f"[red]error[/]: {exc}", highlight=False)
+        _print_error(exc)
         raise typer.Exit(EXIT_FAILED) from None
 
 
@@ -147,7 +156,7 @@ def report(
         uri = default_tracking_uri(tracking_uri or loaded.config.tracking.uri)
         files = write_report(loaded.name, uri, out_dir or Path("reports") / loaded.name)
     except HpoError as exc:
-        err.print(f"[red]error[/]: {exc}", highlight=False)
+        _print_error(exc)
         raise typer.Exit(EXIT_FAILED) from None
     out.print(f"{files.html}\n{files.markdown}", highlight=False)
 
@@ -177,7 +186,7 @@ def predict(
         mlflow.set_tracking_uri(default_tracking_uri(tracking_uri))
         predictions = Predictor(model_uri_for(model)).predict([str(p) for p in images], top_k=top_k)
     except HpoError as exc:
-        err.print(f"[red]error[/]: {exc}", highlight=False)
+        _print_error(exc)
         raise typer.Exit(EXIT_FAILED) from None
     if as_json:
         print(json.dumps([p.as_dict() for p in predictions], indent=2))
@@ -194,11 +203,12 @@ def ui(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Start the MLflow UI for the study's store (on loopback by default)."""
+    from hpo.security import redact
     from hpo.tracking import default_tracking_uri
 
     configured = _load(study).config.tracking.uri if study else None
     uri = default_tracking_uri(tracking_uri or configured)
-    err.print(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C to stop)")
+    err.print(f"MLflow UI for {redact(uri)} on http://{host}:{port} (Ctrl-C to stop)")
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     # this interpreter's MLflow, whether or not its environment's bin/ is on PATH
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
@@ -223,8 +233,7 @@ def main() -> None:
     except Exception as exc:  # an unexpected failure: short message, traceback on --debug
         if _debug:
             raise
-        err.print(f"[red]error[/]: {type(exc).__name__}: {exc}  (rerun with --debug for the traceback)",
-                  highlight=False)
+        _print_error(f"{type(exc).__name__}: {exc}  (rerun with --debug for the traceback)")
         sys.exit(EXIT_FAILED)
 
 

@@ -1,3 +1,4 @@
+import math
 import numpy as np
 import pytest
 import torch
@@ -76,6 +77,21 @@ def test_schedules_warm_up_and_end_where_expected(name):
         assert lrs[-1] == pytest.approx(0.05)  # one decay after 2 epochs (20 steps) ... then 0.05 until 40
     else:
         assert lrs[-1] < 0.01
+
+
+@pytest.mark.parametrize("name", ["constant", "cosine", "step", "onecycle"])
+@pytest.mark.parametrize("steps", [1, 2, 3, 5, 7])
+def test_schedules_survive_runs_of_a_few_steps(name, steps):
+    """A tiny subset with one epoch gives a handful of steps; OneCycleLR divided by zero on 5 once."""
+    from hpo.config.trial import ScheduleConfig
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.1, momentum=0.9)
+    sched = make_schedule(ScheduleConfig(name=name, warmup_fraction=0.2), opt, 0.1, epochs=1, steps_per_epoch=steps)
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+        assert math.isfinite(opt.param_groups[0]["lr"]) and opt.param_groups[0]["lr"] >= 0
 
 
 def test_train_data_shares_the_arrays(fashion_subset):

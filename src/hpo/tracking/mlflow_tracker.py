@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from hpo import __version__
+from hpo.security import redact
 
 DEFAULT_STORE = Path("mlflow")
 MAX_PARAM_LENGTH = 6000
@@ -128,7 +129,7 @@ class Tracker:
             "resources.cpus_per_trial": c.resources.cpus_per_trial,
             "resources.gpus_per_trial": c.resources.gpus_per_trial,
         })
-        self.client.log_text(run_id, yaml.safe_dump(dict(resolved), sort_keys=False), "study.resolved.yaml")
+        self.client.log_text(run_id, redact(yaml.safe_dump(dict(resolved), sort_keys=False)), "study.resolved.yaml")
         self.client.log_dict(run_id, {
             "python": platform.python_version(), "platform": platform.platform(), "hpo": __version__,
             "torch": torch.__version__, "ray": ray.__version__, "optuna": optuna.__version__,
@@ -140,7 +141,7 @@ class Tracker:
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        items = [Param(k, redact(str(v))[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i: i + 100])
 
@@ -157,7 +158,7 @@ class Tracker:
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        self.client.log_batch(run_id, tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()])
 
     @_timed
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:

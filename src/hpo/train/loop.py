@@ -209,8 +209,10 @@ def make_schedule(s: ScheduleConfig, optimizer: torch.optim.Optimizer, lr: float
     """A per-step schedule over the whole run, with a linear warm-up over ``warmup_fraction`` of it."""
     total = max(2, epochs * steps_per_epoch)
     if s.name == "onecycle":
+        # Each phase must span more than one step, or OneCycleLR divides by zero (runs of a few steps).
+        pct = min(max(s.warmup_fraction, 0.02, 1.5 / total), 1 - 0.5 / total)
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=total, pct_start=max(s.warmup_fraction, 0.02),
+            optimizer, max_lr=lr, total_steps=total, pct_start=pct,
             cycle_momentum=isinstance(optimizer, torch.optim.SGD))
     warmup = int(s.warmup_fraction * total)
 
