@@ -61,7 +61,7 @@ def main() -> None:
         study = type(base)(config=config, space=base.space, space_data=base.space_data, file=base.file,
                            space_file=base.space_file)
         start = time.time()
-        outcome = run_study(study, tracking_uri=uri, live=False, points=points)
+        outcome = run_study(study, tracking_uri=uri, live=False, points=points, fresh=True)
         metric, mode = c.objective.metric, c.objective.direction
         best = outcome.winner.best(metric, mode)
         results[label] = {"best": best[0], "trial": outcome.winner.number, "epoch": best[1],
