@@ -11,8 +11,9 @@ from rich.table import Table
 
 from hpo.backends.records import TrialRecord
 
-STATUS_STYLE = {"running": "cyan", "completed": "green", "early_stopped": "green", "pruned": "yellow",
-                "stopped": "yellow", "failed": "red"}
+STATUS_STYLE = {"running": "cyan", "retrying": "magenta", "completed": "green", "early_stopped": "green",
+                "pruned": "yellow", "stopped": "yellow", "failed": "red", "infeasible": "red"}
+ACTIVE = ("running", "retrying")
 MAX_ROWS = 20
 
 
@@ -50,15 +51,15 @@ class LiveView:
         return f"of {self.time_budget / 60:.0f} min budget"
 
     def render(self) -> Group:
-        done = sum(1 for r in self.records if r.status != "running")
+        done = sum(1 for r in self.records if r.status not in ACTIVE)
         self.progress.update(self.task, completed=done)
         table = Table(expand=False, header_style="bold", show_edge=False, pad_edge=False)
         for col in ("#", "status", "epoch", f"best {self.metric}", "s/epoch", "params"):
             table.add_column(col, overflow="fold" if col == "params" else "ellipsis")
-        shown = sorted(self.records, key=lambda r: (r.status != "running", -r.number))[:MAX_ROWS]
+        shown = sorted(self.records, key=lambda r: (r.status not in ACTIVE, -r.number))[:MAX_ROWS]
         for r in sorted(shown, key=lambda r: r.number):
             value, epoch = r.best(self.metric, self.mode)
-            best = f"{value:.4f} (ep {epoch})" if value is not None else "-"
+            best = f"{value:.4f} (ep {epoch})" if value is not None else (r.error or "-")[:60]
             status = r.status if r.status != "pruned" else f"pruned @{r.epochs}"
             per_epoch = f"{r.compute_seconds / r.epochs:.1f}" if r.epochs else "-"
             table.add_row(str(r.number), f"[{STATUS_STYLE.get(r.status, '')}]{status}",
@@ -70,9 +71,12 @@ class LiveView:
         if self.interactive:
             return
         elapsed = time.time() - self.start
-        done = sum(1 for r in self.records if r.status != "running")
+        done = sum(1 for r in self.records if r.status not in ACTIVE)
         if record.status == "running":
-            line = f"trial {record.number} started: {short_params(record.params)}"
+            again = f" (attempt {record.attempts})" if record.attempts > 1 else ""
+            line = f"trial {record.number} started{again}: {short_params(record.params)}"
+        elif record.status == "retrying":
+            line = f"trial {record.number} failed, retrying: {record.retry_errors[-1]}"
         else:
             value, epoch = record.best(self.metric, self.mode)
             best = f"{self.metric} {value:.4f} (epoch {epoch})" if value is not None else record.error or ""
