@@ -83,6 +83,9 @@ def run(
                                                              "$MLFLOW_TRACKING_URI)")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="start over instead of continuing an interrupted run "
                                                         "of this study")] = False,
+    warm_start: Annotated[Optional[str], typer.Option("--warm-start", metavar="STUDY",
+                                                      help="evaluate the best configurations of STUDY's earlier "
+                                                           "runs first (those still valid in this space)")] = None,
 ) -> None:
     """Search, then retrain the winner on train+val, test it once and register it. Running a study again
     after it was killed continues it: finished trials are kept, cut-off work is redone."""
@@ -93,7 +96,8 @@ def run(
     try:
         from hpo.runner import run_study
 
-        run_study(loaded, address=address, tracking_uri=tracking_uri, console=err, fresh=fresh)
+        run_study(loaded, address=address, tracking_uri=tracking_uri, console=err, fresh=fresh,
+                  warm_start=warm_start)
     except (ResumeConflict, DataError) as exc:  # like a bad study: nothing to run (unreadable data, ...)
         _print_error(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None

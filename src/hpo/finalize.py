@@ -46,7 +46,8 @@ def pip_requirements() -> list[str]:
 
 
 def finalize(study: Study, data: ImageData, winner: TrialRecord, records: list[TrialRecord], tracker: Tracker,
-             parent_run: str, *, optuna_storage: str | None = None, best_epoch: int | None = None,
+             parent_run: str, *, optuna_storage: str | None = None, optuna_study: str | None = None,
+             best_epoch: int | None = None,
              threads: int | None = None) -> FinalResult:
     import torch
 
@@ -93,7 +94,7 @@ def finalize(study: Study, data: ImageData, winner: TrialRecord, records: list[T
             family_table(records, c.objective.metric, c.objective.direction, winner, test_accuracy,
                          out / "families.csv")
             if optuna_storage:
-                optuna_plots_html(optuna_storage, study.name, out / "optuna_plots.html")
+                optuna_plots_html(optuna_storage, optuna_study or study.name, out / "optuna_plots.html")
             for path in sorted(out.iterdir()):
                 tracker.log_artifact(run_id, path, "evaluation")
         metrics = {"test_accuracy": test_accuracy, "test_loss": test_loss, **metrics,

@@ -61,6 +61,7 @@ class StudyDir:
     def __init__(self, path: Path, state: RunState) -> None:
         self.path = path
         self.state = state
+        self.shared_storage: str | None = None  # tracking.optuna_storage, if the study names one
         self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ finding and creating
@@ -179,7 +180,13 @@ class StudyDir:
 
     @property
     def optuna_storage(self) -> str:
-        return f"sqlite:///{(self.path / 'optuna.db').resolve()}"
+        """The sampler's storage: the study's shared one, else a SQLite file in this folder."""
+        return self.shared_storage or f"sqlite:///{(self.path / 'optuna.db').resolve()}"
+
+    @property
+    def optuna_study(self) -> str:
+        """This run's study in Optuna's storage: ``<study>/<folder>``, unique in a shared storage."""
+        return f"{self.state.study}/{self.path.name}"
 
 
 def describe(run: StudyDir, metric: str = "val_accuracy", mode: str = "max") -> dict[str, Any]:

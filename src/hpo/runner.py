@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,14 +39,37 @@ class StudyOutcome:
     tracking_uri: str
 
 
+@dataclass
+class _Run:
+    """What the stages of one run share."""
+
+    study: Study
+    data: object
+    tracker: object
+    parent: str
+    run_dir: StudyDir
+    resumed: bool
+    console: Console
+    live: bool
+    points: list[dict] | None
+    warm_from: str | None
+    deadline: float | None
+    start: float
+    data_seconds: float
+    ray_seconds: float
+
+
 def run_study(study: Study, *, address: str | None = None, tracking_uri: str | None = None,
               console: Console | None = None, live: bool = True, points: list[dict] | None = None,
-              fresh: bool = False) -> StudyOutcome:
+              fresh: bool = False, warm_start: str | None = None) -> StudyOutcome:
     """Run ``study`` through its stages (search -> recheck -> finalize). If an earlier run of the same
-    study was killed, continue it (``fresh=True`` starts over instead): see :mod:`hpo.resume`."""
+    study was killed, continue it (``fresh=True`` starts over instead): see :mod:`hpo.resume`.
+    ``warm_start`` names a study whose earlier runs' best configurations to evaluate first (overrides
+    the study's ``warm_start.from``)."""
     import ray
 
     from hpo.backends.ray_tune import start_ray
+    from hpo.config.study import parse_deadline
     from hpo.data import load_data
     from hpo.security import redact
     from hpo.tracking import Tracker, default_tracking_uri
@@ -52,10 +77,15 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     console = console or Console(stderr=True)
     c = study.config
     start = time.time()
+    deadline = parse_deadline(c.budget.until).timestamp() if c.budget.until else None
     run_dir, resumed = StudyDir.open(Path(c.output_dir), c.name, study.fingerprint(), fresh=fresh)
+    run_dir.shared_storage = c.tracking.optuna_storage
     if resumed:
         console.print(f"[bold]resuming[/] {run_dir.path}: attempt {run_dir.state.attempts}, continuing "
                       f"from the {run_dir.state.stage} stage (`hpo run --fresh` starts over)")
+    if deadline is not None:
+        console.print(f"[bold]deadline[/] {time.strftime('%a %H:%M', time.localtime(deadline))} "
+                      f"(in {(deadline - start) / 60:.1f} min): the search ends in time for the final stage")
 
     def timed_load():
         begin = time.time()
@@ -88,9 +118,11 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
         else:
             tracker.reopen(parent, {"hpo.attempts": run_dir.state.attempts})
         console.print(f"[bold]tracking[/] {redact(uri)}  study run {parent}")
+        warm_from = warm_start or (c.warm_start.source if c.warm_start else None)
+        run = _Run(study, data, tracker, parent, run_dir, resumed, console, live, points, warm_from, deadline,
+                   start, data_seconds, ray_seconds)
         with tracker.finishing(parent):
-            outcome = _run_stages(study, data, tracker, parent, run_dir, resumed, console, live, points,
-                                  start=start, data_seconds=data_seconds, ray_seconds=ray_seconds)
+            outcome = _run_stages(run)
         outcome.tracking_uri = redact(uri)
     finally:
         if started_ray:
@@ -100,55 +132,31 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     return outcome
 
 
-def _run_stages(study: Study, data, tracker, parent: str, run_dir: StudyDir, resumed: bool, console: Console,
-                live: bool, points: list[dict] | None, *, start: float, data_seconds: float,
-                ray_seconds: float) -> StudyOutcome:
-    from hpo.backends.live import LiveView
-    from hpo.backends.ray_tune import run_search
-    from hpo.backends.recovery import recover_search
+def _run_stages(run: _Run) -> StudyOutcome:
     from hpo.finalize import finalize
     from hpo.recheck import recheck
+    from hpo.report.nightly import nightly_summary
 
+    study, tracker, parent, run_dir, console = run.study, run.tracker, run.parent, run.run_dir, run.console
     c = study.config
     metric, mode = c.objective.metric, c.objective.direction
     state = run_dir.state
+    notes: list[str] = []
     if state.stage == "search":
-        restarts, time_spent = [], 0.0
-        records: list[TrialRecord] = []
-        if resumed:
-            recovered = recover_search(run_dir, study, tracker, parent)
-            records, restarts, time_spent = recovered.records, recovered.restarts, recovered.time_spent
-            console.print(f"[bold]search[/] {len(records)} trials kept from before, {len(restarts)} restarted")
-        view = LiveView(records, trials=c.budget.trials, time_budget=c.budget.time, max_epochs=c.budget.max_epochs,
-                        metric=metric, mode=mode, console=console) if live else None
-        search_start = time.time()
-        run_search(study, data, tracker, parent, run_dir, records, view, points=None if resumed else points,
-                   restarts=restarts, time_spent=time_spent)
-        _log_stats(tracker, parent, run_dir.path / "search_stats.json", run_start=start, data_seconds=data_seconds,
-                   ray_seconds=ray_seconds)
-        _log_search_summary(tracker, parent, records, run_dir.path, metric, mode, time.time() - search_start)
-        if best_trial(records, metric, mode) is None:
-            run_dir.advance("done", outcome="failed")
-            _print_trials(console, study, records)
-            reasons = "; ".join(f"trial {r.number}: {r.error}" for r in records if r.error) or "no trial reported"
-            raise SearchFailed(f"no trial produced a result ({reasons})")
-        if c.final.enabled:
-            run_dir.advance("recheck")
-        else:
-            run_dir.advance("done", outcome="completed")
+        records = _search(run, notes)
     else:
         raw, _ = run_dir.load_trials()
         records = [TrialRecord.from_json(d, study.space.resolve(d["params"])) for d in raw]
     winner = best_trial(records, metric, mode)
 
     if state.stage == "recheck":
-        for run in tracker.child_runs(parent, "recheck") if resumed else []:
-            tracker.delete_run(run.info.run_id)  # a re-check cut off by a crash is redone whole
+        for old in tracker.child_runs(parent, "recheck") if run.resumed else []:
+            tracker.delete_run(old.info.run_id)  # a re-check cut off by a crash is redone whole
         verdict = None
         if c.final.recheck.top_k:
             k, n = c.final.recheck.top_k, c.final.recheck.seeds
             with console.status(f"re-checking the top {k} configurations with {n} seeds each"):
-                rechecked = recheck(study, data, records, tracker, parent)
+                rechecked = recheck(study, run.data, records, tracker, parent)
             console.print(f"[bold]recheck[/] trial #{rechecked.winner.number} wins: mean {metric} "
                           f"{rechecked.mean:.4f} ± {rechecked.std:.4f} over {n} seeds")
             verdict = {"winner": rechecked.winner.number, "best_epoch": rechecked.best_epoch,
@@ -161,17 +169,97 @@ def _run_stages(study: Study, data, tracker, parent: str, run_dir: StudyDir, res
         winner = next(r for r in records if r.number == state.recheck["winner"])
         best_epoch = state.recheck["best_epoch"]
     if state.stage == "finalize":
-        for run in tracker.child_runs(parent, "final") if resumed else []:
-            tracker.delete_run(run.info.run_id)  # with the model version it may have registered
+        for old in tracker.child_runs(parent, "final") if run.resumed else []:
+            tracker.delete_run(old.info.run_id)  # with the model version it may have registered
         tracker.set_tags(parent, {"hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id})
         with console.status(f"finalize: retraining trial #{winner.number} on {c.final.retrain_on}"):
-            final = finalize(study, data, winner, records, tracker, parent, optuna_storage=run_dir.optuna_storage,
-                             best_epoch=best_epoch)
+            final = finalize(study, run.data, winner, records, tracker, parent, optuna_storage=run_dir.optuna_storage,
+                             optuna_study=run_dir.optuna_study, best_epoch=best_epoch)
         tracker.log_metrics(parent, {"test_accuracy": final.test_accuracy, "test_loss": final.test_loss})
-        run_dir.advance("done", outcome="completed")
-    seconds = time.time() - start
+    seconds = time.time() - run.start
     tracker.log_metrics(parent, {"wall_seconds": seconds})
+    if run.deadline is not None:
+        slack = run.deadline - time.time()
+        at = time.strftime("%H:%M", time.localtime(run.deadline))
+        said = (f"finished {slack / 60:.1f} min before the deadline ({at})" if slack >= 0 else
+                f"missed the deadline ({at}) by {-slack / 60:.1f} min")
+        tracker.log_metrics(parent, {"deadline_slack_seconds": slack})
+        notes.append(said)
+        console.print(f"[bold]deadline[/] {said}")
+    if state.stage == "finalize":
+        nightly_summary(tracker, study.name, parent, final.promotion if final.registered_name else None, notes)
+        run_dir.advance("done", outcome="completed")
     return StudyOutcome(parent, records, winner, final, seconds, tracker.uri)
+
+
+def _search(run: _Run, notes: list[str]) -> list[TrialRecord]:
+    """The search stage: a fresh search, or the continuation of a killed one."""
+    from hpo.backends.live import LiveView
+    from hpo.backends.ray_tune import run_search
+    from hpo.backends.recovery import recover_search
+    from hpo.warm_start import warm_start_points
+
+    study, tracker, parent, run_dir, console = run.study, run.tracker, run.parent, run.run_dir, run.console
+    c = study.config
+    metric, mode = c.objective.metric, c.objective.direction
+    restarts, time_spent, points = [], 0.0, None
+    records: list[TrialRecord] = []
+    if run.resumed:  # the sampler already holds any enqueued points
+        recovered = recover_search(run_dir, study, tracker, parent)
+        records, restarts, time_spent = recovered.records, recovered.restarts, recovered.time_spent
+        console.print(f"[bold]search[/] {len(records)} trials kept from before, {len(restarts)} restarted")
+    else:
+        points = list(run.points or [])
+        if run.warm_from:
+            top_k = c.warm_start.top_k if c.warm_start else 5
+            warm = warm_start_points(study, run_dir, run.warm_from, top_k)
+            points += warm.points
+            notes.append(warm.describe(run.warm_from))
+            console.print(f"[bold]{notes[-1]}[/]" if warm.points else notes[-1], highlight=False)
+            tracker.set_tags(parent, {"hpo.warm_start": run.warm_from})
+            tracker.log_metrics(parent, {"warm_start_points": len(warm.points)})
+    view = LiveView(records, trials=c.budget.trials, time_budget=c.budget.time, max_epochs=c.budget.max_epochs,
+                    metric=metric, mode=mode, console=console) if run.live else None
+    search_start = time.time()
+    run_search(study, run.data, tracker, parent, run_dir, records, view, points=points or None, restarts=restarts,
+               time_spent=time_spent, deadline=run.deadline,
+               after_search=lambda recs: after_search_seconds(study, run.data, recs))
+    _log_stats(tracker, parent, run_dir.path / "search_stats.json", run_start=run.start,
+               data_seconds=run.data_seconds, ray_seconds=run.ray_seconds)
+    _log_search_summary(tracker, parent, records, run_dir.path, metric, mode, time.time() - search_start)
+    if best_trial(records, metric, mode) is None:
+        run_dir.advance("done", outcome="failed")
+        _print_trials(console, study, records)
+        reasons = "; ".join(f"trial {r.number}: {r.error}" for r in records if r.error) or "no trial reported"
+        raise SearchFailed(f"no trial produced a result ({reasons})")
+    if c.final.enabled:
+        run_dir.advance("recheck")
+    else:
+        run_dir.advance("done", outcome="completed")
+    return records
+
+
+FINAL_OVERHEAD = 30.0  # seconds: evaluation, plots, model logging, exports, registration (measured ~10 s on 2 CPUs)
+
+
+def after_search_seconds(study: Study, data, records: list[TrialRecord]) -> float | None:
+    """A cautious estimate of what the re-check and the final stage take, from the slowest epoch seen
+    so far (None before any epoch): the deadline stopper ends the search when this no longer fits."""
+    seconds = [row["seconds"] for r in records for row in r.history if row.get("seconds")]
+    if not seconds:
+        return None
+    c = study.config
+    epoch = max(seconds)
+    need = 0.0
+    if c.final.enabled:
+        epochs = c.budget.max_epochs if c.final.epochs == "best" else c.final.epochs
+        scale = (len(data.y_train) + len(data.y_val)) / len(data.y_train) if c.final.retrain_on == "train+val" else 1
+        need += epochs * epoch * scale + FINAL_OVERHEAD
+        runs = c.final.recheck.top_k * c.final.recheck.seeds
+        if runs:
+            slots = c.resources.max_concurrent or max(1, int((os.cpu_count() or 1) / c.resources.cpus_per_trial))
+            need += math.ceil(runs / slots) * c.budget.max_epochs * epoch
+    return 1.2 * need
 
 
 def _log_search_summary(tracker, parent: str, records: list[TrialRecord], workdir: Path, metric: str, mode: str,

@@ -89,6 +89,7 @@ def _tune_callback_class():
             self.on_change = on_change or _ignore
             self.searcher = searcher
             self.by_id: dict[str, TrialRecord] = {}
+            self.stop_reason: str | None = None  # set when the search as a whole is stopped early
             self.next_number = max((r.number for r in [*records, *self.restarts]), default=0) + 1
 
         def __getstate__(self) -> dict:
@@ -126,6 +127,8 @@ def _tune_callback_class():
             if record is None:
                 return
             record.status, reason = classify(record, self.max_epochs)
+            if self.stop_reason and record.status == "pruned":
+                record.status, reason = "stopped", f"stopped at epoch {record.epochs}: {self.stop_reason}"
             self.end(record, reason)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
@@ -230,14 +233,18 @@ def _raw_error_text(trial) -> str:
 
 def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str, run_dir: StudyDir,
                records: list[TrialRecord], view=None, points: list[dict] | None = None,
-               restarts: list[TrialRecord] | None = None, time_spent: float = 0.0) -> list[TrialRecord]:
+               restarts: list[TrialRecord] | None = None, time_spent: float = 0.0, deadline: float | None = None,
+               after_search: Callable[[list[TrialRecord]], float | None] | None = None) -> list[TrialRecord]:
     """Run the search; fills ``records`` (also on interruption) and returns them. ``points`` are flat
     Optuna parameter sets to evaluate first (enqueued in the Optuna study), e.g. to warm-start or to
     compare schedulers on identical configurations.
 
     On a resumed run, ``records`` holds the trials an earlier attempt finished (kept, not re-run),
     ``restarts`` those it left unfinished (their parameters are already enqueued in the sampler), and
-    ``time_spent`` the search seconds already used."""
+    ``time_spent`` the search seconds already used.
+
+    With a ``deadline`` (epoch seconds), the search stops once ``after_search(records)`` (an estimate of the
+    seconds the later stages need) no longer fits before it; 30 s before it at the latest."""
     import optuna
     import ray
     from ray import tune
@@ -249,6 +256,8 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
     workdir = run_dir.path
     remaining = c.budget.trials - len(records)
     time_left = None if c.budget.time is None else c.budget.time - time_spent
+    if deadline is not None:
+        time_left = min(time_left if time_left is not None else math.inf, deadline - time.time() - DEADLINE_MARGIN)
     cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
     cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
     concurrency = max(1, math.floor(cluster_cpus / c.resources.cpus_per_trial))
@@ -260,7 +269,7 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
     sampler = optuna.samplers.TPESampler(seed=c.seed, n_startup_trials=min(10, max(2, c.budget.trials // 3)))
     storage = optuna.storages.RDBStorage(run_dir.optuna_storage)
     searcher = OptunaSearch(functools.partial(define_by_run, space=study.space), metric=metric, mode=mode,
-                            sampler=sampler, storage=storage, study_name=study.name,
+                            sampler=sampler, storage=storage, study_name=run_dir.optuna_study,
                             points_to_evaluate=points or None)
     if c.scheduler.type == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=c.budget.max_epochs,
@@ -287,6 +296,9 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
         study.space, tracker, parent_run, records, c.budget.max_epochs, restarts=restarts,
         journal=lambda recs: run_dir.save_trials(recs, time_spent + time.time() - fit_start),
         on_change=view.trial_changed if view is not None else None, searcher=searcher)
+    stopper = None
+    if deadline is not None and after_search is not None:
+        stopper = _deadline_stopper_class()(deadline, after_search, records, callback)
     if remaining > 0 and (time_left is None or time_left > 0):
         tuner = tune.Tuner(
             trainable,
@@ -295,14 +307,16 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
                                         time_budget_s=time_left, reuse_actors=True),
             run_config=tune.RunConfig(name=f"search-{run_dir.state.attempts}",
                                       storage_path=str((workdir / "ray").resolve()), callbacks=[callback],
-                                      verbose=0, failure_config=tune.FailureConfig(max_failures=c.failures.retries)),
+                                      verbose=0, failure_config=tune.FailureConfig(max_failures=c.failures.retries),
+                                      stop=stopper),
         )
         _fit(tuner, view)
     fit_end = time.time()
     for record in records:  # trials still running when the time budget ran out get no completion event
         if record.status in ("running", "retrying"):
             record.status = "stopped"
-            callback.end(record, f"stopped at epoch {record.epochs}: the search's time budget ran out")
+            reason = callback.stop_reason or "the search's time budget ran out"
+            callback.end(record, f"stopped at epoch {record.epochs}: {reason}")
     run_dir.save_trials(records, time_spent + fit_end - fit_start)
     stats = {"slots": concurrency, "data_put_seconds": put_seconds, "fit_start": fit_start, "fit_end": fit_end,
              "tracking_seconds": tracker.busy_seconds,
@@ -312,6 +326,36 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
                         for r in records]}
     (workdir / "search_stats.json").write_text(json.dumps(stats, indent=1))
     return records
+
+
+DEADLINE_MARGIN = 30.0  # seconds the search leaves before a deadline even without an estimate
+
+
+def _deadline_stopper_class():
+    from ray import tune
+
+    class DeadlineStopper(tune.Stopper):
+        """Ends the search when what must follow it (re-check, final stage) would no longer finish before
+        the deadline, as estimated from the epochs seen so far."""
+
+        def __init__(self, deadline: float, after_search, records: list[TrialRecord], callback) -> None:
+            self.deadline, self.after_search, self.records, self.callback = deadline, after_search, records, callback
+
+        def __getstate__(self) -> dict:
+            return {"deadline": self.deadline}  # Ray pickles stoppers into its state; the estimate stays here
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            need = self.after_search(self.records) if self.after_search else None
+            if need is None or time.time() + need < self.deadline:
+                return False
+            self.callback.stop_reason = (f"the deadline is {time.strftime('%H:%M', time.localtime(self.deadline))} "
+                                         f"and the final stage needs about {need / 60:.1f} min")
+            return True
+
+    return DeadlineStopper
 
 
 def _fit(tuner, view) -> None:

@@ -34,7 +34,7 @@ def recover_search(run_dir: StudyDir, study: Study, tracker: Tracker, parent_run
     records = [TrialRecord.from_json(d, study.space.resolve(d["params"])) for d in raw]
     storage = optuna.storages.RDBStorage(run_dir.optuna_storage)
     try:
-        sampled = {t.number: t for t in optuna.load_study(study_name=study.name, storage=storage).trials}
+        sampled = {t.number: t for t in optuna.load_study(study_name=run_dir.optuna_study, storage=storage).trials}
     except KeyError:  # killed before the sampler's study existed
         sampled = {}
 
@@ -64,7 +64,7 @@ def recover_search(run_dir: StudyDir, study: Study, tracker: Tracker, parent_run
         storage.set_trial_system_attr(trial._trial_id, "hpo:cut_off", True)
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         if trial.number not in kept_numbers:
-            study_obj = study_obj or optuna.load_study(study_name=study.name, storage=storage)
+            study_obj = study_obj or optuna.load_study(study_name=run_dir.optuna_study, storage=storage)
             study_obj.enqueue_trial(trial.params, skip_if_exists=False)
 
     # MLflow: one live run per finished trial; partial runs of cut-off trials are deleted (a restart

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import ByteSize, Field, field_validator
+from pydantic import ByteSize, ConfigDict, Field, field_validator
 
 from hpo.config.trial import Strict
 
@@ -28,6 +29,21 @@ def parse_duration(value: Any) -> float:
             h, m, s = (float(g) if g else 0.0 for g in match.groups())
             return h * 3600 + m * 60 + s
     raise ValueError(f"must be a duration like 90s, 45m or 1h30m (got {value!r})")
+
+
+def parse_deadline(value: str, now: datetime | None = None) -> datetime:
+    """``"06:00"`` -> the next 06:00 after ``now`` (local time); an ISO date-time as it is (local if naive)."""
+    now = now or datetime.now().astimezone()
+    match = re.fullmatch(r"\s*([01]?\d|2[0-3]):([0-5]\d)\s*", value)
+    if match:
+        at = now.replace(hour=int(match[1]), minute=int(match[2]), second=0, microsecond=0)
+        return at if at > now else at + timedelta(days=1)
+    try:
+        at = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"must be a time of day like 06:00 or an ISO date-time like 2026-11-23T06:00 "
+                         f"(got {value!r})") from None
+    return at if at.tzinfo else at.astimezone()
 
 
 class Subset(Strict):
@@ -66,6 +82,16 @@ class Budget(Strict):
     trials: int = Field(ge=1, le=100_000)
     time: float | None = Field(None, description="wall-clock limit of the search, e.g. 45m; finalize runs after")
     max_epochs: int = Field(ge=1, le=10_000)
+    until: str | None = Field(None, description="a deadline for the whole study, search and final stage: "
+                              "'06:00' (the next 06:00, local time) or an ISO date-time; the search ends "
+                              "early enough for the re-check and final stage to finish before it")
+
+    @field_validator("until")
+    @classmethod
+    def _deadline(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_deadline(value)
+        return value
 
     @field_validator("time", mode="before")
     @classmethod
@@ -126,6 +152,19 @@ class FinalConfig(Strict):
 class TrackingConfig(Strict):
     uri: str | None = None
     experiment: str | None = None
+    # Optuna's storage (an SQLAlchemy URL, e.g. postgresql://...): shared, so that runs can warm-start from
+    # each other across machines. Default: a SQLite file in each run's folder.
+    optuna_storage: str | None = None
+
+
+class WarmStart(Strict):
+    """Evaluate the best configurations of earlier runs first (those still valid in this space)."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    source: str = Field(alias="from", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+                        description="the study whose runs to take configurations from")
+    top_k: int = Field(5, ge=1, le=100)
 
 
 class StudyConfig(Strict):
@@ -139,6 +178,7 @@ class StudyConfig(Strict):
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: Resources = Resources()
     failures: Failures = Failures()
+    warm_start: WarmStart | None = None
     final: FinalConfig = FinalConfig()
     tracking: TrackingConfig = TrackingConfig()
     output_dir: str = "runs"

@@ -127,8 +127,40 @@ class SearchSpace:
             return flat[name]
         return TrialConfig.model_validate(self.sample(lookup))
 
+    def mismatch(self, flat: dict[str, Any]) -> str | None:
+        """Why ``flat`` (parameters sampled from some space, e.g. last night's) is not a point of this
+        space, or None if it is: every parameter this space asks for is there and within its range, and
+        nothing else is."""
+        used: set[str] = set()
+        problems: list[str] = []
+
+        def check(name: str, p: Param) -> Any:
+            used.add(name)
+            if name not in flat:
+                problems.append(f"{name} missing")
+                return p.corners()[0]
+            value = flat[name]
+            if not _contains(p, value):
+                problems.append(f"{name}={value!r} outside {p.describe()}")
+                return p.corners()[0]
+            return value
+
+        self.sample(check)
+        problems += [f"{name} not in this space" for name in sorted(set(flat) - used)]
+        return "; ".join(problems) or None
+
     def describe_rows(self) -> list[tuple[str, str, str]]:
         return [(p.name, p.param.describe(), p.condition or "") for p in self.params]
+
+
+def _contains(p: Param, value: Any) -> bool:
+    if isinstance(p, Categorical):
+        return any(value == c and type(value) is type(c) for c in p.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(p, Int):
+        return float(value).is_integer() and p.low <= value <= p.high and (int(value) - p.low) % p.step == 0
+    return p.low <= value <= p.high
 
 
 def define_by_run(trial: Any, space: SearchSpace) -> None:
