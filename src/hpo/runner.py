@@ -39,6 +39,15 @@ class StudyOutcome:
     tracking_uri: str
 
 
+def _check_database_drivers(*uris: str | None) -> None:
+    """A PostgreSQL URI needs the driver: say how to get it before anything starts."""
+    import importlib.util
+
+    if any(u and u.startswith("postgresql") for u in uris) and importlib.util.find_spec("psycopg") is None:
+        raise HpoError("a postgresql:// URI needs the PostgreSQL driver: pip install -e \".[postgres]\" "
+                       "(psycopg)")
+
+
 @dataclass
 class _Run:
     """What the stages of one run share."""
@@ -76,6 +85,7 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
 
     console = console or Console(stderr=True)
     c = study.config
+    _check_database_drivers(tracking_uri or c.tracking.uri, c.tracking.optuna_storage)
     start = time.time()
     deadline = parse_deadline(c.budget.until).timestamp() if c.budget.until else None
     run_dir, resumed = StudyDir.open(Path(c.output_dir), c.name, study.fingerprint(), fresh=fresh)

@@ -154,7 +154,8 @@ def test_a_killed_study_continues_where_it_stopped(tmp_path, data_dir):
     versions = client.search_model_versions("name = 'resumable'")
     assert len(versions) == 1 and versions[0].run_id == live["final"][0].info.run_id
 
-    sampler = optuna.load_study(study_name="resumable", storage=f"sqlite:///{_run_dir(tmp_path) / 'optuna.db'}")
+    run_dir = _run_dir(tmp_path)
+    sampler = optuna.load_study(study_name=f"resumable/{run_dir.name}", storage=f"sqlite:///{run_dir / 'optuna.db'}")
     done = [t for t in sampler.trials if t.state.is_finished() and not t.system_attrs.get("hpo:cut_off")]
     assert len(done) == 6  # one told result per trial, before and after the crash
     assert [t for t in sampler.trials if t.system_attrs.get("hpo:cut_off")]

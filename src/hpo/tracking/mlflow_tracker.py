@@ -98,6 +98,10 @@ class Tracker:
                 artifacts = None
                 if db is not None:  # keep artifacts beside the database, not in the cwd
                     artifacts = (db.parent / "artifacts").resolve().as_uri()
+                elif "://" in uri and not uri.startswith(("http://", "https://", "databricks")):
+                    # another database (postgresql://...) written directly: artifacts go to ./mlflow/ as for
+                    # the local default (a tracking server decides for itself)
+                    artifacts = (DEFAULT_STORE / "artifacts").resolve().as_uri()
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
             else:
                 self.experiment_id = found.experiment_id
