@@ -43,14 +43,16 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
     from hpo.train import TrainData, train
     from hpo.train.loop import pick_device
 
+    import ray
+
     started = time.time()  # for the orchestration-overhead accounting (benchmarks/orchestration.py)
-    pid = os.getpid()
+    pid, node = os.getpid(), ray.get_runtime_context().get_node_id()
     config = space.resolve(params)
     device = pick_device().type
 
     def report(epoch, _model) -> None:
         tune.report({**epoch.metrics(), "epoch": epoch.epoch, "early_stop": epoch.early_stop,
-                     "trial_started": started, "reported_at": time.time(), "pid": pid})
+                     "trial_started": started, "reported_at": time.time(), "pid": pid, "node": node})
 
     with memory_cap(settings.memory_bytes, settings.gpu_fraction, device):
         try:
@@ -118,6 +120,9 @@ def _tune_callback_class():
             record.worker_started = result.get("trial_started", record.worker_started)
             record.worker_last = result.get("reported_at", record.worker_last)
             record.worker_pid = result.get("pid", record.worker_pid)
+            if result.get("node") and result["node"] != record.node:  # where it runs, on a cluster
+                record.node = result["node"]
+                self.tracker.set_tags(record.run_id, {"hpo.node": record.node})
             metrics = {k: v for k, v in row.items() if k not in ("epoch", "early_stop")}
             self.tracker.log_metrics(record.run_id, metrics, step=row["epoch"])
             self.journal(self.records)

@@ -23,6 +23,7 @@ class TrialRecord:
     attempts: int = 1             # > 1 when the retry policy restarted it
     retry_errors: list[str] = field(default_factory=list)  # why earlier attempts failed
     worker_pid: int | None = None
+    node: str | None = None       # the Ray node it ran on
     started: float = field(default_factory=time.time)
     ended: float | None = None
     worker_started: float | None = None  # wall clock in the trial's process: when it began
