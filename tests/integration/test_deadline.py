@@ -1,0 +1,47 @@
+"""A study with a deadline 2 minutes away and more trials than fit: the search stops early enough for the
+re-check and final stage to finish before the deadline, and the run says so."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta
+
+import pytest
+
+from hpo.testing import REPO_ROOT, run_hpo
+
+pytestmark = pytest.mark.integration
+
+
+def test_search_and_finalize_end_before_a_deadline_two_minutes_away(tmp_path, data_dir):
+    import mlflow
+
+    deadline = datetime.now().astimezone() + timedelta(minutes=2)
+    smoke = (REPO_ROOT / "studies" / "smoke.yaml").read_text()
+    study = smoke.replace("budget: {trials: 4, time: 5m, max_epochs: 2}",
+                          f'budget: {{trials: 500, max_epochs: 2, until: "{deadline.isoformat(timespec="seconds")}"}}')
+    assert study != smoke
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "search_spaces").mkdir()
+    (tmp_path / "studies" / "smoke.yaml").write_text(study)
+    (tmp_path / "search_spaces" / "smoke.yaml").write_text((REPO_ROOT / "search_spaces" / "smoke.yaml").read_text())
+
+    result = run_hpo(["run", "studies/smoke.yaml"], tmp_path, data_dir)
+    finished = time.time()
+    assert result.returncode == 0, result.stderr
+    assert finished < deadline.timestamp(), f"finished {finished - deadline.timestamp():.0f} s after the deadline"
+    assert "min before the deadline" in result.stderr
+
+    run_dir = next((tmp_path / "runs" / "smoke").iterdir())
+    assert json.loads((run_dir / "state.json").read_text())["stage"] == "done"
+    trials = json.loads((run_dir / "trials.json").read_text())["trials"]
+    assert 4 <= len(trials) < 500  # the search ran, and the deadline, not the trial budget, ended it
+    stopped = [t for t in trials if t["status"] == "stopped"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    study_run = next(r for r in runs if r.data.tags.get("hpo.kind") == "study")
+    assert study_run.data.metrics["deadline_slack_seconds"] > 0 and "test_accuracy" in study_run.data.metrics
+    for t in stopped:  # a trial cut short by the deadline says so in MLflow
+        run = next(r for r in runs if r.info.run_id == t["run_id"])
+        assert "the deadline is" in run.data.tags["hpo.reason"]
