@@ -89,8 +89,7 @@ def run(
 ) -> None:
     """Search, then retrain the winner on train+val, test it once and register it. Running a study again
     after it was killed continues it: finished trials are kept, cut-off work is redone."""
-    from hpo.errors import DataError, HpoError
-    from hpo.resume import ResumeConflict
+    from hpo.errors import DataError, HpoError, RunRefused
 
     loaded = _load(study)
     try:
@@ -98,7 +97,7 @@ def run(
 
         run_study(loaded, address=address, tracking_uri=tracking_uri, console=err, fresh=fresh,
                   warm_start=warm_start)
-    except (ResumeConflict, DataError) as exc:  # like a bad study: nothing to run (unreadable data, ...)
+    except (RunRefused, DataError) as exc:  # like a bad study: nothing to run (unreadable data, ...)
         _print_error(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
@@ -119,8 +118,11 @@ def status(study: StudyArg,
 
     loaded = _load(study)
     c = loaded.config
+    problems: list[str] = []
     runs = [describe(r, c.objective.metric, c.objective.direction)
-            for r in StudyDir.all(Path(c.output_dir) / c.name)]
+            for r in StudyDir.all(Path(c.output_dir) / c.name, problems)]
+    for problem in problems:
+        err.print(f"[yellow]warning[/]: {problem}", highlight=False)
     if as_json:
         out.print_json(data=runs)
         return

@@ -50,6 +50,11 @@ class StudyErrors(HpoError):
         return StudyErrors, (self.errors,)
 
 
+class RunRefused(HpoError):
+    """The run cannot start as asked, though the study file is valid (e.g. its deadline has passed):
+    like a bad study, nothing runs and the CLI exits 2."""
+
+
 class DataError(HpoError):
     """A dataset cannot be found or read; the message says what to do."""
 

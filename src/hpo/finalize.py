@@ -157,6 +157,27 @@ def _log_exports(tracker: Tracker, run_id: str, model, data: ImageData, formats:
             tracker.log_artifact(run_id, path, "exports")
 
 
+class ChampionGuard:
+    """Keeps the ``champion`` alias right when a final stage is redone after a crash: deleting the
+    half-finished stage's model version also drops an alias it had taken, which then goes back to the
+    version that held it before."""
+
+    def __init__(self, tracker: Tracker, name: str) -> None:
+        self.client, self.name = tracker.client, name
+
+    def current(self) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(self.name, CHAMPION).version)
+        except MlflowException:
+            return None
+
+    def restore(self, before: str | None) -> None:
+        if before and self.current() is None:
+            self.client.set_registered_model_alias(self.name, CHAMPION, before)
+
+
 def register(tracker: Tracker, study: Study, run_id: str, model_uri: str, model_id: str | None,
              metrics: dict[str, float]) -> tuple[str, str, str]:
     """Create a registered version carrying its metrics and study; move ``champion`` per the study's rule.

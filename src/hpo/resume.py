@@ -15,22 +15,25 @@ re-check and final runs. Reading the folder needs only the standard library (``h
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hpo.errors import HpoError
+from hpo.errors import RunRefused
 
 STAGES = ("search", "recheck", "finalize", "done")
 TERMINAL = ("completed", "early_stopped", "pruned", "stopped", "failed", "infeasible")
 
 
-class ResumeConflict(HpoError):
+class ResumeConflict(RunRefused):
     """An unfinished run exists that this invocation must not continue (changed study, or running now)."""
 
 
@@ -46,13 +49,37 @@ class RunState:
     recheck: dict[str, Any] | None = None  # {"winner": number, "best_epoch", "mean", "std"}
     abandoned: bool = False                # superseded by `hpo run --fresh`
     outcome: str | None = None             # at stage "done": completed | failed (no trial succeeded)
+    deadline: float | None = None          # budget.until, fixed when the run starts (epoch seconds)
+    champion_before: str | None = None     # the registry's champion version when the final stage began
+    final: dict[str, Any] | None = None    # the final stage's result, once it has registered the model
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` so that a kill at any instant leaves either the old file or the new one."""
+    """Write ``data`` so that a kill (or a power cut) at any instant leaves either the old file or the new
+    one: write a temporary file, flush it to disk, rename it over the old one, flush the folder."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    with tmp.open("w") as fh:
+        fh.write(json.dumps(data, indent=1, default=str))
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Serialise processes on ``path`` (a lock file) for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class StudyDir:
@@ -67,47 +94,66 @@ class StudyDir:
     # ------------------------------------------------------------------ finding and creating
     @classmethod
     def open(cls, output_dir: Path, study: str, fingerprint: str, *, fresh: bool = False) -> tuple[StudyDir, bool]:
-        """The study's unfinished run to continue (resumed=True), else a new one."""
+        """The study's unfinished run to continue (resumed=True), else a new one. Processes opening the
+        same study take turns (``runs/<study>/.open.lock``), so two never pick the same run."""
         root = output_dir / study
-        latest = cls.latest_unfinished(root)
-        if latest is not None:
-            latest.lock(wait=False)
-            if fresh:
-                latest.state.abandoned = True
-                latest.save_state()
-                latest.unlock()
-            elif latest.state.fingerprint != fingerprint:
-                latest.unlock()
-                raise ResumeConflict(
-                    f"{latest.path} holds an unfinished run of a different version of study '{study}' "
-                    f"(fingerprint {latest.state.fingerprint}, now {fingerprint}). Restore the study as it was "
-                    "to continue that run, or pass --fresh to start over (the unfinished run is kept on disk).")
-            else:
+        with _exclusive(root / ".open.lock"):
+            latest = cls.latest_unfinished(root)
+            if latest is not None and not fresh:
+                latest.lock(wait=False)
+                latest = cls.load(latest.path)._adopt_lock(latest)  # as it is now, under the lock
+                if latest.state.fingerprint != fingerprint:
+                    latest.unlock()
+                    raise ResumeConflict(
+                        f"{latest.path} holds an unfinished run of a different version of study '{study}' "
+                        f"(fingerprint {latest.state.fingerprint}, now {fingerprint}). Restore the study as it "
+                        "was to continue that run, or pass --fresh to start over (the unfinished run is kept "
+                        "on disk).")
                 latest.state.attempts += 1
                 latest.save_state()
                 return latest, True
-        path = root / time.strftime("%Y%m%d-%H%M%S")
-        for n in range(2, 1000):
-            try:
-                path.mkdir(parents=True)
-                break
-            except FileExistsError:
-                path = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{n}"
-        created = cls(path, RunState(study, fingerprint))
-        created.lock(wait=False)
-        created.save_state()
-        return created, False
+            if latest is not None and not latest.is_locked():  # --fresh: an interrupted run is set aside
+                latest.state.abandoned = True
+                latest.save_state()
+            path = root / time.strftime("%Y%m%d-%H%M%S")
+            for n in range(2, 1000):
+                try:
+                    path.mkdir(parents=True)
+                    break
+                except FileExistsError:
+                    path = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+            created = cls(path, RunState(study, fingerprint))
+            created.lock(wait=False)
+            created.save_state()
+            return created, False
+
+    def _adopt_lock(self, holder: StudyDir) -> StudyDir:
+        self._lock_fd, holder._lock_fd = holder._lock_fd, None
+        return self
 
     @classmethod
     def load(cls, path: Path) -> StudyDir:
-        return cls(path, RunState(**json.loads((path / "state.json").read_text())))
+        """Read a run's folder; a state file from another version of hpo loses the keys it does not know."""
+        data = json.loads((path / "state.json").read_text())
+        known = {f.name for f in fields(RunState)}
+        return cls(path, RunState(**{k: v for k, v in data.items() if k in known}))
 
     @classmethod
-    def all(cls, root: Path) -> list[StudyDir]:
-        """The study's runs, oldest first (folder names sort by time)."""
+    def all(cls, root: Path, problems: list[str] | None = None) -> list[StudyDir]:
+        """The study's runs, oldest first (folder names sort by time). A folder whose state cannot be read
+        is skipped (and reported in ``problems``) rather than blocking every run of the study."""
         if not root.is_dir():
             return []
-        return [cls.load(p) for p in sorted(root.iterdir()) if (p / "state.json").is_file()]
+        runs = []
+        for p in sorted(root.iterdir()):
+            if not (p / "state.json").is_file():
+                continue
+            try:
+                runs.append(cls.load(p))
+            except (OSError, ValueError, TypeError) as exc:
+                if problems is not None:
+                    problems.append(f"{p}: unreadable state.json ({type(exc).__name__}: {exc}); skipped")
+        return runs
 
     @classmethod
     def latest_unfinished(cls, root: Path) -> StudyDir | None:
@@ -135,9 +181,15 @@ class StudyDir:
             self._lock_fd = None
 
     def discard(self) -> None:
-        """Remove a run that never started (e.g. its data could not be read)."""
+        """Remove a run that never started (e.g. its data could not be read), and the study's folder if
+        that leaves it empty."""
         self.unlock()
         shutil.rmtree(self.path, ignore_errors=True)
+        leftovers = [p for p in self.path.parent.iterdir() if p.name != ".open.lock"]
+        if not leftovers:
+            shutil.rmtree(self.path.parent, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the output folder too, if nothing else is in it
+                self.path.parent.parent.rmdir()
 
     def is_locked(self) -> bool:
         """Whether some process (this one included) is running this study now."""
@@ -175,7 +227,11 @@ class StudyDir:
         """The journal of trials (raw dicts) and the search seconds spent so far."""
         if not self.trials_file.is_file():
             return [], self.state.search_elapsed
-        data = json.loads(self.trials_file.read_text())
+        try:
+            data = json.loads(self.trials_file.read_text())
+        except ValueError as exc:
+            raise ResumeConflict(f"{self.trials_file} cannot be read ({exc}); pass --fresh to start over "
+                                 "(the damaged run is kept on disk)") from None
         return data["trials"], max(data.get("search_elapsed", 0.0), self.state.search_elapsed)
 
     @property

@@ -9,7 +9,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -18,11 +18,14 @@ from rich.table import Table
 from hpo.backends.live import short_params
 from hpo.backends.records import TrialRecord, best_trial
 from hpo.config import Study
-from hpo.errors import HpoError
+from hpo.errors import HpoError, RunRefused
 from hpo.resume import StudyDir
 
 
 STATUSES = ("completed", "early_stopped", "pruned", "stopped", "failed", "infeasible")
+
+
+MIN_DEADLINE_LEAD = 60.0  # seconds: a deadline closer than this leaves no room for a trial and the final stage
 
 
 class SearchFailed(HpoError):
@@ -87,9 +90,16 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     c = study.config
     _check_database_drivers(tracking_uri or c.tracking.uri, c.tracking.optuna_storage)
     start = time.time()
-    deadline = parse_deadline(c.budget.until).timestamp() if c.budget.until else None
+    until = parse_deadline(c.budget.until).timestamp() if c.budget.until else None
+    if until is not None and until - start < MIN_DEADLINE_LEAD and (
+            fresh or StudyDir.latest_unfinished(Path(c.output_dir) / c.name) is None):
+        raise RunRefused(f"budget.until {c.budget.until!r} is {until - start:.0f} s away: too close for even one "
+                         "trial and the final stage; move it later")
     run_dir, resumed = StudyDir.open(Path(c.output_dir), c.name, study.fingerprint(), fresh=fresh)
     run_dir.shared_storage = c.tracking.optuna_storage
+    deadline = run_dir.state.deadline or until  # fixed when the run began: "06:00" means that night's 06:00
+    if deadline is not None and run_dir.state.deadline is None:
+        run_dir.advance(run_dir.state.stage, deadline=deadline)
     if resumed:
         console.print(f"[bold]resuming[/] {run_dir.path}: attempt {run_dir.state.attempts}, continuing "
                       f"from the {run_dir.state.stage} stage (`hpo run --fresh` starts over)")
@@ -115,6 +125,8 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
                 ray.shutdown()
             if not resumed:  # nothing happened yet: leave no run behind to "resume"
                 run_dir.discard()
+            else:
+                run_dir.unlock()
             raise
     console.print(f"[bold]data[/] {c.dataset.name}: {data.summary()} (from {data.origin})")
 
@@ -143,7 +155,7 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
 
 
 def _run_stages(run: _Run) -> StudyOutcome:
-    from hpo.finalize import finalize
+    from hpo.finalize import ChampionGuard, FinalResult, finalize
     from hpo.recheck import recheck
     from hpo.report.nightly import nightly_summary
 
@@ -178,13 +190,22 @@ def _run_stages(run: _Run) -> StudyOutcome:
     if state.recheck:
         winner = next(r for r in records if r.number == state.recheck["winner"])
         best_epoch = state.recheck["best_epoch"]
-    if state.stage == "finalize":
-        for old in tracker.child_runs(parent, "final") if run.resumed else []:
-            tracker.delete_run(old.info.run_id)  # with the model version it may have registered
+    if state.stage == "finalize" and state.final is not None:  # registered before a crash: not redone
+        final = FinalResult(**state.final)
+    elif state.stage == "finalize":
+        champion = ChampionGuard(tracker, c.registered_model_name)
+        if run.resumed:
+            for old in tracker.child_runs(parent, "final"):
+                tracker.delete_run(old.info.run_id)  # with the model version it may have registered
+            champion.restore(state.champion_before)
+        else:
+            run_dir.advance("finalize", champion_before=champion.current() or "")
         tracker.set_tags(parent, {"hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id})
         with console.status(f"finalize: retraining trial #{winner.number} on {c.final.retrain_on}"):
             final = finalize(study, run.data, winner, records, tracker, parent, optuna_storage=run_dir.optuna_storage,
                              optuna_study=run_dir.optuna_study, best_epoch=best_epoch)
+        run_dir.advance("finalize", final=asdict(final))
+    if final is not None:
         tracker.log_metrics(parent, {"test_accuracy": final.test_accuracy, "test_loss": final.test_loss})
     seconds = time.time() - run.start
     tracker.log_metrics(parent, {"wall_seconds": seconds})
@@ -196,7 +217,7 @@ def _run_stages(run: _Run) -> StudyOutcome:
         tracker.log_metrics(parent, {"deadline_slack_seconds": slack})
         notes.append(said)
         console.print(f"[bold]deadline[/] {said}")
-    if state.stage == "finalize":
+    if state.stage == "finalize" and final is not None:
         nightly_summary(tracker, study.name, parent, final.promotion if final.registered_name else None, notes)
         run_dir.advance("done", outcome="completed")
     return StudyOutcome(parent, records, winner, final, seconds, tracker.uri)
@@ -249,6 +270,13 @@ def _search(run: _Run, notes: list[str]) -> list[TrialRecord]:
     return records
 
 
+def cluster_cpus() -> float:
+    """CPUs of the Ray cluster the re-check's tasks run on (this machine's count outside Ray)."""
+    import ray
+
+    return ray.cluster_resources().get("CPU", 1.0) if ray.is_initialized() else float(os.cpu_count() or 1)
+
+
 FINAL_OVERHEAD = 30.0  # seconds: evaluation, plots, model logging, exports, registration (measured ~10 s on 2 CPUs)
 
 
@@ -267,7 +295,7 @@ def after_search_seconds(study: Study, data, records: list[TrialRecord]) -> floa
         need += epochs * epoch * scale + FINAL_OVERHEAD
         runs = c.final.recheck.top_k * c.final.recheck.seeds
         if runs:
-            slots = c.resources.max_concurrent or max(1, int((os.cpu_count() or 1) / c.resources.cpus_per_trial))
+            slots = c.resources.max_concurrent or max(1, int(cluster_cpus() / c.resources.cpus_per_trial))
             need += math.ceil(runs / slots) * c.budget.max_epochs * epoch
     return 1.2 * need
 

@@ -30,7 +30,7 @@ class WarmStart:
         text = (f"warm start: {len(self.points)} configuration{'s' * (len(self.points) != 1)} from "
                 f"{self.told} trials of {self.runs} earlier run{'s' * (self.runs != 1)} of '{source}' enqueued")
         if self.skipped:
-            text += f"; {len(self.skipped)} no longer fit the space (e.g. {self.skipped[0]})"
+            text += f"; {len(self.skipped)} skipped (e.g. {self.skipped[0]})"
         return text
 
 
@@ -55,14 +55,20 @@ def warm_start_points(study: Study, run_dir: StudyDir, source: str, top_k: int) 
 
     c = study.config
     studies = _earlier_studies(source, Path(c.output_dir), run_dir.shared_storage, run_dir.optuna_study)
+    want = optuna.study.StudyDirection.MAXIMIZE if c.objective.direction == "max" else \
+        optuna.study.StudyDirection.MINIMIZE
     told = []
+    result = WarmStart(points=[], runs=len(studies))
     for url, name in studies:
-        for trial in optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False,
-                                                                                 states=(TrialState.COMPLETE,)):
+        earlier = optuna.load_study(study_name=name, storage=url)
+        if earlier.direction != want:  # another objective: its ranking means nothing here
+            result.skipped.append(f"{name} optimised in the other direction")
+            continue
+        for trial in earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if trial.value is not None and not trial.system_attrs.get("hpo:cut_off"):
                 told.append(trial)
     told.sort(key=lambda t: t.value, reverse=c.objective.direction == "max")
-    result = WarmStart(points=[], runs=len(studies), told=len(told))
+    result.told = len(told)
     seen: set[tuple] = set()
     for trial in told:
         key = tuple(sorted((k, repr(v)) for k, v in trial.params.items()))

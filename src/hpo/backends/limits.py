@@ -44,7 +44,10 @@ def memory_cap(cpu_bytes: int | None, gpu_fraction: float | None, device: str) -
     previous = None
     if cpu_bytes and device == "cpu":
         previous = resource.getrlimit(resource.RLIMIT_DATA)
-        resource.setrlimit(resource.RLIMIT_DATA, (_private_bytes() + int(cpu_bytes), previous[1]))
+        soft = _private_bytes() + int(cpu_bytes)
+        if previous[1] != resource.RLIM_INFINITY:
+            soft = min(soft, previous[1])  # an unprivileged process cannot raise its hard limit
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, previous[1]))
     if gpu_fraction and device.startswith("cuda"):
         import torch
 
@@ -62,8 +65,9 @@ def memory_cap(cpu_bytes: int | None, gpu_fraction: float | None, device: str) -
 
 
 def describe_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+    """``314572800`` -> ``"300.0 MiB"``."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} TiB"
+    return f"{n:.1f} GiB"

@@ -18,6 +18,7 @@ from typing import Any
 from hpo.backends.records import TrialRecord
 from hpo.config import Study
 from hpo.data import ImageData
+from hpo.errors import HpoError
 from hpo.resume import StudyDir
 from hpo.space import SearchSpace, define_by_run
 from hpo.tracking import Tracker, flatten
@@ -184,6 +185,7 @@ def _tune_callback_class():
         def _number_for(self, params: dict[str, Any]) -> int:
             for i, cut_off in enumerate(self.restarts):
                 if cut_off.params == params:
+                    self.tracker.delete_run(cut_off.run_id)  # the cut-off attempt: replaced by this one
                     return self.restarts.pop(i).number
             number, self.next_number = self.next_number, self.next_number + 1
             return number
@@ -295,6 +297,10 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
     resources = {"cpu": c.resources.cpus_per_trial, "gpu": c.resources.gpus_per_trial}
     if memory:
         resources["memory"] = int(memory)
+        largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+        if int(memory) > largest:  # Ray would leave every trial pending, silently
+            raise HpoError(f"resources.memory_per_trial is {memory.human_readable()}, but the largest node of the "
+                           f"Ray cluster offers {largest / 2**30:.1f} GiB to tasks: lower it")
     trainable = tune.with_resources(trainable, resources)
     fit_start = time.time()
     callback = _tune_callback_class()(
@@ -322,6 +328,12 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
             record.status = "stopped"
             reason = callback.stop_reason or "the search's time budget ran out"
             callback.end(record, f"stopped at epoch {record.epochs}: {reason}")
+    for record in callback.restarts:  # cut off by a crash, and no budget was left to run them again
+        records.append(record)
+        record.status = "stopped"
+        callback.end(record, f"stopped at epoch {record.epochs}: cut off by a crash, and the search's budget "
+                             "had no room to restart it")
+    records.sort(key=lambda r: r.number)
     run_dir.save_trials(records, time_spent + fit_end - fit_start)
     stats = {"slots": concurrency, "data_put_seconds": put_seconds, "fit_start": fit_start, "fit_end": fit_end,
              "tracking_seconds": tracker.busy_seconds,
@@ -391,6 +403,8 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard per trial
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new reporter prints banners even at verbose=0
+    # Ctrl-C must interrupt the run (resumable later), not end the search quietly and go on to finalize.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None

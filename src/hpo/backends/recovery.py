@@ -22,6 +22,7 @@ from hpo.tracking import Tracker
 class RecoveredSearch:
     records: list[TrialRecord]   # finished before the crash: kept as they are, not re-run
     restarts: list[TrialRecord]  # cut off: re-run from scratch with the same parameters and numbers
+                                 # (until then, as they were: history and MLflow run)
     time_spent: float            # search seconds already used (counts against budget.time)
 
 
@@ -43,7 +44,16 @@ def recover_search(run_dir: StudyDir, study: Study, tracker: Tracker, parent_run
         told = sampled.get(record.optuna_number)
         if record.status in TERMINAL:
             kept.append(record)
-        elif told is not None and told.state.is_finished() and record.history:
+        elif told is not None and told.state == TrialState.FAIL and not told.system_attrs.get("hpo:cut_off"):
+            # Ray told the sampler the trial failed, then the driver died before recording why.
+            record.status, record.error = "failed", "failed (the driver stopped before recording the error)"
+            reason = record.error
+            record.ended = time.time()
+            tracker.set_tags(record.run_id, {"hpo.status": record.status, "hpo.reason": reason,
+                                             "hpo.error": record.error, "hpo.epochs": record.epochs})
+            tracker.end_run(record.run_id, RUN_STATUS[record.status])
+            kept.append(record)
+        elif told is not None and told.state in (TrialState.COMPLETE, TrialState.PRUNED) and record.history:
             # The sampler heard the trial end, the journal did not (killed in between): close it here.
             record.status, reason = classify(record, c.budget.max_epochs)
             record.ended = time.time()
@@ -57,24 +67,27 @@ def recover_search(run_dir: StudyDir, study: Study, tracker: Tracker, parent_run
     # The sampler: trials it handed out that never finished are marked failed (TPE ignores those) and
     # their parameters enqueued again, so the same configurations run next, before any new suggestion.
     kept_numbers = {r.optuna_number for r in kept}
-    study_obj = None
+    to_enqueue = []
     for trial in sampled.values():
         if trial.state != TrialState.RUNNING:
             continue
         storage.set_trial_system_attr(trial._trial_id, "hpo:cut_off", True)
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         if trial.number not in kept_numbers:
-            study_obj = study_obj or optuna.load_study(study_name=run_dir.optuna_study, storage=storage)
-            study_obj.enqueue_trial(trial.params, skip_if_exists=False)
+            to_enqueue.append(trial.params)
+    # A cut-off trial whose sampler record is not RUNNING (rare orderings) is enqueued from the journal.
+    running = {t.number for t in sampled.values() if t.state == TrialState.RUNNING}
+    to_enqueue += [r.params for r in restarts if r.optuna_number not in running]
+    if to_enqueue:
+        study_obj = optuna.load_study(study_name=run_dir.optuna_study, storage=storage)
+        for params in to_enqueue:
+            study_obj.enqueue_trial(params, skip_if_exists=False)
 
-    # MLflow: one live run per finished trial; partial runs of cut-off trials are deleted (a restart
-    # starts a new run under the same trial number).
-    keep_runs = {r.run_id for r in kept}
+    # MLflow: runs that no trial in the journal owns (a kill right after creating one) are deleted. A
+    # cut-off trial's run stays until the trial restarts (then a new run replaces it) or, if the budget
+    # has no room left to restart it, it is closed as stopped with what it had reached.
+    own_runs = {r.run_id for r in [*kept, *restarts]}
     for run in tracker.child_runs(parent_run, "trial"):
-        if run.info.run_id not in keep_runs:
+        if run.info.run_id not in own_runs:
             tracker.delete_run(run.info.run_id)
-    for record in restarts:
-        record.history.clear()
-        record.status, record.run_id = "running", None
-    run_dir.save_trials(kept, time_spent)
     return RecoveredSearch(kept, restarts, time_spent)
