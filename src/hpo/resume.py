@@ -21,12 +21,11 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from hpo._locks import exclusive
 from hpo.errors import RunRefused
 
 STAGES = ("search", "recheck", "finalize", "done")
@@ -70,18 +69,6 @@ def write_json(path: Path, data: Any) -> None:
         os.close(folder)
 
 
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Serialise processes on ``path`` (a lock file) for the duration of the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 class StudyDir:
     """One run of a study on disk. Holding it means holding its lock (released when the process ends)."""
 
@@ -97,7 +84,7 @@ class StudyDir:
         """The study's unfinished run to continue (resumed=True), else a new one. Processes opening the
         same study take turns (``runs/<study>/.open.lock``), so two never pick the same run."""
         root = output_dir / study
-        with _exclusive(root / ".open.lock"):
+        with exclusive(root / ".open.lock"):
             latest = cls.latest_unfinished(root)
             if latest is not None and not fresh:
                 latest.lock(wait=False)

@@ -21,7 +21,6 @@ from hpo.config import Study
 from hpo.errors import HpoError, RunRefused
 from hpo.resume import StudyDir
 
-
 STATUSES = ("completed", "early_stopped", "pruned", "stopped", "failed", "infeasible")
 
 
@@ -155,6 +154,7 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
 
 
 def _run_stages(run: _Run) -> StudyOutcome:
+    from hpo.backends.recovery import journal_records
     from hpo.finalize import ChampionGuard, FinalResult, finalize
     from hpo.recheck import recheck
     from hpo.report.nightly import nightly_summary
@@ -167,8 +167,7 @@ def _run_stages(run: _Run) -> StudyOutcome:
     if state.stage == "search":
         records = _search(run, notes)
     else:
-        raw, _ = run_dir.load_trials()
-        records = [TrialRecord.from_json(d, study.space.resolve(d["params"])) for d in raw]
+        records, _ = journal_records(run_dir, study)
     winner = best_trial(records, metric, mode)
 
     if state.stage == "recheck":

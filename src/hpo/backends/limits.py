@@ -62,12 +62,3 @@ def memory_cap(cpu_bytes: int | None, gpu_fraction: float | None, device: str) -
 
             torch.cuda.empty_cache()
             torch.cuda.set_per_process_memory_fraction(1.0)
-
-
-def describe_bytes(n: float) -> str:
-    """``314572800`` -> ``"300.0 MiB"``."""
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"

@@ -38,13 +38,13 @@ class TrialSettings:
 def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, settings: TrialSettings) -> None:
     """The Ray Tune trainable: one trial, reporting once per epoch. Imports stay inside so that the
     driver's import of this module stays light."""
+    import ray
+    from pydantic import ByteSize
     from ray import tune
 
-    from hpo.backends.limits import TrialOutOfMemory, describe_bytes, is_out_of_memory, memory_cap
+    from hpo.backends.limits import TrialOutOfMemory, is_out_of_memory, memory_cap
     from hpo.train import TrainData, train
     from hpo.train.loop import pick_device
-
-    import ray
 
     started = time.time()  # for the orchestration-overhead accounting (benchmarks/orchestration.py)
     pid, node = os.getpid(), ray.get_runtime_context().get_node_id()
@@ -64,7 +64,8 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
-            cap = f", capped at {describe_bytes(settings.memory_bytes)}" if settings.memory_bytes else ""
+            cap = (f", capped at {ByteSize(settings.memory_bytes).human_readable(separator=' ')}"
+                   if settings.memory_bytes else "")
             detail = str(exc).strip().splitlines()[0][-200:] if str(exc).strip() else type(exc).__name__
             raise TrialOutOfMemory(f"out of memory with batch size {config.batch_size} on {device}{cap} "
                                    f"({detail})") from None
@@ -299,7 +300,7 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
         resources["memory"] = int(memory)
         largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
         if int(memory) > largest:  # Ray would leave every trial pending, silently
-            raise HpoError(f"resources.memory_per_trial is {memory.human_readable()}, but the largest node of the "
+            raise HpoError(f"resources.memory_per_trial is {memory.human_readable(separator=' ')}, but the largest node of the "
                            f"Ray cluster offers {largest / 2**30:.1f} GiB to tasks: lower it")
     trainable = tune.with_resources(trainable, resources)
     fit_start = time.time()

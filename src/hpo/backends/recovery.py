@@ -26,13 +26,18 @@ class RecoveredSearch:
     time_spent: float            # search seconds already used (counts against budget.time)
 
 
+def journal_records(run_dir: StudyDir, study: Study) -> tuple[list[TrialRecord], float]:
+    """The trials in a run's journal, and the search seconds spent so far."""
+    raw, time_spent = run_dir.load_trials()
+    return [TrialRecord.from_json(d, study.space.resolve(d["params"])) for d in raw], time_spent
+
+
 def recover_search(run_dir: StudyDir, study: Study, tracker: Tracker, parent_run: str) -> RecoveredSearch:
     import optuna
     from optuna.trial import TrialState
 
     c = study.config
-    raw, time_spent = run_dir.load_trials()
-    records = [TrialRecord.from_json(d, study.space.resolve(d["params"])) for d in raw]
+    records, time_spent = journal_records(run_dir, study)
     storage = optuna.storages.RDBStorage(run_dir.optuna_storage)
     try:
         sampled = {t.number: t for t in optuna.load_study(study_name=run_dir.optuna_study, storage=storage).trials}

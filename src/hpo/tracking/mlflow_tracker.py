@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import fcntl
 import functools
 import logging
 import os
@@ -15,6 +14,7 @@ from typing import Any
 import yaml
 
 from hpo import __version__
+from hpo._locks import exclusive
 from hpo.security import redact
 
 DEFAULT_STORE = Path("mlflow")
@@ -50,16 +50,6 @@ def _git_commit() -> str | None:
         return None
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _timed(method):
     """Accumulate the time spent writing to MLflow (reported as tracking overhead)."""
     @functools.wraps(method)
@@ -91,7 +81,7 @@ class Tracker:
             db.parent.mkdir(parents=True, exist_ok=True)
         # Two studies starting at once against a new SQLite file would both run MLflow's schema migrations
         # and trip over each other: the first to arrive creates the store while the other waits.
-        with _file_lock(db.with_name(db.name + ".lock")) if db is not None else nullcontext():
+        with exclusive(db.with_name(db.name + ".lock")) if db is not None else nullcontext():
             self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)
             if found is None:
