@@ -1,6 +1,6 @@
 # Two entry points that set everything up on a fresh machine:
 #   make run    - install, then run the main study (full Fashion-MNIST search -> finalize -> register)
-#   make test   - install with test extras, then run the test suite
+#   make test   - install with the test and autokeras extras, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 STUDY ?= studies/fashion_mnist.yaml
@@ -15,7 +15,7 @@ $(VENV)/bin/activate:
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 
 install: $(VENV)/bin/activate
-	$(VENV)/bin/python -m pip install -q -e ".[test]"
+	$(VENV)/bin/python -m pip install -q -e ".[test,autokeras]"
 
 run: install
 	$(VENV)/bin/hpo run $(STUDY)

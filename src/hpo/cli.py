@@ -33,12 +33,16 @@ def main_options(debug: Annotated[bool, typer.Option("--debug", help="show trace
 
 def _print_error(error: object) -> None:
     """One line on stderr; credentials in URIs and tokens are masked (errors often quote a URI)."""
+    from rich.markup import escape
+
     from hpo.security import redact
 
-    err.print(f"[red]error[/]: {redact(str(error))}", highlight=False)
+    err.print(f"[red]error[/]: {escape(redact(str(error)))}", highlight=False)
 
 
 def _load(path: Path):
+    from rich.markup import escape
+
     from hpo.config import load_study
     from hpo.errors import StudyError, StudyErrors
 
@@ -46,8 +50,8 @@ def _load(path: Path):
         return load_study(path)
     except (StudyError, StudyErrors) as exc:
         problems = exc.errors if isinstance(exc, StudyErrors) else [exc]
-        for problem in problems:
-            err.print(f"[red]error[/]: {problem}", highlight=False)
+        for problem in problems:  # escaped: messages quote things like pip install -e ".[autokeras]"
+            err.print(f"[red]error[/]: {escape(str(problem))}", highlight=False)
         err.print(f"{len(problems)} problem{'s' * (len(problems) != 1)} in {path}; nothing was run.")
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
@@ -122,7 +126,7 @@ def status(study: StudyArg,
     runs = [describe(r, c.objective.metric, c.objective.direction)
             for r in StudyDir.all(Path(c.output_dir) / c.name, problems)]
     for problem in problems:
-        err.print(f"[yellow]warning[/]: {problem}", highlight=False)
+        err.print(f"[yellow]warning[/]: {escape(str(problem))}", highlight=False)
     if as_json:
         out.print_json(data=runs)
         return

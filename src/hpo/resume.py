@@ -28,7 +28,9 @@ from typing import Any
 from hpo._locks import exclusive
 from hpo.errors import RunRefused
 
-STAGES = ("search", "recheck", "finalize", "done")
+# Each backend's stages, in the order a run passes through them (a study runs the backends it names).
+BACKEND_STAGES = {"search": ("search", "recheck", "finalize"), "autokeras": ("baseline",)}
+STAGES = (*BACKEND_STAGES["search"], *BACKEND_STAGES["autokeras"], "done")
 TERMINAL = ("completed", "early_stopped", "pruned", "stopped", "failed", "infeasible")
 
 
@@ -51,6 +53,7 @@ class RunState:
     deadline: float | None = None          # budget.until, fixed when the run starts (epoch seconds)
     champion_before: str | None = None     # the registry's champion version when the final stage began
     final: dict[str, Any] | None = None    # the final stage's result, once it has registered the model
+    baseline: dict[str, Any] | None = None  # the AutoKeras baseline: its MLflow run, seconds spent, result
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -230,6 +233,19 @@ class StudyDir:
     def optuna_study(self) -> str:
         """This run's study in Optuna's storage: ``<study>/<folder>``, unique in a shared storage."""
         return f"{self.state.study}/{self.path.name}"
+
+
+def first_stage(backends: list[str]) -> str:
+    return BACKEND_STAGES[backends[0]][0]
+
+
+def advance_past(run_dir: StudyDir, config, backend: str) -> None:
+    """``backend`` is done: move the run to the next backend the study names, or to done."""
+    later = config.backends[config.backends.index(backend) + 1:]
+    if later:
+        run_dir.advance(first_stage(later))
+    else:
+        run_dir.advance("done", outcome="completed")
 
 
 def describe(run: StudyDir, metric: str = "val_accuracy", mode: str = "max") -> dict[str, Any]:

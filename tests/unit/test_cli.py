@@ -109,3 +109,19 @@ def test_ui_serves_the_store_on_loopback(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
+
+
+def test_hpo_validate_prints_the_install_command_for_a_missing_backend_extra(tmp_path, repo_root):
+    """In a process where AutoKeras cannot be found, ``hpo validate`` refuses the study, and the command
+    to run reaches the terminal whole (its brackets are not taken for markup)."""
+    study = (repo_root / "studies" / "smoke.yaml").read_text().replace(
+        "../search_spaces/smoke.yaml", str(repo_root / "search_spaces" / "smoke.yaml"))
+    (tmp_path / "ak.yaml").write_text(study + "backends: [search, autokeras]\n")
+    code = ("import importlib.util, sys; real = importlib.util.find_spec; "
+            "importlib.util.find_spec = lambda n, *a: None if n == 'autokeras' else real(n, *a); "
+            "sys.argv = ['hpo', 'validate', 'ak.yaml']; from hpo.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert 'ak.yaml:14: backends: the autokeras backend on Keras\' torch backend needs autokeras: ' \
+           'pip install -e ".[autokeras]"' in result.stderr
+    assert "nothing was run" in result.stderr

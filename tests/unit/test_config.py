@@ -120,3 +120,47 @@ def test_a_search_budget_must_leave_time_for_one_epoch(tmp_path, time, ok):
         load_study(write(tmp_path, study))
     assert f"budget.time: must be at least 10s, or left out: a shorter search stops every trial before its first " \
            f"epoch (got {time!r})" in messages(info)[0]
+
+
+def _hide(monkeypatch, *packages: str) -> None:
+    """Make ``packages`` look uninstalled to the extra checks (importlib.util.find_spec)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in packages else real(name, *a))
+
+
+def test_the_backends_a_study_may_name_are_the_registered_ones():
+    from hpo.backends import BACKENDS
+    from hpo.config.study import BACKENDS as NAMES
+
+    assert set(NAMES) == set(BACKENDS)
+
+
+@pytest.mark.parametrize("line, hidden, where, command", [
+    ("backends: [search, autokeras]\n", ("autokeras",), "6: backends", 'pip install -e ".[autokeras]"'),
+    ("backends: [autokeras]\nautokeras: {keras_backend: tensorflow}\n", ("tensorflow",),
+     "7: autokeras.keras_backend", 'pip install -e ".[tensorflow]"'),
+])
+def test_a_backend_whose_extra_is_missing_fails_validation_with_the_install_command(tmp_path, monkeypatch, line,
+                                                                                    hidden, where, command):
+    _hide(monkeypatch, *hidden)
+    with pytest.raises(StudyErrors) as info:
+        load_study(write(tmp_path, STUDY.format(trials=2, grace=1) + line))
+    (message,) = messages(info)
+    assert message.startswith(f"{tmp_path / 'study.yaml'}:{where}: ")
+    assert message.endswith(command) and hidden[0] in message
+
+
+def test_a_backend_named_twice_is_an_error(tmp_path):
+    with pytest.raises(StudyErrors) as info:
+        load_study(write(tmp_path, STUDY.format(trials=2, grace=1) + "backends: [search, search]\n"))
+    assert messages(info) == [f"{tmp_path / 'study.yaml'}:6: backends: names a backend twice: search"]
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("autokeras") is None,
+                    reason='the autokeras extra is not installed')
+def test_with_the_extra_installed_an_autokeras_study_validates(tmp_path):
+    study = load_study(write(tmp_path, STUDY.format(trials=2, grace=1) + "backends: [search, autokeras]\n"))
+    assert study.config.backends == ["search", "autokeras"]
+    assert study.config.autokeras.keras_backend == "torch"

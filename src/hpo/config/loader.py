@@ -114,4 +114,21 @@ def _final_epochs_positive(config: StudyConfig, doc: YamlDoc) -> StudyError | No
     return None
 
 
-CHECKS: list[Check] = [_grace_within_epochs, _mode_follows_metric, _final_epochs_positive]
+def _backends_installed(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    """A study that asks for AutoKeras fails here, before anything runs, when its extra is missing."""
+    if "autokeras" not in config.backends:
+        return None
+    from hpo.backends.autokeras import missing_packages
+
+    missing = missing_packages(config.autokeras.keras_backend)
+    if missing:
+        field = ("autokeras", "keras_backend") if config.autokeras.keras_backend == "tensorflow" and \
+            "autokeras" not in missing.packages else ("backends",)
+        return doc.error(field, str(missing))
+    if config.budget.until:
+        return doc.error(("budget", "until"), "is not supported with the autokeras backend yet: give the "
+                                              "baseline a budget.time instead")
+    return None
+
+
+CHECKS: list[Check] = [_grace_within_epochs, _mode_follows_metric, _final_epochs_positive, _backends_installed]

@@ -167,12 +167,32 @@ class WarmStart(Strict):
     top_k: int = Field(5, ge=1, le=100)
 
 
+BACKENDS = ("search", "autokeras")
+
+
+class AutoKerasConfig(Strict):
+    """The AutoKeras baseline (``backends: [search, autokeras]``): ``autokeras.ImageClassifier`` on the
+    study's exact splits, with its budget: ``budget.trials`` models (unless ``max_trials`` says otherwise),
+    ``budget.max_epochs`` epochs each, ``budget.time`` of wall time; its winner is retrained as
+    ``final.retrain_on`` and ``final.epochs`` say, then tested once."""
+
+    tuner: Literal["greedy", "bayesian", "hyperband", "random"] = "greedy"
+    max_trials: int | None = Field(None, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=8192)
+    # Keras 3 runs on PyTorch by default (no TensorFlow needed); "tensorflow" needs the tensorflow extra.
+    keras_backend: Literal["torch", "tensorflow"] = "torch"
+
+
 class StudyConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     description: str | None = None
     seed: int = Field(0, ge=0)
     dataset: DatasetConfig
     search_space: str | dict[str, Any]
+    # What runs on the study's splits and budget: hpo's own search (Optuna TPE in Ray Tune, ASHA), the
+    # AutoKeras baseline, or both (one after the other, each tracked under its own parent run).
+    backends: list[Literal["search", "autokeras"]] = Field(["search"], min_length=1)
+    autokeras: AutoKerasConfig = AutoKerasConfig()
     objective: Objective = Objective()
     budget: Budget
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -182,6 +202,14 @@ class StudyConfig(Strict):
     final: FinalConfig = FinalConfig()
     tracking: TrackingConfig = TrackingConfig()
     output_dir: str = "runs"
+
+    @field_validator("backends")
+    @classmethod
+    def _once_each(cls, backends: list[str]) -> list[str]:
+        repeated = sorted({b for b in backends if backends.count(b) > 1})
+        if repeated:
+            raise ValueError(f"names a backend twice: {', '.join(repeated)}")
+        return backends
 
     @property
     def registered_model_name(self) -> str:

@@ -4,6 +4,7 @@ Images are held as uint8 arrays (N, C, H, W) and shared with every trial through
 conversion to float, augmentation and normalisation happen per batch where the model runs.
 """
 
-from hpo.data._private import DATASETS, ImageData, SourceData, list_datasets, load_data, stratified_sample
+from hpo.data._private import (DATASETS, ImageData, SourceData, list_datasets, load_data, split_record,
+                               stratified_sample)
 
-__all__ = ["DATASETS", "ImageData", "SourceData", "list_datasets", "load_data", "stratified_sample"]
+__all__ = ["DATASETS", "ImageData", "SourceData", "list_datasets", "load_data", "split_record", "stratified_sample"]

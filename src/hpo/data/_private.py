@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,9 @@ class ImageData:
     def image_size(self) -> tuple[int, int]:
         return int(self.x_train.shape[2]), int(self.x_train.shape[3])
 
+    def split_record(self) -> dict[str, dict]:
+        return split_record(vars(self))
+
     def summary(self) -> str:
         c, (h, w) = self.in_channels, self.image_size
         return (f"{len(self.y_train):,} train / {len(self.y_val):,} val / {len(self.y_test):,} test images, "
@@ -99,6 +103,17 @@ def load_data(config: DatasetConfig, seed: int) -> ImageData:
         classes=source.classes, mean=mean, std=std,
         train_index=train_index, val_index=val_index, test_index=test_index, origin=source.origin,
     )
+
+
+def split_record(arrays: Mapping[str, np.ndarray]) -> dict[str, dict]:
+    """Counts and SHA-256 digests of each split's source indices, images and labels: two backends that
+    report the same record trained, validated and tested on the same examples."""
+    def digest(array: np.ndarray) -> str:
+        return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+    return {part: {"count": int(len(arrays[f"y_{part}"])), "index_sha256": digest(arrays[f"{part}_index"]),
+                   "images_sha256": digest(arrays[f"x_{part}"]), "labels_sha256": digest(arrays[f"y_{part}"])}
+            for part in ("train", "val", "test")}
 
 
 def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpo.errors import HpoError
+from hpo.report.compare import comparison_rows, latest_backend_runs, progress, progress_png
 
 PLOTS = [("confusion_matrix.png", "Confusion matrix (counts)"),
          ("confusion_matrix_normalized.png", "Confusion matrix (normalised by true class)"),
@@ -34,6 +35,7 @@ code { background: #f6f6f6; padding: 0 0.2rem; }
 <div>
 {% for label, value in kpis %}<span class="kpi"><b>{{ value }}</b>{{ label }}</span>{% endfor %}
 </div>
+{% if comparison %}<h2>Backends side by side</h2>{{ table(comparison) }}{% endif %}
 <h2>Leaderboard</h2>
 {{ table(leaderboard) }}
 {% if recheck %}<h2>Winner re-check</h2>{{ table(recheck) }}{% endif %}
@@ -69,12 +71,10 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
     experiment = client.get_experiment_by_name(study_name)
     if experiment is None:
         raise HpoError(f"no MLflow experiment {study_name!r} at {tracking_uri}: has the study run?")
-    studies = client.search_runs([experiment.experiment_id], "tags.`hpo.kind` = 'study'",
-                                 order_by=["attributes.start_time DESC"])
-    finished = [r for r in studies if r.info.status == "FINISHED"]
-    if not finished:
+    backends = latest_backend_runs(client, experiment.experiment_id)
+    if not backends:
         raise HpoError(f"study {study_name!r} has no finished run at {tracking_uri}")
-    study_run = finished[0]
+    study_run = (backends.get("search") or next(iter(backends.values()))).run
     children = client.search_runs([experiment.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{study_run.info.run_id}'")
     finals = [r for r in children if r.data.tags.get("hpo.kind") == "final"]
@@ -97,6 +97,14 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
         if (evaluation / "optuna_plots.html").exists():
             shutil.copy(evaluation / "optuna_plots.html", out_dir / "optuna_plots.html")
             optuna = "optuna_plots.html"
+        comparison = None
+        if len(backends) > 1:  # the search and its baseline(s), side by side
+            comparison = comparison_rows(backends)
+            curves = {name: progress(client, experiment.experiment_id, b.run) for name, b in backends.items()}
+            finals = {name: b.metrics.get("test_accuracy") for name, b in backends.items()}
+            png = progress_png(curves, finals, out_dir / "backends_over_time.png",
+                               f"{study_name}: best validation accuracy reached over time")
+            plots.insert(0, ("Backends: best validation accuracy over wall time", png))
         embedded = [(title, "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()) for title, p in plots]
 
     m = final.data.metrics
@@ -117,12 +125,14 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
     finished_at = dt.datetime.fromtimestamp((study_run.info.end_time or 0) / 1000).strftime("%Y-%m-%d %H:%M")
     context = dict(name=study_name, study_run=study_run.info.run_id, tracking_uri=tracking_uri,
                    finished=finished_at, kpis=kpis, leaderboard=leaderboard, recheck=recheck, families=families,
-                   per_class=per_class, config=config, optuna=optuna)
+                   per_class=per_class, config=config, optuna=optuna, comparison=comparison)
     html_path = out_dir / "report.html"
     html_path.write_text(env.from_string(HTML).render(**context, plots=embedded, table=table))
 
     md = [f"# Study `{study_name}`", "", f"Study run `{study_run.info.run_id}`, finished {finished_at}.", "",
           " | ".join(f"**{label}**: {value}" for label, value in kpis), "", "## Leaderboard", "", _md(leaderboard)]
+    if comparison:
+        md[-3:-3] = ["## Backends side by side", "", _md(comparison)]
     if recheck:
         md += ["## Winner re-check", "", _md(recheck)]
     if families:

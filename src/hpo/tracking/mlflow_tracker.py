@@ -99,18 +99,21 @@ class Tracker:
     # ------------------------------------------------------------------------------------- runs
     @_timed
     def start_run(self, name: str, *, parent: str | None = None, tags: Mapping[str, str] | None = None) -> str:
-        all_tags = {"mlflow.runName": name, "hpo.version": __version__, **(tags or {})}
+        all_tags = {"mlflow.runName": name, "hpo.version": __version__, **{k: str(v) for k, v in (tags or {}).items()}}
         if parent:
             all_tags["mlflow.parentRunId"] = parent
         return self.client.create_run(self.experiment_id, tags=all_tags, run_name=name).info.run_id
 
-    def start_study(self, study, resolved: Mapping[str, Any]) -> str:
+    def start_study(self, study, resolved: Mapping[str, Any], *, name: str | None = None, kind: str = "study",
+                    backend: str = "search") -> str:
+        """The parent run of one backend's work on a study: the study's settings as params (the same
+        columns for every backend), the resolved study file and the environment."""
         import optuna
         import ray
         import torch
 
-        run_id = self.start_run(study.name, tags={
-            "hpo.kind": "study", "hpo.study": study.name, "hpo.study_file": str(study.file),
+        run_id = self.start_run(name or study.name, tags={
+            "hpo.kind": kind, "hpo.backend": backend, "hpo.study": study.name, "hpo.study_file": str(study.file),
             "hpo.fingerprint": study.fingerprint(), "mlflow.source.git.commit": _git_commit() or "unknown",
         })
         c = study.config
@@ -194,6 +197,18 @@ class Tracker:
             raise
         self.set_tags(run_id, {"hpo.status": "completed"})
         self.end_run(run_id)
+
+    @_timed
+    def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(run_id, dict(data), artifact_file)
+
+    def log_split(self, run_id: str, record: Mapping[str, Mapping[str, Any]], *, seen: bool = False) -> None:
+        """A split record (see ``ImageData.split_record``) as ``split.json`` and ``hpo.split.<part>.<key>``
+        tags; ``seen=True``: as reported back by a worker process (``split_seen.json``, ``hpo.split_seen.*``)."""
+        prefix = "hpo.split_seen" if seen else "hpo.split"
+        self.set_tags(run_id, {f"{prefix}.{part}.{key}": value for part, row in record.items()
+                               for key, value in row.items()})
+        self.log_dict(run_id, record, "split_seen.json" if seen else "split.json")
 
     @_timed
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:

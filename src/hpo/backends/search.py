@@ -1,0 +1,263 @@
+"""The search backend: Optuna's TPE sampling inside Ray Tune with ASHA stopping, then the re-check of the
+top configurations and the final stage (retrain the winner on train+val, test once, register)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from hpo.backends.base import BackendSummary, RunContext
+from hpo.backends.live import short_params
+from hpo.backends.records import TrialRecord, best_trial
+from hpo.config import Study
+from hpo.errors import HpoError
+from hpo.resume import BACKEND_STAGES, advance_past
+
+STATUSES = ("completed", "early_stopped", "pruned", "stopped", "failed", "infeasible")
+
+
+class SearchFailed(HpoError):
+    """No trial produced a result: nothing to finalize."""
+
+
+@dataclass
+class SearchOutcome:
+    run_id: str
+    records: list[TrialRecord]
+    winner: TrialRecord
+    final: object | None  # FinalResult; None when final.enabled is false
+    seconds: float
+    search_seconds: float
+    metric: str
+    mode: str
+
+    def summary(self) -> BackendSummary:
+        f = self.final
+        best = self.winner.best(self.metric, self.mode)[0]
+        return BackendSummary("search", self.run_id, f.test_accuracy if f else None, f.test_loss if f else None,
+                              len(self.records), sum(r.epochs for r in self.records), best, self.search_seconds,
+                              self.seconds)
+
+
+class SearchBackend:
+    name = "search"
+    stages = BACKEND_STAGES["search"]
+
+    def __init__(self, run: RunContext) -> None:
+        self.ctx = run
+
+    def run(self) -> SearchOutcome:
+        run = self.ctx
+        tracker, run_dir = run.tracker, run.run_dir
+        parent = run_dir.state.study_run_id
+        if parent is None:
+            parent = tracker.start_study(run.study, run.study.resolved())
+            tracker.log_split(parent, run.data.split_record())
+            run_dir.advance(run_dir.state.stage, study_run_id=parent)
+        else:
+            tracker.reopen(parent, {"hpo.attempts": run_dir.state.attempts})
+        run.console.print(f"[bold]search[/] study run {parent}")
+        with tracker.finishing(parent):
+            return _run_stages(run, parent)
+
+
+def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
+    from hpo.backends.recovery import journal_records
+    from hpo.finalize import ChampionGuard, FinalResult, finalize
+    from hpo.recheck import recheck
+    from hpo.report.nightly import nightly_summary
+
+    study, tracker, run_dir, console = run.study, run.tracker, run.run_dir, run.console
+    c = study.config
+    metric, mode = c.objective.metric, c.objective.direction
+    state = run_dir.state
+    notes: list[str] = []
+    if state.stage == "search":
+        records = _search(run, parent, notes)
+    else:
+        records, _ = journal_records(run_dir, study)
+    winner = best_trial(records, metric, mode)
+
+    if state.stage == "recheck":
+        for old in tracker.child_runs(parent, "recheck") if run.resumed else []:
+            tracker.delete_run(old.info.run_id)  # a re-check cut off by a crash is redone whole
+        verdict = None
+        if c.final.recheck.top_k:
+            k, n = c.final.recheck.top_k, c.final.recheck.seeds
+            with console.status(f"re-checking the top {k} configurations with {n} seeds each"):
+                rechecked = recheck(study, run.data, records, tracker, parent)
+            console.print(f"[bold]recheck[/] trial #{rechecked.winner.number} wins: mean {metric} "
+                          f"{rechecked.mean:.4f} ± {rechecked.std:.4f} over {n} seeds")
+            verdict = {"winner": rechecked.winner.number, "best_epoch": rechecked.best_epoch,
+                       "mean": rechecked.mean, "std": rechecked.std}
+        run_dir.advance("finalize", recheck=verdict)
+
+    final = None
+    best_epoch = None
+    if state.recheck:
+        winner = next(r for r in records if r.number == state.recheck["winner"])
+        best_epoch = state.recheck["best_epoch"]
+    if state.final is not None:  # registered before a crash: not redone
+        final = FinalResult(**state.final)
+    elif state.stage == "finalize":
+        champion = ChampionGuard(tracker, c.registered_model_name)
+        if run.resumed:
+            for old in tracker.child_runs(parent, "final"):
+                tracker.delete_run(old.info.run_id)  # with the model version it may have registered
+            champion.restore(state.champion_before)
+        else:
+            run_dir.advance("finalize", champion_before=champion.current() or "")
+        tracker.set_tags(parent, {"hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id})
+        with console.status(f"finalize: retraining trial #{winner.number} on {c.final.retrain_on}"):
+            final = finalize(study, run.data, winner, records, tracker, parent, optuna_storage=run_dir.optuna_storage,
+                             optuna_study=run_dir.optuna_study, best_epoch=best_epoch)
+        run_dir.advance("finalize", final=asdict(final))
+    if final is not None:
+        tracker.log_metrics(parent, {"test_accuracy": final.test_accuracy, "test_loss": final.test_loss})
+    seconds = time.time() - run.start
+    tracker.log_metrics(parent, {"wall_seconds": seconds})
+    if run.deadline is not None:
+        slack = run.deadline - time.time()
+        at = time.strftime("%H:%M", time.localtime(run.deadline))
+        said = (f"finished {slack / 60:.1f} min before the deadline ({at})" if slack >= 0 else
+                f"missed the deadline ({at}) by {-slack / 60:.1f} min")
+        tracker.log_metrics(parent, {"deadline_slack_seconds": slack})
+        notes.append(said)
+        console.print(f"[bold]deadline[/] {said}")
+    if state.stage == "finalize" and final is not None:
+        nightly_summary(tracker, study.name, parent, final.promotion if final.registered_name else None, notes)
+        advance_past(run_dir, c, SearchBackend.name)
+    return SearchOutcome(parent, records, winner, final, seconds, run_dir.load_trials()[1], metric, mode)
+
+
+def _search(run: RunContext, parent: str, notes: list[str]) -> list[TrialRecord]:
+    """The search stage: a fresh search, or the continuation of a killed one."""
+    from hpo.backends.live import LiveView
+    from hpo.backends.ray_tune import run_search
+    from hpo.backends.recovery import recover_search
+    from hpo.warm_start import warm_start_points
+
+    study, tracker, run_dir, console = run.study, run.tracker, run.run_dir, run.console
+    c = study.config
+    metric, mode = c.objective.metric, c.objective.direction
+    restarts, time_spent, points = [], 0.0, None
+    records: list[TrialRecord] = []
+    if run.resumed:  # the sampler already holds any enqueued points
+        recovered = recover_search(run_dir, study, tracker, parent)
+        records, restarts, time_spent = recovered.records, recovered.restarts, recovered.time_spent
+        console.print(f"[bold]search[/] {len(records)} trials kept from before, {len(restarts)} restarted")
+    else:
+        points = list(run.points or [])
+        if run.warm_from:
+            top_k = c.warm_start.top_k if c.warm_start else 5
+            warm = warm_start_points(study, run_dir, run.warm_from, top_k)
+            points += warm.points
+            notes.append(warm.describe(run.warm_from))
+            console.print(f"[bold]{notes[-1]}[/]" if warm.points else notes[-1], highlight=False)
+            tracker.set_tags(parent, {"hpo.warm_start": run.warm_from})
+            tracker.log_metrics(parent, {"warm_start_points": len(warm.points)})
+    view = LiveView(records, trials=c.budget.trials, time_budget=c.budget.time, max_epochs=c.budget.max_epochs,
+                    metric=metric, mode=mode, console=console) if run.live else None
+    search_start = time.time()
+    run_search(study, run.data, tracker, parent, run_dir, records, view, points=points or None, restarts=restarts,
+               time_spent=time_spent, deadline=run.deadline,
+               after_search=lambda recs: after_search_seconds(study, run.data, recs))
+    _log_stats(tracker, parent, run_dir.path / "search_stats.json", run_start=run.start,
+               data_seconds=run.data_seconds, ray_seconds=run.ray_seconds)
+    _log_search_summary(tracker, parent, records, run_dir.path, metric, mode, time.time() - search_start)
+    if best_trial(records, metric, mode) is None:
+        run_dir.advance("done", outcome="failed")  # the other backends do not run either: the study failed
+        _print_trials(console, study, records)
+        reasons = "; ".join(f"trial {r.number}: {r.error}" for r in records if r.error) or "no trial reported"
+        raise SearchFailed(f"no trial produced a result ({reasons})")
+    if c.final.enabled:
+        run_dir.advance("recheck")
+    else:
+        advance_past(run_dir, c, SearchBackend.name)
+    return records
+
+
+def cluster_cpus() -> float:
+    """CPUs of the Ray cluster the re-check's tasks run on (this machine's count outside Ray)."""
+    import ray
+
+    return ray.cluster_resources().get("CPU", 1.0) if ray.is_initialized() else float(os.cpu_count() or 1)
+
+
+FINAL_OVERHEAD = 30.0  # seconds: evaluation, plots, model logging, exports, registration (measured ~10 s on 2 CPUs)
+
+
+def after_search_seconds(study: Study, data, records: list[TrialRecord]) -> float | None:
+    """A cautious estimate of what the re-check and the final stage take, from the slowest epoch seen
+    so far (None before any epoch): the deadline stopper ends the search when this no longer fits."""
+    seconds = [row["seconds"] for r in records for row in r.history if row.get("seconds")]
+    if not seconds:
+        return None
+    c = study.config
+    epoch = max(seconds)
+    need = 0.0
+    if c.final.enabled:
+        epochs = c.budget.max_epochs if c.final.epochs == "best" else c.final.epochs
+        scale = (len(data.y_train) + len(data.y_val)) / len(data.y_train) if c.final.retrain_on == "train+val" else 1
+        need += epochs * epoch * scale + FINAL_OVERHEAD
+        runs = c.final.recheck.top_k * c.final.recheck.seeds
+        if runs:
+            slots = c.resources.max_concurrent or max(1, int(cluster_cpus() / c.resources.cpus_per_trial))
+            need += math.ceil(runs / slots) * c.budget.max_epochs * epoch
+    return 1.2 * need
+
+
+def _log_search_summary(tracker, parent: str, records: list[TrialRecord], workdir: Path, metric: str, mode: str,
+                        seconds: float) -> None:
+    counts = {s: sum(r.status == s for r in records) for s in STATUSES}
+    best = best_trial(records, metric, mode)
+    metrics = {f"trials_{k}": v for k, v in counts.items()}
+    metrics["search_seconds"] = seconds
+    metrics["trial_epochs"] = sum(r.epochs for r in records)
+    if best is not None:
+        metrics[f"best_{metric}"] = best.best(metric, mode)[0]
+    tracker.log_metrics(parent, metrics)
+    board = workdir / "leaderboard.csv"
+    pick = (lambda r: -(r.best(metric, mode)[0] or 0)) if mode == "max" else (lambda r: r.best(metric, mode)[0] or 1e9)
+    with board.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["trial", "status", "epochs", f"best_{metric}", "best_epoch", "run_id", "params"])
+        for r in sorted(records, key=pick):
+            value, epoch = r.best(metric, mode)
+            writer.writerow([r.number, r.status, r.epochs, value, epoch, r.run_id, short_params(r.params)])
+    tracker.log_artifact(parent, board)
+
+
+def _log_stats(tracker, parent: str, path: Path, **extra: float) -> None:
+    """Complete the backend's timing record with what happened before the search, and log it."""
+    stats = {**json.loads(path.read_text()), **extra}
+    path.write_text(json.dumps(stats, indent=1))
+    tracker.log_artifact(parent, path)
+
+
+def _print_trials(console: Console, study: Study, records: list[TrialRecord]) -> None:
+    table = Table(title=f"study {study.name}: trials", title_justify="left")
+    for col in ("trial", "status", "attempts", "epochs", "reason"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(str(r.number), r.status, str(r.attempts), str(r.epochs), r.error or "")
+    console.print(table)
+
+
+def _print_trials(console: Console, study: Study, records: list[TrialRecord]) -> None:
+    table = Table(title=f"study {study.name}: trials", title_justify="left")
+    for col in ("trial", "status", "attempts", "epochs", "reason"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(str(r.number), r.status, str(r.attempts), str(r.epochs), r.error or "")
+    console.print(table)
+
+
