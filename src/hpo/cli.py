@@ -126,7 +126,7 @@ def status(study: StudyArg,
     runs = [describe(r, c.objective.metric, c.objective.direction)
             for r in StudyDir.all(Path(c.output_dir) / c.name, problems)]
     for problem in problems:
-        err.print(f"[yellow]warning[/]: {escape(str(problem))}", highlight=False)
+        err.print(f"[yellow]warning[/]: {problem}", highlight=False, markup=False)
     if as_json:
         out.print_json(data=runs)
         return

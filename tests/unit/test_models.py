@@ -54,5 +54,123 @@ def test_classifier_normalises_inside_the_model():
 def test_unknown_family_lists_the_registered_ones():
     class Fake:
         name = "transformer"
-    with pytest.raises(KeyError, match="registered: cnn"):
+    with pytest.raises(KeyError, match="registered: alexnet, cnn, densenet"):
         create_model(Fake(), 1, 10)
+
+
+# ---------------------------------------------------------------------------------------------- the zoo
+ZOO_DEFAULTS = {"timm": {"model": "resnet10t"}}  # timm takes any model name; a small one here
+VARIANTS = [("resnet", v) for v in ("resnet18", "resnet34", "resnet50")] + \
+    [("vgg", v) for v in ("vgg11_bn", "vgg16_bn")] + \
+    [("mobilenet", v) for v in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")] + \
+    [("efficientnet", v) for v in ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2")] + \
+    [("densenet", "densenet121"), ("inception", "inception_v3")]
+
+
+def _family_config(family: str, **extra):
+    return MODEL_CONFIGS[family].model_validate({"name": family, **ZOO_DEFAULTS.get(family, {}), **extra})
+
+
+@pytest.mark.parametrize("channels, size", [(1, 28), (3, 32)])
+@pytest.mark.parametrize("family", list_families())
+def test_every_family_builds_for_small_inputs_and_trains_a_step(family, channels, size):
+    """Through hpo's own trainer (bf16 autocast, channels_last): 8 images, 2 steps of 4."""
+    import numpy as np
+
+    from hpo.config.trial import TrialConfig
+    from hpo.train import TrainData, train
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8, channels, size, size), dtype=np.uint8)
+    y = np.arange(8) % 5
+    data = TrainData.from_arrays(x, y, x[:4], y[:4], 5, (0.5,) * channels, (0.25,) * channels)
+    config = TrialConfig.model_validate({"model": _family_config(family).model_dump(), "batch_size": 4,
+                                         "optimizer": {"name": "sgd", "lr": 0.01}})
+    model = create_model(config.model, channels, 5)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train(config, data, epochs=1, threads=1, model=model)
+    assert len(result.history) == 1 and np.isfinite(result.history[0].train_loss)
+    trained = result.model.float().eval()
+    with torch.no_grad():
+        out = trained(torch.rand(3, channels, size, size))
+    assert out.shape == (3, 5)
+    changed = [not torch.equal(b, p.detach().cpu()) for b, p in zip(before, trained.parameters())]
+    assert sum(changed) >= len(changed) // 2  # the step reached the network, not just its head
+
+
+@pytest.mark.parametrize("family, variant", VARIANTS)
+def test_every_variant_classifies_32px_rgb(family, variant):
+    model = create_model(_family_config(family, variant=variant), 3, 100).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 100)
+
+
+def test_a_small_stem_keeps_small_images_large_enough_to_convolve():
+    """ResNet's ImageNet stem (7x7 stride 2 + max-pool) shrinks 28 px to 7 before the first block; the
+    small stem keeps all 28."""
+    seen = {}
+    for stem in ("small", "imagenet"):
+        model = create_model(_family_config("resnet", stem=stem), 1, 10).eval()
+        model.net.layer1.register_forward_hook(lambda m, i, o, stem=stem: seen.__setitem__(stem, o.shape[-1]))
+        model(torch.rand(1, 1, 28, 28))
+    assert seen == {"small": 28, "imagenet": 7}
+
+
+def test_inception_needs_75_pixels_and_resizes_to_them():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="greater than or equal to 75"):
+        _family_config("inception", resize=64)
+    model = create_model(_family_config("inception"), 1, 10)
+    sizes = []
+    model.net[0].register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[-2:])))
+    model.eval()(torch.rand(2, 1, 28, 28))
+    assert sizes == [(75, 75)]
+
+
+# ------------------------------------------------------------------------------------- pretrained weights
+PRETRAINED_SPACE = """\
+model:
+  one_of:
+    cnn: {depth: 2}
+    resnet: {variant: resnet18, pretrained: true}
+optimizer: {lr: 0.01}
+"""
+PRETRAINED_STUDY = """\
+name: pt
+dataset: {name: fashion_mnist}
+search_space: space.yaml
+budget: {trials: 2, max_epochs: 1}
+"""
+
+
+def _offline_env(tmp_path):
+    """An empty weights cache and no way out: every HTTP(S) request goes to a closed local port."""
+    import os
+
+    return {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "HF_HOME": str(tmp_path / "hf"),
+            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+
+
+def test_pretrained_offline_fails_validation_naming_the_missing_weights(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "space.yaml").write_text(PRETRAINED_SPACE)
+    (tmp_path / "study.yaml").write_text(PRETRAINED_STUDY)
+    result = subprocess.run([sys.executable, "-m", "hpo.cli", "validate", "study.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, env=_offline_env(tmp_path))
+    assert result.returncode == 2
+    expected = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert (f"space.yaml:4: model.one_of.resnet.pretrained: pretrained weights for resnet18 are not cached "
+            f"({expected}) and https://download.pytorch.org/models/resnet18-f37072fd.pth cannot be reached") \
+        in result.stderr.replace("\n", "")
+    assert "nothing was run" in result.stderr
+
+    # the same file in the cache: the study validates (offline still)
+    expected.parent.mkdir(parents=True)
+    expected.write_bytes(b"weights")
+    result = subprocess.run([sys.executable, "-m", "hpo.cli", "validate", "study.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, env=_offline_env(tmp_path))
+    assert result.returncode == 0, result.stderr

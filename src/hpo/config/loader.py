@@ -77,7 +77,22 @@ def load_study(file: str | Path) -> Study:
         space = parse_space(doc, doc.data["search_space"], base=("search_space",))
         space_data = doc.data["search_space"]
 
+    problems = _pretrained_weights(space)
+    if problems:
+        where = ("search_space",) if space_path is None else ()
+        at = doc if space_path is None else space_doc
+        raise StudyErrors([at.error((*where, *path), message) for path, message in problems])
     return Study(config=config, space=space, space_data=space_data, file=file, space_file=space_path)
+
+
+def _pretrained_weights(space) -> list[tuple[tuple[str, ...], str]]:
+    """(where in the space, what to do) for each pretrained model whose weights are neither cached nor reachable."""
+    wanted = space.pretrained_models()
+    if not wanted:
+        return []
+    from hpo.models.weights import missing_weights
+
+    return [(path, message) for model, path in dict.fromkeys(wanted) if (message := missing_weights(model))]
 
 
 def _display(path: Path) -> Path:

@@ -7,7 +7,7 @@ No torch import here: ``hpo validate`` stays fast.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,9 +41,85 @@ class CNNConfig(Strict):
     head_width: int = Field(0, ge=0, le=4096)
 
 
+class ZooConfig(Strict):
+    """What every ImageNet-style family shares: how small inputs get in, and where the weights come from.
+
+    ``stem: small`` (the default) adapts the network to 28-64 px images: its first convolution becomes a
+    3x3 with stride 1 taking the dataset's channels, and the early downsampling that would shrink such an
+    image to nothing is dropped. ``stem: imagenet`` keeps the original stem (with the first convolution
+    taking the dataset's channels), usually together with ``resize``, which scales every batch to
+    ``resize`` x ``resize`` pixels inside the model. ``pretrained: true`` starts from ImageNet weights
+    (torchvision's, or timm's): then the stem stays as trained and 1-channel images are repeated to 3."""
+
+    stem: Literal["small", "imagenet"] = "small"
+    resize: int | None = Field(None, ge=16, le=1024)
+    pretrained: bool = False
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # before the classifier
+
+
+class ResNetConfig(ZooConfig):
+    name: Literal["resnet"] = "resnet"
+    variant: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    zero_init_residual: bool = False  # start each residual block as the identity
+
+
+class VGGConfig(ZooConfig):
+    name: Literal["vgg"] = "vgg"
+    variant: Literal["vgg11_bn", "vgg16_bn"] = "vgg11_bn"
+    head_width: int = Field(512, ge=16, le=4096)  # the hidden layers of the classifier (ImageNet: 4096)
+
+
+class MobileNetConfig(ZooConfig):
+    name: Literal["mobilenet"] = "mobilenet"
+    variant: Literal["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"] = "mobilenet_v3_small"
+    width_mult: float = Field(1.0, ge=0.25, le=2.0)
+
+
+class EfficientNetConfig(ZooConfig):
+    name: Literal["efficientnet"] = "efficientnet"
+    variant: Literal["efficientnet_b0", "efficientnet_b1", "efficientnet_b2"] = "efficientnet_b0"
+    stochastic_depth: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class DenseNetConfig(ZooConfig):
+    name: Literal["densenet"] = "densenet"
+    variant: Literal["densenet121"] = "densenet121"
+    growth_rate: int = Field(32, ge=4, le=64)
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)  # dropout after each dense layer
+    memory_efficient: bool = False  # checkpointing: less memory, slower
+
+
+class InceptionConfig(ZooConfig):
+    """Inception v3 needs at least 75 x 75 pixels: ``resize`` (default 75) scales smaller images up."""
+
+    name: Literal["inception"] = "inception"
+    variant: Literal["inception_v3"] = "inception_v3"
+    stem: Literal["imagenet"] = "imagenet"
+    resize: int = Field(75, ge=75, le=1024)
+
+
+class AlexNetConfig(ZooConfig):
+    name: Literal["alexnet"] = "alexnet"
+    head_width: int = Field(512, ge=16, le=4096)
+
+
+class TimmConfig(ZooConfig):
+    """Any timm model by name (``timm.list_models()``); timm adapts the input channels itself, and
+    ``stem`` does not apply: give small inputs a ``resize`` where the model needs one."""
+
+    name: Literal["timm"] = "timm"
+    model: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=200)
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+    stem: Literal["imagenet"] = "imagenet"
+
+
 # One entry per model family; ``hpo.models`` registers a builder under the same name.
-MODEL_CONFIGS: dict[str, type[Strict]] = {"cnn": CNNConfig}
-ModelConfig = CNNConfig
+MODEL_CONFIGS: dict[str, type[Strict]] = {
+    "cnn": CNNConfig, "resnet": ResNetConfig, "vgg": VGGConfig, "mobilenet": MobileNetConfig,
+    "efficientnet": EfficientNetConfig, "densenet": DenseNetConfig, "inception": InceptionConfig,
+    "alexnet": AlexNetConfig, "timm": TimmConfig,
+}
+ModelConfig = Annotated[Union[tuple(MODEL_CONFIGS.values())], Field(discriminator="name")]
 
 
 class OptimizerConfig(Strict):

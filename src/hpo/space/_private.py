@@ -149,8 +149,37 @@ class SearchSpace:
         problems += [f"{name} not in this space" for name in sorted(set(flat) - used)]
         return "; ".join(problems) or None
 
+    def pretrained_models(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(weights name, where ``pretrained`` is set in the space file) for every model the space can build with ``pretrained: true``: torchvision
+        names (``resnet18``) and ``timm/<model>``. ``hpo validate`` checks that their weights can be had."""
+        from hpo.config.trial import MODEL_CONFIGS
+
+        model = self.root.get("model")
+        branches = model.options if isinstance(model, Branches) else {None: model} if isinstance(model, dict) else {}
+        found = []
+        for branch, node in branches.items():
+            family = branch or _values(node.get("name"), [None])[0]
+            schema = MODEL_CONFIGS.get(family)
+            if schema is None or True not in _values(node.get("pretrained"), [False]):
+                continue
+            key = "model" if family == "timm" else "variant"
+            default = schema.model_fields[key].default if key in schema.model_fields else family
+            where = ("model", "one_of", branch, "pretrained") if branch else ("model", "pretrained")
+            for value in _values(node.get(key), [default if isinstance(default, str) else family]):
+                found.append((f"timm/{value}" if family == "timm" else value, where))
+        return found
+
     def describe_rows(self) -> list[tuple[str, str, str]]:
         return [(p.name, p.param.describe(), p.condition or "") for p in self.params]
+
+
+def _values(node: Node | None, missing: list[Any]) -> list[Any]:
+    """Every value a constant or categorical node can take (``missing`` when the space leaves it out)."""
+    if isinstance(node, Constant):
+        return [node.value]
+    if isinstance(node, Categorical):
+        return list(node.choices)
+    return missing
 
 
 def _contains(p: Param, value: Any) -> bool:
