@@ -42,6 +42,8 @@ def describe(error: dict[str, Any]) -> str:
         return f"must be a string{got}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"must be a mapping of keys to values{got}"
+    if kind == "union_tag_invalid":  # a model family (or other tagged branch) that does not exist
+        return f"must be one of {ctx['expected_tags']} (got {ctx['tag']!r})"
     if kind == "string_pattern_mismatch":
         return f"must match {ctx['pattern']}{got}"
     msg = error["msg"]
@@ -53,6 +55,10 @@ def fields_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
     """The field names valid at ``loc`` inside ``model`` (for "did you mean" suggestions)."""
     current: Any = model
     for part in loc:
+        tagged = _member(current, part)
+        if tagged is not None:  # pydantic names the member of a tagged union in the location
+            current = tagged
+            continue
         cls = _model_in(current)
         if cls is None or not isinstance(part, str) or part not in cls.model_fields:
             return []
@@ -70,6 +76,19 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
             found = _model_in(arg)
             if found:
                 return found
+    return None
+
+
+def _member(annotation: Any, tag: Any) -> type[BaseModel] | None:
+    """The member of a union tagged ``name: tag`` (model families), if ``annotation`` is such a union."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _member(typing.get_args(annotation)[0], tag)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel) and "name" in arg.model_fields \
+                    and arg.model_fields["name"].default == tag:
+                return arg
     return None
 
 
@@ -93,15 +112,35 @@ def to_study_errors(exc: ValidationError, doc: YamlDoc, model: type[BaseModel], 
     data = doc.data if data is None else data
     grouped: dict[Loc, list[str]] = {}
     for err in exc.errors(include_url=False):
-        loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        raw: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = _untagged(raw, data, model)
         if err["type"] == "extra_forbidden":
-            message = unknown_key_message(str(loc[-1]), fields_at(model, loc[:-1]))
+            message = unknown_key_message(str(loc[-1]), fields_at(model, raw[:-1]))
         else:
             message = describe(err)
+        if err["type"] == "union_tag_invalid":
+            loc = (*loc, err["ctx"]["discriminator"].strip("'"))
         if err["type"] != "missing":
             loc = _existing(loc, data)
         grouped.setdefault(loc, []).append(message)
     return [doc.error(locate(loc) if locate else loc, _either(messages)) for loc, messages in grouped.items()]
+
+
+def _untagged(loc: Loc, data: Any, model: type[BaseModel]) -> Loc:
+    """``loc`` without the member tags pydantic puts in for tagged unions: ``model.resnet.variant`` names
+    ``model.variant`` of a study whose ``model.name`` is ``resnet`` (or left out, for the default)."""
+    out, current = [], model
+    for part in loc:
+        tagged = _member(current, part)
+        if tagged is not None and not _holds(data, part):
+            current = tagged
+            continue
+        out.append(part)
+        data = data[part] if _holds(data, part) else None
+        cls = _model_in(current)
+        current = cls.model_fields[part].annotation if cls and isinstance(part, str) and part in cls.model_fields \
+            else None
+    return tuple(out)
 
 
 def _existing(loc: Loc, data: Any) -> Loc:

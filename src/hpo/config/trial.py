@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 def probability(default: float = 0.0):
@@ -140,13 +140,42 @@ class ScheduleConfig(Strict):
 
 
 class AugmentConfig(Strict):
-    """Each augmentation is applied to a sample with its probability, on whole batches."""
+    """Each augmentation is applied to a sample with its probability (searchable), on whole batches on the
+    device; the fields after each probability are its magnitude. CutMix and MixUp mix a picked sample with
+    another of the batch and its label with the other's, by the area (CutMix) or weight (MixUp) taken."""
 
     hflip: float = probability()
+    vflip: float = probability()
     translate: float = probability()
-    translate_px: int = Field(2, ge=1, le=8)
+    translate_px: int = Field(2, ge=1, le=8)          # whole-pixel shifts up to this many pixels
     rotate: float = probability()
     rotate_degrees: float = Field(10.0, gt=0.0, le=180.0)
+    affine: float = probability()                     # one random affine map per picked sample:
+    affine_translate: float = Field(0.1, ge=0.0, le=0.5)  # shift up to this fraction of the size,
+    affine_scale: float = Field(0.1, ge=0.0, le=0.5)      # zoom by 1 +- this,
+    affine_shear: float = Field(10.0, ge=0.0, le=45.0)    # shear up to this many degrees
+    resized_crop: float = probability()               # a random crop resized back to the full size
+    crop_scale: float = Field(0.5, gt=0.0, lt=1.0)    # the smallest crop, as a fraction of the area
+    color_jitter: float = probability()               # brightness and contrast (and saturation, hue on RGB)
+    jitter: float = Field(0.2, gt=0.0, le=1.0)
+    jitter_hue: float = Field(0.05, ge=0.0, le=0.5)
+    erasing: float = probability()                    # a random rectangle set to zero
+    erasing_scale: float = Field(0.2, gt=0.02, le=0.5)  # the largest rectangle, as a fraction of the area
+    cutmix: float = probability()
+    cutmix_alpha: float = Field(1.0, gt=0.0, le=10.0)   # Beta(alpha, alpha) draws the kept area
+    mixup: float = probability()
+    mixup_alpha: float = Field(0.2, gt=0.0, le=10.0)    # Beta(alpha, alpha) draws the kept weight
+
+
+class TransferConfig(Strict):
+    """How the backbone trains (most useful with ``model.pretrained: true``): frozen at first with only the
+    new head learning, its last ``unfreeze_last`` stages unfrozen after ``unfreeze_after`` epochs, and at
+    ``backbone_lr_mult`` times the head's learning rate throughout."""
+
+    freeze_backbone: bool = False
+    unfreeze_last: int = Field(0, ge=0, le=100)  # stages counted from the head; 100: all of them
+    unfreeze_after: int = Field(1, ge=0, le=10_000)  # epochs
+    backbone_lr_mult: float = Field(1.0, gt=0.0, le=1.0)
 
 
 class EarlyStoppingConfig(Strict):
@@ -161,4 +190,13 @@ class TrialConfig(Strict):
     augment: AugmentConfig = AugmentConfig()
     batch_size: int = Field(128, ge=2, le=8192)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    transfer: TransferConfig = TransferConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cnn_by_default(cls, data):
+        """A model without ``name`` is the configurable CNN (as before there were other families)."""
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "name" not in data["model"]:
+            data = {**data, "model": {"name": "cnn", **data["model"]}}
+        return data

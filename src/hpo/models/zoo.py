@@ -213,3 +213,32 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet": build_resnet, "vgg": build_vgg, "mobilenet": build_mobilenet, "efficientnet": build_efficientnet,
     "densenet": build_densenet, "inception": build_inception, "alexnet": build_alexnet, "timm": build_timm,
 }
+
+
+# ------------------------------------------------------------------------------------- transfer learning
+_EXPANDED = ("features", "stages", "layers", "blocks")  # containers whose children are the stages
+
+
+def backbone_parts(model: nn.Module) -> tuple[list[nn.Module], nn.Module]:
+    """(the backbone's stages from input to output, the classifier head) of a built model, for freezing
+    and per-part learning rates."""
+    net = model.net if hasattr(model, "net") and not isinstance(model, _MainLogits) else model
+    while isinstance(net, nn.Sequential) and len(net) and isinstance(net[0], (Resize, RepeatChannels)):
+        net = net[-1]
+    if isinstance(net, _MainLogits):
+        net = net.net
+    head = getattr(net, "fc", None) or getattr(net, "classifier", None)
+    if head is None and hasattr(net, "get_classifier"):
+        head = net.get_classifier()
+    children = [(n, c) for n, c in net.named_children() if any(True for _ in c.parameters())]
+    if head is None:
+        head = children[-1][1]
+    stages: list[nn.Module] = []
+    for i, (name, child) in enumerate(children):
+        if child is head or any(m is head for m in child.modules()):
+            continue
+        if name in _EXPANDED or (isinstance(net, nn.Sequential) and i == 0 and isinstance(child, nn.Sequential)):
+            stages += [c for c in child.children() if any(True for _ in c.parameters())]
+        else:
+            stages.append(child)
+    return stages, head

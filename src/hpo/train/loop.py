@@ -15,21 +15,27 @@ from torch import nn
 from hpo.config.trial import ScheduleConfig, TrialConfig
 from hpo.data.augment import BatchAugment
 from hpo.models import Classifier, create_model
+from hpo.models.zoo import backbone_parts
 
 EVAL_BATCH = 1024
 
 
 @dataclass
 class TrainData:
-    """Tensors for one training run; uint8 images (N, C, H, W), int64 labels. ``x_val`` may be None."""
+    """Tensors for one training run; uint8 images (N, C, H, W); int64 class labels (N,), or for a
+    multi-label task 0/1 labels (N, labels). ``x_val`` may be None."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_val: torch.Tensor | None
     y_val: torch.Tensor | None
-    num_classes: int
+    num_classes: int  # classes, or labels of a multi-label task
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    @property
+    def multilabel(self) -> bool:
+        return self.y_train.ndim == 2
 
     @classmethod
     def from_arrays(cls, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
@@ -101,34 +107,44 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, d
     optimizer = make_optimizer(config, model)
     steps_per_epoch = math.ceil(len(data.y_train) / config.batch_size)
     scheduler = make_schedule(config.schedule, optimizer, config.optimizer.lr, epochs, steps_per_epoch)
-    augment = BatchAugment(config.augment, gen)
+    augment = BatchAugment(config.augment, gen, channels=data.x_train.shape[1])
     x_train, y_train = data.x_train.to(dev), data.y_train.to(dev)
+    multilabel = data.multilabel
+    soft = multilabel or augment.mixes_labels  # targets as probabilities / label vectors, mixable
+    freezer = Freezer(model, config.transfer)
 
     result = TrainResult(model=model)
     best, since_best = -math.inf, 0
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         model.train()
+        freezer.epoch_begins(epoch)
         order = torch.randperm(len(y_train), generator=gen, device=dev)
         loss_sum = torch.zeros((), device=dev)
-        correct = torch.zeros((), device=dev, dtype=torch.long)
+        correct = torch.zeros((), device=dev)  # per-label hits / labels for a multi-label task
         for i in range(0, len(order), config.batch_size):
             batch = order[i: i + config.batch_size]
             if len(batch) < 2:  # batch norm cannot train on a single sample
                 continue
             x = to_float(x_train[batch])
-            if augment.active:
-                x = augment(x)
             y = y_train[batch]
+            targets = y
+            if soft:
+                targets = y.float() if multilabel else F.one_hot(y, data.num_classes).float()
+            if augment.active:
+                x, targets = augment(x, targets) if soft else (augment(x), targets)
             with autocast(dev, bf16):
                 logits = model(x.contiguous(memory_format=torch.channels_last))
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            loss = loss_fn(logits.float(), targets, multilabel=multilabel, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach() * len(batch)
-            correct += (logits.argmax(1) == y).sum()
+            if multilabel:
+                correct += ((logits > 0) == (y > 0)).float().mean(1).sum()
+            else:
+                correct += (logits.argmax(1) == y).sum()
         if not torch.isfinite(loss_sum):
             raise FloatingPointError(f"training loss became {loss_sum.item()} in epoch {epoch}")
 
@@ -159,6 +175,31 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, d
     return result
 
 
+class Freezer:
+    """``transfer``: keep the backbone frozen (no gradients, batch-norm statistics fixed) at first, then
+    unfreeze its last ``unfreeze_last`` stages from epoch ``unfreeze_after + 1`` on."""
+
+    def __init__(self, model: nn.Module, transfer) -> None:
+        self.transfer = transfer
+        self.frozen: list[nn.Module] = []
+        if transfer.freeze_backbone:
+            self.stages, _ = backbone_parts(model)
+            self._set(self.stages, frozen=True)
+
+    def _set(self, stages: list[nn.Module], *, frozen: bool) -> None:
+        for stage in stages:
+            for p in stage.parameters():
+                p.requires_grad_(not frozen)
+        self.frozen = [s for s in self.frozen if s not in stages] + (list(stages) if frozen else [])
+
+    def epoch_begins(self, epoch: int) -> None:
+        t = self.transfer
+        if t.freeze_backbone and t.unfreeze_last and epoch == t.unfreeze_after + 1:
+            self._set(self.stages[-t.unfreeze_last:], frozen=False)
+        for stage in self.frozen:
+            stage.eval()  # frozen batch norm keeps its (pretrained) statistics
+
+
 def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
@@ -185,18 +226,46 @@ def predict_logits(model: nn.Module, x: torch.Tensor, *, device: torch.device | 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device | str = "auto",
              bf16: bool = True) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` on uint8 images ``x`` with labels ``y``."""
+    """(mean loss, accuracy) of ``model`` on uint8 images ``x`` with labels ``y``: cross-entropy and
+    accuracy; for multi-label ``y`` (N, labels), binary cross-entropy and the mean per-label accuracy
+    (1 - Hamming loss)."""
     logits = predict_logits(model, x, device=device, bf16=bf16)
     y = y.cpu()
-    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+    return loss_fn(logits, y, multilabel=y.ndim == 2).item(), accuracy(logits, y)
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor, *, multilabel: bool = False,
+            label_smoothing: float = 0.0) -> torch.Tensor:
+    """Binary cross-entropy per label for a multi-label task (0/1 or mixed targets, shaped as the
+    logits); otherwise cross-entropy against class indices or class probabilities (CutMix/MixUp)."""
+    if multilabel:
+        return F.binary_cross_entropy_with_logits(logits, targets.float())
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    if y.ndim == 2:
+        return ((logits > 0) == (y > 0.5)).float().mean().item()
+    return (logits.argmax(1) == y).float().mean().item()
 
 
 def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The trial's optimizer. Parameter groups: weight decay only on weights (not on biases and norm
+    parameters, where it only hurts), and the backbone at ``transfer.backbone_lr_mult`` times the head's
+    learning rate (each group's ``lr``; the schedule scales them together)."""
     o = config.optimizer
-    # No weight decay on biases and norm parameters (standard practice; it only hurts them).
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    mult = config.transfer.backbone_lr_mult
+    backbone: set[int] = set()
+    if mult != 1.0:
+        stages, _ = backbone_parts(model)
+        backbone = {id(p) for stage in stages for p in stage.parameters()}
+    groups = []
+    for part_lr, in_part in ((o.lr, lambda p: id(p) not in backbone), (o.lr * mult, lambda p: id(p) in backbone)):
+        params = [p for p in model.parameters() if in_part(p)]
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim > 1) == decay]
+            if chosen:
+                groups.append({"params": chosen, "weight_decay": o.weight_decay if decay else 0.0, "lr": part_lr})
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
     if o.name == "adam":
@@ -212,7 +281,7 @@ def make_schedule(s: ScheduleConfig, optimizer: torch.optim.Optimizer, lr: float
         # Each phase must span more than one step, or OneCycleLR divides by zero (runs of a few steps).
         pct = min(max(s.warmup_fraction, 0.02, 1.5 / total), 1 - 0.5 / total)
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=total, pct_start=pct,
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total, pct_start=pct,
             cycle_momentum=isinstance(optimizer, torch.optim.SGD))
     warmup = int(s.warmup_fraction * total)
 
