@@ -57,3 +57,99 @@ def test_batch_augment_composes_and_is_seeded(images):
     b = BatchAugment(config, torch.Generator().manual_seed(1))(images)
     assert torch.equal(a, b)
     assert not BatchAugment(AugmentConfig()).active
+
+
+# -------------------------------------------------------------------- every augmentation, through BatchAugment
+EVERY = ["hflip", "vflip", "translate", "rotate", "affine", "resized_crop", "color_jitter", "erasing"]
+MIXING = ["cutmix", "mixup"]
+
+
+def test_every_probability_in_the_config_is_covered():
+    from hpo.data.augment import PROBABILITIES
+
+    assert set(PROBABILITIES) == set(EVERY + MIXING)
+
+
+def _noise(n: int, channels: int, seed: int = 0) -> torch.Tensor:
+    """Images whose every pixel differs from its neighbours: any change of geometry or value shows."""
+    return 0.05 + 0.9 * torch.rand(n, channels, 24, 24, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", EVERY + MIXING)
+def test_every_augmentation_at_p0_is_the_identity(name, channels):
+    torch.manual_seed(0)
+    x = _noise(64, channels)
+    targets = torch.nn.functional.one_hot(torch.arange(64) % 10, 10).float()
+    out, mixed = BatchAugment(AugmentConfig(**{name: 0.0}), torch.Generator().manual_seed(0), channels)(x, targets)
+    assert torch.equal(out, x) and torch.equal(mixed, targets)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", EVERY + MIXING)
+def test_every_augmentation_at_p1_changes_every_image(name, channels):
+    torch.manual_seed(0)
+    x = _noise(64, channels)
+    targets = torch.nn.functional.one_hot(torch.arange(64), 64).float()
+    augment = BatchAugment(AugmentConfig(**{name: 1.0}), torch.Generator().manual_seed(0), channels)
+    assert augment.active
+    out, _ = augment(x, targets)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    changed = (out != x).flatten(1).any(1)  # MixUp's Beta(0.2, 0.2) weights can be within 1e-4 of 1
+    assert changed.all(), f"{name}: {int((~changed).sum())} of 64 images unchanged"
+
+
+def test_colour_jitter_changes_hue_only_on_rgb():
+    config = AugmentConfig(color_jitter=1.0)
+    (grey,) = BatchAugment(config, channels=1).kornia
+    (rgb,) = BatchAugment(config, channels=3).kornia
+    assert grey._param_generator.hue == 0 and grey._param_generator.saturation == 0
+    assert rgb._param_generator.hue == config.jitter_hue and rgb._param_generator.saturation == config.jitter
+
+
+def _partner_and_share(out: torch.Tensor, targets: torch.Tensor, i: int) -> tuple[int, float]:
+    """(the other class in sample i's target, the weight the target gives it); classes = sample indices."""
+    others = [j for j in torch.nonzero(targets[i]).flatten().tolist() if j != i]
+    assert len(others) == 1 and torch.isclose(targets[i].sum(), torch.tensor(1.0))
+    return others[0], float(targets[i, others[0]])
+
+
+def test_cutmix_labels_follow_the_area_pasted():
+    x = _noise(128, 3)
+    targets = torch.nn.functional.one_hot(torch.arange(128), 128).float()
+    out, mixed = BatchAugment(AugmentConfig(cutmix=1.0), torch.Generator().manual_seed(3), 3)(x, targets)
+    shares = []
+    for i in range(128):
+        j, share = _partner_and_share(out, mixed, i)
+        from_partner = (out[i] == x[j]).all(0)
+        from_self = (out[i] == x[i]).all(0)
+        assert (from_partner | from_self).all()  # every pixel is one image's or the other's
+        assert share == pytest.approx(from_partner.float().mean().item(), abs=1e-6)
+        rows, cols = torch.nonzero(from_partner, as_tuple=True)
+        assert from_partner[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # one rectangle
+        shares.append(share)
+    assert 0.35 < sum(shares) / len(shares) < 0.65  # Beta(1, 1): half the area on average
+
+
+def test_mixup_labels_follow_the_weights_of_the_blend():
+    x = _noise(128, 1)
+    targets = torch.nn.functional.one_hot(torch.arange(128), 128).float()
+    out, mixed = BatchAugment(AugmentConfig(mixup=1.0, mixup_alpha=0.4), torch.Generator().manual_seed(4), 1)(
+        x, targets)
+    for i in range(128):
+        j, share = _partner_and_share(out, mixed, i)
+        assert torch.allclose(out[i], (1 - share) * x[i] + share * x[j], atol=1e-5)
+
+
+def test_the_trainer_learns_with_every_augmentation_on(fashion_subset):
+    """Soft targets from CutMix/MixUp reach the loss: a short run on real data still learns."""
+    from hpo.config.trial import TrialConfig
+    from hpo.train import TrainData, train
+
+    d = fashion_subset
+    data = TrainData.from_arrays(d.x_train, d.y_train, d.x_val, d.y_val, d.num_classes, d.mean, d.std)
+    config = TrialConfig.model_validate({
+        "model": {"depth": 3, "width": 16}, "batch_size": 32, "optimizer": {"name": "adamw", "lr": 0.003},
+        "augment": {name: 0.2 for name in EVERY + MIXING}, "label_smoothing": 0.05})
+    result = train(config, data, epochs=3, threads=1)
+    assert result.history[-1].val_accuracy > 0.6  # chance: 0.1

@@ -81,12 +81,25 @@ def rotate(x: torch.Tensor, p: float, max_degrees: float, generator: torch.Gener
     return out
 
 
+MIN_MIX = 1e-3  # a picked sample keeps at most 1 - MIN_MIX of itself: it is always changed
+
+
 def _beta(alpha: float, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """``n`` draws from Beta(alpha, alpha), through the generator (torch.distributions takes none)."""
+    """``n`` draws from Beta(alpha, alpha) within [MIN_MIX, 1 - MIN_MIX], through the generator
+    (torch.distributions takes none). In float64: for small alpha a float32 gamma draw underflows to 0."""
     gamma = torch._standard_gamma  # noqa: SLF001 - the one sampler that takes a generator
-    a = torch.full((n,), float(alpha), device=device)
+    a = torch.full((n,), float(alpha), device=device, dtype=torch.float64)
     g1, g2 = gamma(a, generator=generator), gamma(a, generator=generator)
-    return g1 / (g1 + g2)
+    lam = torch.where(g1 + g2 > 0, g1 / (g1 + g2), torch.full_like(g1, 0.5))
+    return lam.clamp(MIN_MIX, 1 - MIN_MIX).float()
+
+
+def _partners(idx: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """For each picked sample, another sample of the batch (never itself, when the batch has two)."""
+    if n < 2:
+        return idx
+    offset = torch.randint(1, n, (len(idx),), generator=generator, device=idx.device)
+    return (idx + offset) % n
 
 
 def mixup(x: torch.Tensor, targets: torch.Tensor, p: float, alpha: float,
@@ -96,7 +109,7 @@ def mixup(x: torch.Tensor, targets: torch.Tensor, p: float, alpha: float,
     idx = _pick(len(x), p, generator, x.device).nonzero().squeeze(1)
     if len(idx) == 0:
         return x, targets
-    partner = torch.randint(0, len(x), (len(idx),), generator=generator, device=x.device)
+    partner = _partners(idx, len(x), generator)
     lam = _beta(alpha, len(idx), generator, x.device)
     x, targets = x.clone(), targets.clone()
     x[idx] = lam.view(-1, 1, 1, 1) * x[idx] + (1 - lam.view(-1, 1, 1, 1)) * x[partner]
@@ -112,10 +125,10 @@ def cutmix(x: torch.Tensor, targets: torch.Tensor, p: float, alpha: float,
     if len(idx) == 0:
         return x, targets
     n, (h, w), dev = len(idx), x.shape[-2:], x.device
-    partner = torch.randint(0, len(x), (n,), generator=generator, device=dev)
+    partner = _partners(idx, len(x), generator)
     lam = _beta(alpha, n, generator, dev)
     cut = torch.sqrt(1 - lam)
-    ch, cw = (cut * h).round().long(), (cut * w).round().long()
+    ch, cw = (cut * h).round().long().clamp(min=1), (cut * w).round().long().clamp(min=1)
     cy = torch.randint(0, h, (n,), generator=generator, device=dev)
     cx = torch.randint(0, w, (n,), generator=generator, device=dev)
     y0, y1 = (cy - ch // 2).clamp(0, h), (cy + ch - ch // 2).clamp(0, h)
