@@ -174,3 +174,52 @@ def test_pretrained_offline_fails_validation_naming_the_missing_weights(tmp_path
     result = subprocess.run([sys.executable, "-m", "hpo.cli", "validate", "study.yaml"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120, env=_offline_env(tmp_path))
     assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------------------------- transfer learning
+@pytest.mark.parametrize("family", list_families())
+def test_every_family_splits_into_backbone_stages_and_a_head(family):
+    from hpo.models.zoo import backbone_parts
+
+    model = create_model(_family_config(family), 3, 7)
+    stages, head = backbone_parts(model)
+    assert len(stages) >= 2
+    head_params = {id(p) for p in head.parameters()}
+    stage_params = [{id(p) for p in s.parameters()} for s in stages]
+    assert head_params and all(stage_params)
+    assert not head_params & set().union(*stage_params)
+    final = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert final.out_features == 7  # the head ends in the new classifier
+
+
+def test_a_frozen_backbone_unfreezes_its_last_stage_on_schedule():
+    import numpy as np
+
+    from hpo.config.trial import TrialConfig
+    from hpo.models.zoo import backbone_parts
+    from hpo.train import TrainData, train
+    from hpo.train.loop import make_optimizer
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (32, 3, 32, 32), dtype=np.uint8)
+    y = np.arange(32) % 4
+    data = TrainData.from_arrays(x, y, None, None, 4, (0.5,) * 3, (0.25,) * 3)
+    config = TrialConfig.model_validate({
+        "model": {"name": "resnet"}, "batch_size": 8, "optimizer": {"name": "sgd", "lr": 0.05},
+        "transfer": {"freeze_backbone": True, "unfreeze_last": 1, "unfreeze_after": 1, "backbone_lr_mult": 0.1}})
+    model = create_model(config.model, 3, 4)
+    stages, head = backbone_parts(model)
+    snapshots = [[{n: p.detach().clone() for n, p in part.named_parameters()} for part in [*stages, head]]]
+
+    def report(epoch, _model):
+        snapshots.append([{n: p.detach().clone() for n, p in part.named_parameters()} for part in [*stages, head]])
+
+    train(config, data, epochs=2, threads=1, model=model, report=report, bf16=False)
+
+    def moved(before, after):
+        return [any(not torch.equal(before[i][n], after[i][n]) for n in before[i]) for i in range(len(before))]
+
+    first, second = moved(snapshots[0], snapshots[1]), moved(snapshots[1], snapshots[2])
+    assert first == [False] * len(stages) + [True]  # epoch 1: only the head learns
+    assert second == [False] * (len(stages) - 1) + [True, True]  # epoch 2: the last stage joins
+    assert sorted({g["lr"] for g in make_optimizer(config, model).param_groups}) == pytest.approx([0.005, 0.05])
