@@ -146,4 +146,20 @@ def _backends_installed(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
     return None
 
 
-CHECKS: list[Check] = [_grace_within_epochs, _mode_follows_metric, _final_epochs_positive, _backends_installed]
+def _task_fits_dataset(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    from hpo.config.study import MULTILABEL_DATASETS
+
+    multilabel = config.dataset.name in MULTILABEL_DATASETS
+    if multilabel and config.task != "multilabel":
+        return doc.error(("task",), f"dataset {config.dataset.name} has several labels per image: "
+                                    "set task: multilabel")
+    if config.task == "multilabel" and not multilabel:
+        return doc.error(("task",), f"dataset {config.dataset.name} has one class per image; task: multilabel "
+                                    f"needs one of: {', '.join(MULTILABEL_DATASETS)}")
+    if config.task == "multilabel" and "autokeras" in config.backends:
+        return doc.error(("backends",), "the autokeras baseline runs multiclass tasks only")
+    return None
+
+
+CHECKS: list[Check] = [_grace_within_epochs, _mode_follows_metric, _final_epochs_positive, _backends_installed,
+                       _task_fits_dataset]

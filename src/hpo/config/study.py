@@ -10,7 +10,9 @@ from pydantic import ByteSize, ConfigDict, Field, field_validator
 
 from hpo.config.trial import Strict
 
-DATASET_NAMES = ("fashion_mnist",)  # kept in step with hpo.data.DATASETS by a test
+# kept in step with hpo.data.DATASETS by a test
+DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tiny_imagenet", "image_folder", "multilabel_csv")
+MULTILABEL_DATASETS = ("multilabel_csv",)
 
 # The search clock starts before the first trial's worker has imported torch and received the data,
 # which alone takes 3-5 s on 2 CPU cores: below this, not even the smallest model on the smallest
@@ -59,6 +61,17 @@ class DatasetConfig(Strict):
     subset: Subset | None = None
     data_dir: str | None = None
     download: bool = True
+    # Image files (tiny_imagenet, image_folder, multilabel_csv): resized to image_size x image_size when
+    # given (tiny_imagenet: 32 downsamples its 64 px), as grey (1) or RGB (3) channels (default: the first
+    # image's); test_split holds out a stratified test part where the files do not mark one.
+    image_size: int | None = Field(None, ge=8, le=1024)
+    channels: Literal[1, 3] | None = None
+    test_split: float = Field(0.2, gt=0.0, lt=1.0)
+    # multilabel_csv: the CSV (relative to data_dir), its image-path column, and its label columns
+    # (default: every other column but "split"); a 0/1 column is one label, any other one label per value.
+    csv: str = "labels.csv"
+    path_column: str = "path"
+    label_columns: list[str] | None = None
 
     @field_validator("name")
     @classmethod
@@ -187,6 +200,9 @@ class StudyConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     description: str | None = None
     seed: int = Field(0, ge=0)
+    # multiclass: one class per image (softmax, cross-entropy); multilabel: any number of labels per image
+    # (sigmoid, binary cross-entropy; val_accuracy is the mean per-label accuracy, 1 - Hamming loss)
+    task: Literal["multiclass", "multilabel"] = "multiclass"
     dataset: DatasetConfig
     search_space: str | dict[str, Any]
     # What runs on the study's splits and budget: hpo's own search (Optuna TPE in Ray Tune, ASHA), the

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from hpo.config.study import DatasetConfig
-from hpo.data.fashion_mnist import load_fashion_mnist
+from hpo.data.fashion_mnist import load_fashion_mnist, load_mnist
+from hpo.data.formats import (load_cifar10, load_cifar100, load_image_folder, load_multilabel_csv,
+                              load_tiny_imagenet)
 
 
 @dataclass
@@ -46,7 +48,12 @@ class ImageData:
 
     @property
     def num_classes(self) -> int:
+        """Classes, or labels of a multi-label dataset (the model's outputs)."""
         return len(self.classes)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.y_train.ndim == 2
 
     @property
     def in_channels(self) -> int:
@@ -65,8 +72,13 @@ class ImageData:
                 f"{c}x{h}x{w}, {self.num_classes} classes")
 
 
-Loader = Callable[[Path | None, bool], SourceData]
-DATASETS: dict[str, Loader] = {"fashion_mnist": load_fashion_mnist}
+Loader = Callable[[DatasetConfig, Path | None], SourceData]  # (the study's dataset, its data folder)
+DATASETS: dict[str, Loader] = {
+    "fashion_mnist": lambda config, data_dir: load_fashion_mnist(data_dir, config.download),
+    "mnist": lambda config, data_dir: load_mnist(data_dir, config.download),
+    "cifar10": load_cifar10, "cifar100": load_cifar100, "tiny_imagenet": load_tiny_imagenet,
+    "image_folder": load_image_folder, "multilabel_csv": load_multilabel_csv,
+}
 
 
 def list_datasets() -> list[str]:
@@ -78,17 +90,19 @@ def load_data(config: DatasetConfig, seed: int) -> ImageData:
     if config.name not in DATASETS:
         raise KeyError(f"unknown dataset {config.name!r}; known: {', '.join(list_datasets())}")
     data_dir = config.data_dir or os.environ.get("HPO_DATA_DIR")
-    source = DATASETS[config.name](Path(data_dir).expanduser() if data_dir else None, config.download)
+    source = DATASETS[config.name](config, Path(data_dir).expanduser() if data_dir else None)
 
     rng = np.random.default_rng(seed)
+    strata_train, strata_test = _strata(source.y_train), _strata(source.y_test)
     train_pool = np.arange(len(source.y_train))
     test_index = np.arange(len(source.y_test))
     if config.subset and config.subset.train:
-        train_pool = stratified_sample(source.y_train, config.subset.train, rng)
+        train_pool = stratified_sample(strata_train, config.subset.train, rng)
     if config.subset and config.subset.test:
-        test_index = stratified_sample(source.y_test, config.subset.test, rng)
-    n_val = max(len(source.classes), round(len(train_pool) * config.validation_split))
-    val_local = stratified_sample(source.y_train[train_pool], n_val, rng)
+        test_index = stratified_sample(strata_test, config.subset.test, rng)
+    n_val = min(len(train_pool) - 1, max(len(np.unique(strata_train[train_pool])),
+                                         round(len(train_pool) * config.validation_split)))
+    val_local = stratified_sample(strata_train[train_pool], n_val, rng)
     val_index = train_pool[val_local]
     train_index = np.setdiff1d(train_pool, val_index)  # sorted; the trainer shuffles every epoch
 
@@ -103,6 +117,11 @@ def load_data(config: DatasetConfig, seed: int) -> ImageData:
         classes=source.classes, mean=mean, std=std,
         train_index=train_index, val_index=val_index, test_index=test_index, origin=source.origin,
     )
+
+
+def _strata(labels: np.ndarray) -> np.ndarray:
+    """What stratified sampling keeps in proportion: the class, or a multi-label row's label combination."""
+    return np.unique(labels, axis=0, return_inverse=True)[1].ravel() if labels.ndim == 2 else labels
 
 
 def split_record(arrays: Mapping[str, np.ndarray]) -> dict[str, dict]:

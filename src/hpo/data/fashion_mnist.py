@@ -1,8 +1,10 @@
-"""Fashion-MNIST (Xiao et al., 2017): 70,000 28x28 grayscale images of clothing, 10 classes."""
+"""Fashion-MNIST (Xiao et al., 2017): 70,000 28x28 grayscale images of clothing, 10 classes; and MNIST
+(LeCun et al.), the digits, in the same IDX files."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +24,26 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # apt-get install datase
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hpo" / "datasets"
 
 
-def candidate_dirs(data_dir: Path | None) -> list[Path]:
+@dataclass(frozen=True)
+class IdxDataset:
+    """One dataset in MNIST's four IDX files."""
+
+    title: str
+    torchvision: str           # torchvision's class, and its folder (``<root>/<name>/raw/``)
+    classes: tuple[str, ...]
+    debian_dir: Path | None
+
+
+FASHION_MNIST = IdxDataset("Fashion-MNIST", "FashionMNIST", tuple(CLASSES), DEBIAN_DIR)
+MNIST = IdxDataset("MNIST", "MNIST", tuple(str(d) for d in range(10)), None)
+
+
+def candidate_dirs(data_dir: Path | None, spec: IdxDataset = FASHION_MNIST) -> list[Path]:
     """Where the raw files are looked for, in order: the study's data_dir (or $HPO_DATA_DIR), the
     download cache, Debian's package. Each may hold the files directly or in torchvision's
-    ``FashionMNIST/raw/`` layout."""
-    roots = [d for d in (data_dir, CACHE_DIR, DEBIAN_DIR) if d is not None]
-    return [p for root in roots for p in (root, root / "FashionMNIST" / "raw")]
+    ``FashionMNIST/raw/`` (``MNIST/raw/``) layout."""
+    roots = [d for d in (data_dir, CACHE_DIR, spec.debian_dir) if d is not None]
+    return [p for root in roots for p in (root, root / spec.torchvision / "raw")]
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -38,29 +54,38 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 
 def load_fashion_mnist(data_dir: Path | None, download: bool):
+    return load_idx_dataset(FASHION_MNIST, data_dir, download)
+
+
+def load_mnist(data_dir: Path | None, download: bool):
+    return load_idx_dataset(MNIST, data_dir, download)
+
+
+def load_idx_dataset(spec: IdxDataset, data_dir: Path | None, download: bool):
     from hpo.data._private import SourceData
 
-    for directory in candidate_dirs(data_dir):
+    for directory in candidate_dirs(data_dir, spec):
         found = {key: _find(directory, stem) for key, stem in FILES.items()}
         if all(found.values()):
             break
     else:
         if not download:
-            raise DataError(_not_found_message(data_dir, downloaded=False))
-        directory = _download(data_dir)
+            raise DataError(_not_found_message(data_dir, downloaded=False, spec=spec))
+        directory = _download(data_dir, spec)
         found = {key: _find(directory, stem) for key, stem in FILES.items()}
 
     arrays = {key: read_idx(path) for key, path in found.items()}
     for split in ("train", "test"):
-        _check_pair(arrays[f"x_{split}"], arrays[f"y_{split}"], found[f"x_{split}"], found[f"y_{split}"])
+        _check_pair(arrays[f"x_{split}"], arrays[f"y_{split}"], found[f"x_{split}"], found[f"y_{split}"],
+                    len(spec.classes))
     return SourceData(
         x_train=arrays["x_train"][:, None], y_train=arrays["y_train"].astype(np.int64),
         x_test=arrays["x_test"][:, None], y_test=arrays["y_test"].astype(np.int64),
-        classes=list(CLASSES), origin=str(directory),
+        classes=list(spec.classes), origin=str(directory),
     )
 
 
-def _check_pair(x: np.ndarray, y: np.ndarray, x_file: Path, y_file: Path) -> None:
+def _check_pair(x: np.ndarray, y: np.ndarray, x_file: Path, y_file: Path, classes: int = len(CLASSES)) -> None:
     """Images and labels that belong together: a swapped, truncated or foreign file fails here, naming
     itself, rather than as a shape error deep inside a trial."""
     if x.ndim != 3 or x.shape[1:] != (28, 28):
@@ -72,32 +97,35 @@ def _check_pair(x: np.ndarray, y: np.ndarray, x_file: Path, y_file: Path) -> Non
                         "truncated or from another set")
     if len(y) == 0:
         raise DataError(f"{y_file}: holds no examples")
-    if y.max() >= len(CLASSES):
-        raise DataError(f"{y_file}: labels must be 0..{len(CLASSES) - 1}, found {int(y.max())}")
+    if y.max() >= classes:
+        raise DataError(f"{y_file}: labels must be 0..{classes - 1}, found {int(y.max())}")
 
 
-def _download(data_dir: Path | None) -> Path:
+def _download(data_dir: Path | None, spec: IdxDataset = FASHION_MNIST) -> Path:
     """Fetch the files with torchvision into ``data_dir`` (or the cache)."""
     from hpo._torchvision import import_torchvision
 
     root = data_dir or CACHE_DIR
+    dataset = getattr(import_torchvision().datasets, spec.torchvision)
     try:
-        import_torchvision().datasets.FashionMNIST(str(root), train=True, download=True)
-        import_torchvision().datasets.FashionMNIST(str(root), train=False, download=True)
+        dataset(str(root), train=True, download=True)
+        dataset(str(root), train=False, download=True)
     except Exception as exc:  # network errors come in many types; all mean the same to the user
-        raise DataError(_not_found_message(data_dir, downloaded=True, reason=exc)) from None
-    return root / "FashionMNIST" / "raw"
+        raise DataError(_not_found_message(data_dir, downloaded=True, reason=exc, spec=spec)) from None
+    return root / spec.torchvision / "raw"
 
 
-def _not_found_message(data_dir: Path | None, downloaded: bool, reason: Exception | None = None) -> str:
-    places = "\n".join(f"  - {p}" for p in candidate_dirs(data_dir))
+def _not_found_message(data_dir: Path | None, downloaded: bool, reason: Exception | None = None,
+                       spec: IdxDataset = FASHION_MNIST) -> str:
+    places = "\n".join(f"  - {p}" for p in candidate_dirs(data_dir, spec))
     attempt = f"The download failed ({type(reason).__name__}: {reason}).\n" if downloaded else ""
+    debian = ("  - on Debian/Ubuntu: apt-get install dataset-fashion-mnist (installs them under "
+              f"{spec.debian_dir});\n") if spec.debian_dir else ""
     return (
-        "Fashion-MNIST not found. Looked for train-images-idx3-ubyte[.gz] and its three siblings in:\n"
+        f"{spec.title} not found. Looked for train-images-idx3-ubyte[.gz] and its three siblings in:\n"
         f"{places}\n{attempt}"
         "To fix it, do one of:\n"
         "  - point HPO_DATA_DIR (or dataset.data_dir in the study) at a folder holding the four files;\n"
-        "  - on Debian/Ubuntu: apt-get install dataset-fashion-mnist (installs them under "
-        f"{DEBIAN_DIR});\n"
+        f"{debian}"
         "  - run once with internet access: hpo downloads them to " + str(CACHE_DIR)
     )
