@@ -52,9 +52,10 @@ def finalize(study: Study, data: ImageData, winner: TrialRecord, records: list[T
     import torch
 
     from hpo.report import learning_curves_png
-    from hpo.report.evaluation import write_evaluation
+    from hpo.report.evaluation import write_evaluation, write_multilabel_evaluation
     from hpo.report.study_plots import family_table, optuna_plots_html
     from hpo.train import TrainData, predict_logits, train
+    from hpo.train.loop import accuracy, loss_fn
 
     c = study.config
     start = time.time()
@@ -83,12 +84,16 @@ def finalize(study: Study, data: ImageData, winner: TrialRecord, records: list[T
         model = result.model.cpu().to(memory_format=torch.contiguous_format).eval()
 
         logits = predict_logits(model, torch.as_tensor(data.x_test), device="cpu")
-        test_loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(data.y_test)).item()
-        test_accuracy = float((logits.argmax(1).numpy() == data.y_test).mean())
+        y_test = torch.as_tensor(data.y_test)
+        test_loss = loss_fn(logits, y_test, multilabel=data.multilabel).item()
+        test_accuracy = accuracy(logits, y_test)  # multi-label: the mean per-label accuracy
 
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
-            metrics = write_evaluation(logits.numpy(), data.y_test, data.x_test, data.classes, out, study.name)
+            if data.multilabel:
+                metrics = write_multilabel_evaluation(logits.numpy(), data.y_test, data.classes, out, study.name)
+            else:
+                metrics = write_evaluation(logits.numpy(), data.y_test, data.x_test, data.classes, out, study.name)
             learning_curves_png(winner.history, [_row(e) for e in result.history], out / "learning_curves.png",
                                 f"{study.name}: winning trial #{winner.number} and its retrain")
             family_table(records, c.objective.metric, c.objective.direction, winner, test_accuracy,
@@ -116,7 +121,8 @@ def _row(epoch) -> dict:
 
 def model_metadata(data: ImageData) -> dict:
     """Stored with the logged model; ``hpo predict`` rebuilds the preprocessing from it."""
-    return {"classes": data.classes, "input": "float32 (N, C, H, W) in [0, 1]",
+    return {"classes": data.classes, "task": "multilabel" if data.multilabel else "multiclass",
+            "input": "float32 (N, C, H, W) in [0, 1]",
             "channels": data.in_channels, "image_size": list(data.image_size),
             "background": "dark" if _dark_background(data.x_train) else "light",
             "mean": list(data.mean), "std": list(data.std)}

@@ -88,6 +88,7 @@ class Predictor:
             raise HpoError(f"model {model_uri!r} lacks hpo's preprocessing metadata ({', '.join(sorted(missing))}); "
                            "was it logged by hpo?")
         self.classes: list[str] = meta["classes"]
+        self.multilabel = meta.get("task") == "multilabel"
         self.channels: int = int(meta["channels"])
         self.size: tuple[int, int] = tuple(meta["image_size"])
         self.dark_background: bool = meta["background"] == "dark"

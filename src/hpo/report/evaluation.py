@@ -124,3 +124,67 @@ def _confident_errors_png(probs, y_true, images, classes, path: Path, title: str
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def metric_name(label: str) -> str:
+    """A label as MLflow allows in a metric name (alphanumerics, _ - . / and spaces)."""
+    return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in label)
+
+
+def write_multilabel_evaluation(logits: np.ndarray, y_true: np.ndarray, labels: Sequence[str], out: Path,
+                                title: str) -> dict[str, float]:
+    """A multi-label task's evaluation: per-label accuracy, precision, recall, F1 and ROC-AUC
+    (``per_label_metrics.csv``), subset accuracy, Hamming loss, ROC curves per label and a bar chart of
+    per-label accuracy and ROC-AUC. Returns the metrics to log, per label among them."""
+    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
+
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    y_true = (y_true > 0.5).astype(np.int64)
+    y_pred = (probs >= 0.5).astype(np.int64)
+    per_label_acc = (y_pred == y_true).mean(axis=0)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
+    aucs = []
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    for j, label in enumerate(labels):
+        column = y_true[:, j]
+        if column.all() or not column.any():
+            aucs.append(float("nan"))
+            continue
+        fpr, tpr, _ = roc_curve(column, probs[:, j])
+        aucs.append(float(roc_auc_score(column, probs[:, j])))
+        ax.plot(fpr, tpr, lw=1.2, label=f"{label} (AUC {aucs[-1]:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: ROC per label")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc_curves.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(labels) + 2), 4.5), dpi=110)
+    xs = np.arange(len(labels))
+    ax.bar(xs - 0.2, per_label_acc, 0.4, label="accuracy")
+    ax.bar(xs + 0.2, [0 if np.isnan(a) else a for a in aucs], 0.4, label="ROC-AUC")
+    ax.set_xticks(xs, labels, rotation=45, ha="right")
+    ax.set(ylim=(0, 1), title=f"{title}: per label on the test set")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "per_label.png")
+    plt.close(fig)
+
+    with (out / "per_label_metrics.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["label", "accuracy", "precision", "recall", "f1", "roc_auc", "positives"])
+        for j, label in enumerate(labels):
+            writer.writerow([label, f"{per_label_acc[j]:.4f}", f"{precision[j]:.4f}", f"{recall[j]:.4f}",
+                             f"{f1[j]:.4f}", f"{aucs[j]:.4f}", int(support[j])])
+
+    valid = [a for a in aucs if not np.isnan(a)]
+    metrics = {"test_subset_accuracy": float((y_pred == y_true).all(axis=1).mean()),
+               "test_hamming_loss": float((y_pred != y_true).mean()),
+               "test_macro_f1": float(np.mean(f1)), "test_macro_roc_auc": float(np.mean(valid)) if valid else 0.0}
+    for j, label in enumerate(labels):
+        metrics[f"test_accuracy.{metric_name(label)}"] = float(per_label_acc[j])
+        if not np.isnan(aucs[j]):
+            metrics[f"test_roc_auc.{metric_name(label)}"] = aucs[j]
+    return metrics

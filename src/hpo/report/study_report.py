@@ -17,7 +17,8 @@ from hpo.report.compare import comparison_rows, latest_backend_runs, progress, p
 PLOTS = [("confusion_matrix.png", "Confusion matrix (counts)"),
          ("confusion_matrix_normalized.png", "Confusion matrix (normalised by true class)"),
          ("learning_curves.png", "Learning curves"), ("roc_curves.png", "ROC curves (one vs rest)"),
-         ("reliability.png", "Calibration"), ("confident_errors.png", "Most confidently wrong test images")]
+         ("reliability.png", "Calibration"), ("confident_errors.png", "Most confidently wrong test images"),
+         ("per_label.png", "Accuracy and ROC-AUC per label")]
 
 HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ name }}: hpo report</title>
@@ -89,7 +90,8 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
         leaderboard = _read_csv(study_dir / "leaderboard.csv", drop=("run_id",))
         recheck = _read_csv(study_dir / "recheck.csv") if (study_dir / "recheck.csv").exists() else None
         families = _read_csv(evaluation / "families.csv") if (evaluation / "families.csv").exists() else None
-        per_class = _read_csv(evaluation / "per_class_metrics.csv")
+        per_class = _read_csv(evaluation / "per_class_metrics.csv") if (evaluation / "per_class_metrics.csv").exists() \
+            else _read_csv(evaluation / "per_label_metrics.csv")  # a multi-label study
         plots = [(title, evaluation / name) for name, title in PLOTS if (evaluation / name).exists()]
         for _, path in plots:
             shutil.copy(path, out_dir / path.name)
