@@ -166,3 +166,59 @@ def test_the_baseline_on_the_tensorflow_backend(tmp_path, data_dir):
     (final,) = _children(runs, baseline, "final")
     assert 0.3 < final.data.metrics["test_accuracy"] <= 1.0
     assert len(_children(runs, baseline, "trial")) == 1
+
+
+def test_a_killed_baseline_continues_where_it_stopped(tmp_path, data_dir):
+    """SIGKILL the driver once AutoKeras has finished its first model: the worker notices and exits, and
+    the next `hpo run` keeps that model's trial (same MLflow run, not trained again) and goes on."""
+    import signal
+    import time
+
+    import psutil
+
+    from hpo.testing import hpo_env
+
+    study = tmp_path / "ak-resume.yaml"
+    study.write_text(STUDY.format(name="ak-resume", space=REPO_ROOT / "search_spaces" / "smoke.yaml",
+                                  backends="[autokeras]", keras_backend="torch", epochs=2)
+                     .replace("max_trials: 1", "max_trials: 2").replace("time: 5m", "time: 45s"))
+    driver = subprocess.Popen([sys.executable, "-m", "hpo.cli", "run", str(study)], cwd=tmp_path,
+                              env=hpo_env(data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    events = None
+    while time.time() < deadline:
+        found = list((tmp_path / "runs" / "ak-resume").glob("*/autokeras/events.jsonl"))
+        if found and '"trial_end"' in found[0].read_text():
+            events = found[0]
+            break
+        assert driver.poll() is None, driver.stderr.read()[-3000:]
+        time.sleep(0.5)
+    assert events is not None, "AutoKeras never finished its first model"
+    workers = [p for p in psutil.Process(driver.pid).children(recursive=True)
+               if "_autokeras_worker" in " ".join(p.cmdline())]
+    assert len(workers) == 1
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=60)
+    for p in alive:  # leave nothing behind even if the test fails
+        p.kill()
+    assert not alive, "the worker went on without its driver"
+    assert '"orphaned"' in events.read_text()
+
+    client, runs = _runs(tmp_path, "ak-resume")
+    (first,) = [r for r in runs if r.data.tags.get("hpo.kind") == "trial" and r.info.status == "FINISHED"]
+
+    result = run_hpo(["run", str(study)], tmp_path, data_dir)
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert "resuming" in result.stderr
+    client, runs = _runs(tmp_path, "ak-resume")
+    live = [r for r in runs if r.info.lifecycle_stage == "active"]
+    (baseline,) = [r for r in live if r.data.tags.get("hpo.kind") == "baseline"]
+    assert baseline.info.status == "FINISHED" and baseline.data.tags["hpo.attempts"] == "2"
+    trials = sorted(_children(live, baseline, "trial"), key=lambda r: r.data.tags["hpo.trial_id"])
+    assert [t.data.tags["hpo.trial_id"] for t in trials] == ["0", "1"]
+    assert trials[0].info.run_id == first.info.run_id  # kept, not redone
+    begins = [json.loads(line)["trial"] for line in events.read_text().splitlines() if '"trial_begin"' in line]
+    assert begins.count("0") == 1
+    (final,) = _children(live, baseline, "final")
+    assert 0.3 < final.data.metrics["test_accuracy"] <= 1.0

@@ -99,12 +99,20 @@ def test_every_augmentation_at_p1_changes_every_image(name, channels):
     assert changed.all(), f"{name}: {int((~changed).sum())} of 64 images unchanged"
 
 
-def test_colour_jitter_changes_hue_only_on_rgb():
-    config = AugmentConfig(color_jitter=1.0)
-    (grey,) = BatchAugment(config, channels=1).kornia
-    (rgb,) = BatchAugment(config, channels=3).kornia
-    assert grey._param_generator.hue == 0 and grey._param_generator.saturation == 0
-    assert rgb._param_generator.hue == config.jitter_hue and rgb._param_generator.saturation == config.jitter
+def test_colour_jitter_is_a_per_image_linear_map_on_grey_and_turns_hues_on_rgb():
+    from hpo.data.augment import color_jitter
+
+    g = torch.Generator().manual_seed(0)
+    grey = 0.3 + 0.4 * torch.rand(64, 1, 16, 16, generator=g)  # no clamping at this strength
+    out = color_jitter(grey, 1.0, 0.2, 0.0, g)
+    for before, after in zip(grey.flatten(1), out.flatten(1)):
+        slope, icept = torch.linalg.lstsq(torch.stack([before, torch.ones_like(before)], 1), after[:, None]).solution
+        assert torch.allclose(before * slope + icept, after, atol=1e-5) and 0.6 < slope.item() < 1.5
+    red = torch.zeros(256, 3, 8, 8)
+    red[:, 0] = 0.8
+    turned = color_jitter(red, 1.0, 0.01, 0.5, g)
+    dominant = turned.mean((2, 3)).argmax(1)
+    assert 0.2 < (dominant != 0).float().mean() < 0.9  # half a turn either way: many are no longer red
 
 
 def _partner_and_share(out: torch.Tensor, targets: torch.Tensor, i: int) -> tuple[int, float]:

@@ -9,7 +9,8 @@ finished trials, so a killed worker started again continues the search instead o
 
 The spec's keys: ``data``, ``events``, ``directory``, ``tuner``, ``max_trials``, ``epochs``, ``batch_size``,
 ``deadline`` (epoch seconds or null), ``seed``, ``objective``, ``retrain_on`` ("train+val" | "train"),
-``final_epochs`` (an int or "best"), ``threads``.
+``final_epochs`` (an int or "best"), ``threads``, ``driver_pid`` (the worker exits when that process is
+gone).
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def logged_tuner(base: type, spec: dict, emit: Events) -> type:
     from autokeras.utils.utils import fit_with_adaptive_batch_size
 
     deadline = spec["deadline"]
+    driver = spec.get("driver_pid")
+
+    def orphaned() -> None:
+        """A killed driver leaves this process to its parent's parent: stop rather than go on alone
+        (the next ``hpo run`` continues the baseline, from what the tuner saved)."""
+        if driver is not None and os.getppid() != driver:
+            emit("orphaned", driver=driver)
+            os._exit(3)
 
     class Logged(base):
         _epoch_start = 0.0
@@ -88,6 +97,7 @@ def logged_tuner(base: type, spec: dict, emit: Events) -> type:
 
         def on_batch_end(self, trial, model, batch, logs=None):
             super().on_batch_end(trial, model, batch, logs)
+            orphaned()
             if deadline is not None and time.time() >= deadline and not self._out_of_time:
                 self._out_of_time = True  # finish this trial now and start no other
                 model.stop_training = True
@@ -120,6 +130,7 @@ def logged_tuner(base: type, spec: dict, emit: Events) -> type:
         start = 0.0
 
         def on_epoch_begin(self, epoch, logs=None):
+            orphaned()
             self.start = time.time()
 
         def on_epoch_end(self, epoch, logs=None):

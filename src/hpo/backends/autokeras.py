@@ -203,7 +203,7 @@ class AutoKerasBackend:
                 "batch_size": c.autokeras.batch_size, "seed": c.seed, "num_classes": self.data.num_classes,
                 "objective": c.objective.metric, "deadline": None if left is None else time.time() + left,
                 "retrain_on": c.final.retrain_on, "final_epochs": c.final.epochs,
-                "threads": os.cpu_count()}
+                "threads": os.cpu_count(), "driver_pid": os.getpid()}
         spec_file = self.folder / "spec.json"
         spec_file.write_text(json.dumps(spec, indent=1))
         env = {**os.environ, "KERAS_BACKEND": c.autokeras.keras_backend, "PYTHONUNBUFFERED": "1",

@@ -37,15 +37,22 @@ def write_idx(path: Path, array: np.ndarray, *, gz: bool | None = None) -> Path:
     return path
 
 
-def run_hpo(args: list[str], cwd: Path, data_dir: Path | None = None, timeout: int = 600,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the ``hpo`` CLI in a subprocess (as a user would), with data found and usage stats off; ``env``
-    adds to (or overrides) the environment."""
+def hpo_env(data_dir: Path | None = None, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment tests run ``hpo`` in: data found, usage stats off, no tracking URI inherited;
+    ``env`` adds to (or overrides) it."""
     full = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     if data_dir is not None:
         full["HPO_DATA_DIR"] = str(data_dir)
     full.pop("MLFLOW_TRACKING_URI", None)
     full.update(env or {})
+    return full
+
+
+def run_hpo(args: list[str], cwd: Path, data_dir: Path | None = None, timeout: int = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the ``hpo`` CLI in a subprocess (as a user would), with data found and usage stats off; ``env``
+    adds to (or overrides) the environment."""
+    full = hpo_env(data_dir, env)
     return subprocess.run([sys.executable, "-m", "hpo.cli", *args], check=False, cwd=cwd, env=full,
                           capture_output=True, text=True, timeout=timeout)
 
