@@ -15,6 +15,7 @@ import numpy as np
 from hpo.backends.records import TrialRecord
 from hpo.config import Study
 from hpo.data import ImageData
+from hpo.data.streaming import FileImages, concat_images, head
 from hpo.tracking import Tracker, flatten
 
 CHAMPION = "champion"
@@ -63,7 +64,7 @@ def finalize(study: Study, data: ImageData, winner: TrialRecord, records: list[T
         best_epoch = winner.best(c.objective.metric, c.objective.direction)[1]
     epochs = best_epoch if c.final.epochs == "best" else c.final.epochs
     if c.final.retrain_on == "train+val":
-        x = np.concatenate([data.x_train, data.x_val])
+        x = concat_images([data.x_train, data.x_val])
         y = np.concatenate([data.y_train, data.y_val])
     else:
         x, y = data.x_train, data.y_train
@@ -83,7 +84,8 @@ def finalize(study: Study, data: ImageData, winner: TrialRecord, records: list[T
                        threads=threads or os.cpu_count(), report=report)
         model = result.model.cpu().to(memory_format=torch.contiguous_format).eval()
 
-        logits = predict_logits(model, torch.as_tensor(data.x_test), device="cpu")
+        logits = predict_logits(model, data.x_test if isinstance(data.x_test, FileImages) else
+                                torch.as_tensor(data.x_test), device="cpu")
         y_test = torch.as_tensor(data.y_test)
         test_loss = loss_fn(logits, y_test, multilabel=data.multilabel).item()
         test_accuracy = accuracy(logits, y_test)  # multi-label: the mean per-label accuracy
@@ -124,7 +126,7 @@ def model_metadata(data: ImageData) -> dict:
     return {"classes": data.classes, "task": "multilabel" if data.multilabel else "multiclass",
             "input": "float32 (N, C, H, W) in [0, 1]",
             "channels": data.in_channels, "image_size": list(data.image_size),
-            "background": "dark" if _dark_background(data.x_train) else "light",
+            "background": "dark" if _dark_background(head(data.x_train, 512)) else "light",
             "mean": list(data.mean), "std": list(data.std)}
 
 
@@ -137,7 +139,7 @@ def _log_model(run_id: str, model, data: ImageData) -> tuple[str, str]:
     """Log the model as a torch.export program: graph and weights, no pickled Python objects."""
     import mlflow
 
-    example = (data.x_test[:4].astype(np.float32) / 255.0)  # batch > 1: the batch dim stays dynamic
+    example = head(data.x_test, 4).astype(np.float32) / 255.0  # batch > 1: the batch dim stays dynamic
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(model, name="model", input_example=example,
                                         pip_requirements=pip_requirements(), serialization_format="pt2",
@@ -149,7 +151,7 @@ def _log_exports(tracker: Tracker, run_id: str, model, data: ImageData, formats:
     """TorchScript and ONNX files beside the logged model (artifact folder ``exports/``)."""
     import torch
 
-    example = torch.as_tensor(data.x_test[:4].astype(np.float32) / 255.0)
+    example = torch.as_tensor(head(data.x_test, 4).astype(np.float32) / 255.0)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         if "torchscript" in formats:

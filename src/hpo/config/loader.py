@@ -161,5 +161,22 @@ def _task_fits_dataset(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
     return None
 
 
+def _stream_needs_files(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    from hpo.config.study import FILE_DATASETS
+
+    d = config.dataset
+    if not d.stream:
+        return None
+    if d.name not in FILE_DATASETS:
+        return doc.error(("dataset", "stream"), f"dataset {d.name} is read into memory whole; streaming is for "
+                                                f"image files: {', '.join(FILE_DATASETS)}")
+    if d.image_size is None:
+        return doc.error(("dataset", "stream"), "streamed images need dataset.image_size (every batch is "
+                                                "decoded to that size)")
+    if "autokeras" in config.backends:
+        return doc.error(("dataset", "stream"), "the autokeras baseline needs the images in memory")
+    return None
+
+
 CHECKS: list[Check] = [_grace_within_epochs, _mode_follows_metric, _final_epochs_positive, _backends_installed,
-                       _task_fits_dataset]
+                       _task_fits_dataset, _stream_needs_files]

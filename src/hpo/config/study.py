@@ -13,6 +13,7 @@ from hpo.config.trial import Strict
 # kept in step with hpo.data.DATASETS by a test
 DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tiny_imagenet", "image_folder", "multilabel_csv")
 MULTILABEL_DATASETS = ("multilabel_csv",)
+FILE_DATASETS = ("tiny_imagenet", "image_folder", "multilabel_csv")  # decoded from image files: may stream
 
 # The search clock starts before the first trial's worker has imported torch and received the data,
 # which alone takes 3-5 s on 2 CPU cores: below this, not even the smallest model on the smallest
@@ -67,6 +68,9 @@ class DatasetConfig(Strict):
     image_size: int | None = Field(None, ge=8, le=1024)
     channels: Literal[1, 3] | None = None
     test_split: float = Field(0.2, gt=0.0, lt=1.0)
+    # Larger than memory: leave the images on disk; worker processes decode each batch ahead of the model
+    # (image-file datasets only; needs image_size).
+    stream: bool = False
     # multilabel_csv: the CSV (relative to data_dir), its image-path column, and its label columns
     # (default: every other column but "split"); a 0/1 column is one label, any other one label per value.
     csv: str = "labels.csv"

@@ -12,6 +12,10 @@ from hpo.config.study import DatasetConfig
 from hpo.data.fashion_mnist import load_fashion_mnist, load_mnist
 from hpo.data.formats import (load_cifar10, load_cifar100, load_image_folder, load_multilabel_csv,
                               load_tiny_imagenet)
+from hpo.data.streaming import FileImages
+
+
+STATS_SAMPLE = 2000  # streamed images: how many the normalisation statistics are taken from
 
 
 @dataclass
@@ -107,7 +111,12 @@ def load_data(config: DatasetConfig, seed: int) -> ImageData:
     train_index = np.setdiff1d(train_pool, val_index)  # sorted; the trainer shuffles every epoch
 
     x_train = source.x_train[train_index]
-    pixels = x_train.astype(np.float32) / 255.0
+    # normalisation statistics; streamed images: from a seeded sample of them (reading all is the point
+    # streaming avoids)
+    sample = x_train
+    if isinstance(x_train, FileImages) and len(x_train) > STATS_SAMPLE:
+        sample = x_train[np.sort(rng.choice(len(x_train), STATS_SAMPLE, replace=False))]
+    pixels = np.asarray(sample).astype(np.float32) / 255.0
     mean = tuple(float(m) for m in pixels.mean(axis=(0, 2, 3)))
     std = tuple(float(s) for s in pixels.std(axis=(0, 2, 3)))
     return ImageData(
@@ -127,7 +136,9 @@ def _strata(labels: np.ndarray) -> np.ndarray:
 def split_record(arrays: Mapping[str, np.ndarray]) -> dict[str, dict]:
     """Counts and SHA-256 digests of each split's source indices, images and labels: two backends that
     report the same record trained, validated and tested on the same examples."""
-    def digest(array: np.ndarray) -> str:
+    def digest(array) -> str:
+        if isinstance(array, FileImages):  # streamed: the files (reading every pixel is what it avoids)
+            return array.digest()
         return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
     return {part: {"count": int(len(arrays[f"y_{part}"])), "index_sha256": digest(arrays[f"{part}_index"]),

@@ -189,6 +189,22 @@ def cached_decode(key: str, paths: Sequence[Path], size: int | None, channels: i
     return array
 
 
+def images_from(config, key: str, paths: Sequence[Path]):
+    """The images of ``paths``: decoded into memory (cached), or with ``dataset.stream`` left on disk as
+    ``FileImages`` for worker processes to decode per batch."""
+    if not config.stream:
+        return cached_decode(key, paths, config.image_size, config.channels)
+    from PIL import Image
+
+    from hpo.data.streaming import FileImages
+
+    channels = config.channels
+    if channels is None and paths:
+        with Image.open(paths[0]) as first:
+            channels = 1 if first.mode in ("L", "1", "I;16", "I") else 3
+    return FileImages(tuple(str(p) for p in paths), config.image_size, channels or 3)
+
+
 def _require(data_dir: Path | None, name: str) -> Path:
     if data_dir is None:
         raise DataError(f"dataset {name} needs dataset.data_dir (or $HPO_DATA_DIR): the folder that holds it")
@@ -241,10 +257,10 @@ def load_tiny_imagenet(config, data_dir: Path | None):
             raise DataError(f"{annotations}: {fields[0]} has class {fields[1]}, which wnids.txt does not list")
         test_paths.append(root / "val" / "images" / fields[0])
         test_labels.append(index[fields[1]])
-    size, channels = config.image_size, config.channels or 3
+    config = config.model_copy(update={"channels": config.channels or 3})
     key = f"tiny_imagenet:{root.resolve()}"
-    return SourceData(cached_decode(key + ":train", train_paths, size, channels), np.array(train_labels),
-                      cached_decode(key + ":val", test_paths, size, channels), np.array(test_labels),
+    return SourceData(images_from(config, key + ":train", train_paths), np.array(train_labels),
+                      images_from(config, key + ":val", test_paths), np.array(test_labels),
                       [words.get(w, w) for w in wnids], str(root))
 
 
@@ -262,7 +278,6 @@ def load_image_folder(config, data_dir: Path | None):
     from hpo.data._private import SourceData
 
     root = _require(data_dir, "image_folder")
-    size, channels = config.image_size, config.channels
     if (root / "train").is_dir() and (root / "test").is_dir():
         train, test = _class_folders(root / "train"), _class_folders(root / "test")
         classes = sorted(set(train) | set(test))
@@ -272,7 +287,7 @@ def load_image_folder(config, data_dir: Path | None):
         for name, found in (("train", train), ("test", test)):
             paths = [p for c in classes for p in found.get(c, [])]
             labels = np.array([i for i, c in enumerate(classes) for _ in found.get(c, [])], dtype=np.int64)
-            parts[name] = (cached_decode(f"image_folder:{root.resolve()}:{name}", paths, size, channels), labels)
+            parts[name] = (images_from(config, f"image_folder:{root.resolve()}:{name}", paths), labels)
         return SourceData(*parts["train"], *parts["test"], classes, str(root))
     found = _class_folders(root)
     if len(found) < 2:
@@ -281,7 +296,7 @@ def load_image_folder(config, data_dir: Path | None):
     classes = sorted(found)
     paths = [p for c in classes for p in found[c]]
     labels = np.array([i for i, c in enumerate(classes) for _ in found[c]], dtype=np.int64)
-    images = cached_decode(f"image_folder:{root.resolve()}", paths, size, channels)
+    images = images_from(config, f"image_folder:{root.resolve()}", paths)
     train, test = _split(labels, config.test_split, seed=0)
     return SourceData(images[train], labels[train], images[test], labels[test], classes, str(root))
 
@@ -330,7 +345,7 @@ def load_multilabel_csv(config, data_dir: Path | None):
     absent = [str(p) for p in paths if not p.is_file()]
     if absent:
         raise DataError(f"{table}: {len(absent)} image file(s) listed but missing, e.g. {absent[0]}")
-    images = cached_decode(f"multilabel_csv:{table.resolve()}", paths, config.image_size, config.channels)
+    images = images_from(config, f"multilabel_csv:{table.resolve()}", paths)
     if "split" in columns:
         split = np.array([r["split"].strip().lower() for r in rows])
         train, test = np.flatnonzero(split != "test"), np.flatnonzero(split == "test")

@@ -14,10 +14,12 @@ from torch import nn
 
 from hpo.config.trial import ScheduleConfig, TrialConfig
 from hpo.data.augment import BatchAugment
+from hpo.data.streaming import FileImages, iterate_batches
 from hpo.models import Classifier, create_model
 from hpo.models.zoo import backbone_parts
 
 EVAL_BATCH = 1024
+STREAM_WORKERS = 2  # processes decoding streamed images ahead of the model
 
 
 @dataclass
@@ -43,8 +45,8 @@ class TrainData:
         # Arrays from Ray's object store are read-only views of shared memory; torch.as_tensor keeps them
         # shared (no copy per trial) and we never write to them.
         def t(a):
-            if a is None:
-                return None
+            if a is None or isinstance(a, FileImages):  # streamed images stay files until each batch
+                return a
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 return torch.as_tensor(a)
@@ -108,7 +110,9 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, d
     steps_per_epoch = math.ceil(len(data.y_train) / config.batch_size)
     scheduler = make_schedule(config.schedule, optimizer, config.optimizer.lr, epochs, steps_per_epoch)
     augment = BatchAugment(config.augment, gen, channels=data.x_train.shape[1])
-    x_train, y_train = data.x_train.to(dev), data.y_train.to(dev)
+    streamed = isinstance(data.x_train, FileImages)
+    x_train = data.x_train if streamed else data.x_train.to(dev)
+    y_train = data.y_train.to(dev)
     multilabel = data.multilabel
     soft = multilabel or augment.mixes_labels  # targets as probabilities / label vectors, mixable
     freezer = Freezer(model, config.transfer)
@@ -122,11 +126,11 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, d
         order = torch.randperm(len(y_train), generator=gen, device=dev)
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev)  # per-label hits / labels for a multi-label task
-        for i in range(0, len(order), config.batch_size):
-            batch = order[i: i + config.batch_size]
-            if len(batch) < 2:  # batch norm cannot train on a single sample
-                continue
-            x = to_float(x_train[batch])
+        # batch norm cannot train on a single sample: a last batch of one is left out
+        batches = [b for b in torch.split(order, config.batch_size) if len(b) >= 2]
+        decoded = iterate_batches(x_train, [b.cpu().numpy() for b in batches], STREAM_WORKERS) if streamed else None
+        for batch in batches:
+            x = to_float(next(decoded).to(dev, non_blocking=True) if streamed else x_train[batch])
             y = y_train[batch]
             targets = y
             if soft:
@@ -217,8 +221,11 @@ def predict_logits(model: nn.Module, x: torch.Tensor, *, device: torch.device | 
     dev = pick_device(device) if isinstance(device, str) else device
     model.eval()
     out = []
-    for i in range(0, len(x), EVAL_BATCH):
-        xb = to_float(x[i: i + EVAL_BATCH].to(dev)).contiguous(memory_format=torch.channels_last)
+    spans = [np.arange(i, min(i + EVAL_BATCH, len(x))) for i in range(0, len(x), EVAL_BATCH)]
+    chunks = iterate_batches(x, spans, STREAM_WORKERS) if isinstance(x, FileImages) else \
+        (x[i: i + EVAL_BATCH] for i in range(0, len(x), EVAL_BATCH))
+    for chunk in chunks:
+        xb = to_float(chunk.to(dev)).contiguous(memory_format=torch.channels_last)
         with autocast(dev, bf16):
             out.append(model(xb).float().cpu())
     return torch.cat(out)
