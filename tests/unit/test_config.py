@@ -4,6 +4,7 @@ import pytest
 
 from hpo.config import load_study
 from hpo.errors import StudyError, StudyErrors
+from hpo.testing import REPO_ROOT
 
 STUDY = """\
 name: t
@@ -33,7 +34,14 @@ def messages(exc_info) -> list[str]:
     return [str(e) for e in exc.errors] if isinstance(exc, StudyErrors) else [str(exc)]
 
 
-@pytest.mark.parametrize("name", ["smoke", "fashion_mnist"])
+SHIPPED = sorted(p.stem for p in (REPO_ROOT / "studies").glob("*.yaml"))
+
+
+def test_the_reference_studies_are_shipped():
+    assert {"fashion_mnist", "cifar10", "tiny_imagenet", "apparel_multilabel"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_studies_validate(repo_root, name):
     study = load_study(repo_root / "studies" / f"{name}.yaml")
     assert study.config.name
