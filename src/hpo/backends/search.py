@@ -80,6 +80,7 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
     metric, mode = c.objective.metric, c.objective.direction
     state = run_dir.state
     notes: list[str] = []
+    finished_before = state.stage not in SearchBackend.stages  # resumed in a later backend's stage
     if state.stage == "search":
         records = _search(run, parent, notes)
     else:
@@ -120,6 +121,9 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
             final = finalize(study, run.data, winner, records, tracker, parent, optuna_storage=run_dir.optuna_storage,
                              optuna_study=run_dir.optuna_study, best_epoch=best_epoch)
         run_dir.advance("finalize", final=asdict(final))
+    if finished_before:  # nothing ran now: what was recorded then stands
+        seconds = tracker.client.get_run(parent).data.metrics.get("wall_seconds", 0.0)
+        return SearchOutcome(parent, records, winner, final, seconds, run_dir.load_trials()[1], metric, mode)
     if final is not None:
         tracker.log_metrics(parent, {"test_accuracy": final.test_accuracy, "test_loss": final.test_loss})
     seconds = time.time() - run.start
