@@ -26,6 +26,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", type=Path, default=ROOT / "benchmarks" / "studies" / "autokeras.yaml")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to docs/BENCHMARKS.md")
+    parser.add_argument("--work", type=Path, help="the working folder of an interrupted run to continue "
+                                                  "(hpo run resumes it); default: a new temporary folder")
     args = parser.parse_args()
 
     import mlflow
@@ -34,7 +36,7 @@ def main() -> None:
     from hpo.report.compare import comparison_rows, latest_backend_runs, progress, progress_png
 
     study = load_study(args.study)
-    work = Path(tempfile.mkdtemp(prefix="bench-autokeras-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-autokeras-"))
     start = time.time()
     result = subprocess.run([sys.executable, "-m", "hpo.cli", "run", str(args.study.resolve())], cwd=work)
     wall = time.time() - start
@@ -63,7 +65,8 @@ def main() -> None:
              f"![best validation accuracy over time](img/{image.name})")
     record("Search vs AutoKeras on Fashion-MNIST, equal wall time", markdown_table(header, body), notes,
            dry_run=args.no_record)
-    shutil.rmtree(work, ignore_errors=True)
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ finished trials, so a killed worker started again continues the search instead o
 
 The spec's keys: ``data``, ``events``, ``directory``, ``tuner``, ``max_trials``, ``epochs``, ``batch_size``,
 ``deadline`` (epoch seconds or null), ``seed``, ``objective``, ``retrain_on`` ("train+val" | "train"),
-``final_epochs`` (an int or "best"), ``threads``, ``driver_pid`` (the worker exits when that process is
+``final_epochs`` (an int or "best"), ``threads``, ``memory_bytes`` (the cap on what the search may
+allocate), ``driver_pid`` (the worker exits when that process is
 gone).
 """
 
@@ -172,9 +173,15 @@ def main(spec_path: str) -> None:
         num_classes=int(spec["num_classes"]), max_trials=int(spec["max_trials"]), directory=spec["directory"],
         project_name="autokeras", objective=spec["objective"], overwrite=False, seed=spec["seed"],
         tuner=logged_tuner(tuner_class(spec["tuner"]), spec, emit))
-    classifier.fit(nhwc(arrays["x_train"]), arrays["y_train"],
-                   validation_data=(nhwc(arrays["x_val"]), arrays["y_val"]),
-                   epochs=int(spec["epochs"]), batch_size=int(spec["batch_size"]), verbose=0)
+    # A model too big for this machine (AutoKeras' ResNet50 at 224 px takes ~22 GB on a CPU) fails its
+    # trial with an allocation error, which Keras Tuner records, instead of waking the OOM killer.
+    from hpo.backends.limits import memory_cap
+
+    on_gpu = keras.backend.backend() == "torch" and __import__("torch").cuda.is_available()
+    with memory_cap(spec.get("memory_bytes"), None, "cuda" if on_gpu else "cpu"):
+        classifier.fit(nhwc(arrays["x_train"]), arrays["y_train"],
+                       validation_data=(nhwc(arrays["x_val"]), arrays["y_val"]),
+                       epochs=int(spec["epochs"]), batch_size=int(spec["batch_size"]), verbose=0)
 
     model = classifier.export_model()
     pipeline = classifier.tuner.get_best_pipeline()

@@ -165,6 +165,14 @@ class AutoKerasBackend:
         self.tracker.log_split(run_id, self.data.split_record())
         return run_id
 
+    def memory_cap(self) -> int:
+        """What the AutoKeras search may allocate: ``resources.memory_per_trial``, else 3/4 of this
+        machine's memory (a model that needs more fails its trial instead of the machine)."""
+        configured = self.study.config.resources.memory_per_trial
+        if configured:
+            return int(configured)
+        return int(0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
     @property
     def max_trials(self) -> int:
         c = self.study.config
@@ -203,7 +211,7 @@ class AutoKerasBackend:
                 "batch_size": c.autokeras.batch_size, "seed": c.seed, "num_classes": self.data.num_classes,
                 "objective": c.objective.metric, "deadline": None if left is None else time.time() + left,
                 "retrain_on": c.final.retrain_on, "final_epochs": c.final.epochs,
-                "threads": os.cpu_count(), "driver_pid": os.getpid()}
+                "threads": os.cpu_count(), "driver_pid": os.getpid(), "memory_bytes": self.memory_cap()}
         spec_file = self.folder / "spec.json"
         spec_file.write_text(json.dumps(spec, indent=1))
         env = {**os.environ, "KERAS_BACKEND": c.autokeras.keras_backend, "PYTHONUNBUFFERED": "1",
