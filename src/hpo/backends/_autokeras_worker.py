@@ -84,10 +84,18 @@ def logged_tuner(base: type, spec: dict, emit: Events) -> type:
             _, history = fit_with_adaptive_batch_size(model, **kwargs)
             return history
 
+        def _past_deadline(self) -> bool:
+            """Past the time budget: this trial stops at its next batch and no other starts."""
+            if deadline is not None and time.time() >= deadline and not self._out_of_time:
+                self._out_of_time = True
+                self.oracle.max_trials = len(self.oracle.trials)
+            return self._out_of_time
+
         def on_trial_begin(self, trial):
             super().on_trial_begin(trial)
             emit("trial_begin", trial=trial.trial_id, params=dict(trial.hyperparameters.values))
             self._epoch_start = time.time()
+            self._past_deadline()  # a trial begun after the deadline (a resumed run) trains one batch
 
         def on_epoch_end(self, trial, model, epoch, logs=None):
             super().on_epoch_end(trial, model, epoch, logs)
@@ -99,10 +107,8 @@ def logged_tuner(base: type, spec: dict, emit: Events) -> type:
         def on_batch_end(self, trial, model, batch, logs=None):
             super().on_batch_end(trial, model, batch, logs)
             orphaned()
-            if deadline is not None and time.time() >= deadline and not self._out_of_time:
-                self._out_of_time = True  # finish this trial now and start no other
+            if self._past_deadline():
                 model.stop_training = True
-                self.oracle.max_trials = len(self.oracle.trials)
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
