@@ -111,6 +111,11 @@ class _Trial:
         return row[metric], row["epoch"]
 
 
+class _Quiet:
+    def update(self, *_args) -> None:
+        pass
+
+
 class AutoKerasBackend:
     """Runs the baseline for one study run; ``run()`` returns its result. Continues a killed baseline:
     Keras Tuner keeps finished trials in ``<run folder>/autokeras/``, their MLflow runs are kept, and the
@@ -128,6 +133,7 @@ class AutoKerasBackend:
         self.final_params: dict = {}
         self.done: dict | None = None
         self.search_seconds = 0.0
+        self._begin, self._elapsed_before = time.time(), 0.0
 
     # ----------------------------------------------------------------------------------- the run
     def run(self) -> BaselineResult:
@@ -143,8 +149,9 @@ class AutoKerasBackend:
             state = {"run_id": parent, "elapsed": 0.0}
             self.run_dir.advance("baseline", baseline=state)
         else:
+            self.parent = parent
             self.tracker.reopen(parent, {"hpo.attempts": self.run_dir.state.attempts})
-            self._adopt_children(parent)
+            self._adopt_children(parent, state)
         self.parent = parent
         elapsed_before = float(state.get("elapsed", 0.0))
         with self.tracker.finishing(parent):
@@ -178,20 +185,44 @@ class AutoKerasBackend:
         c = self.study.config
         return c.autokeras.max_trials or c.budget.trials
 
-    def _adopt_children(self, parent: str) -> None:
-        """After a kill: keep finished trial runs, drop the one cut off and any unfinished final run."""
-        for old in self.tracker.child_runs(parent, "final"):
-            self.tracker.delete_run(old.info.run_id)
+    def _adopt_children(self, parent: str, state: dict) -> None:
+        """After a kill: take over the trial runs, log what the dead worker wrote that the dead driver had
+        not read (``state["offset"]`` on), then drop what was cut off: a trial still running (Keras Tuner
+        runs it again) and an unfinished final run (the worker redoes the final fit)."""
         for old in self.tracker.child_runs(parent, "trial"):
             key = old.data.tags.get("hpo.trial_id", "")
-            if old.info.status == "RUNNING":
-                self.tracker.delete_run(old.info.run_id)
-                continue
             trial = _Trial(key, int(old.data.tags.get("hpo.number", 0)), old.info.run_id, {},
-                           status=old.data.tags.get("hpo.status", "completed"))
+                           status="running" if old.info.status == "RUNNING" else
+                           old.data.tags.get("hpo.status", "completed"))
             for m in self.tracker.client.get_metric_history(old.info.run_id, "val_accuracy"):
                 trial.history.append({"epoch": m.step, "val_accuracy": m.value})
             self.trials[key] = trial
+        events = self.folder / "events.jsonl"
+        if events.exists():
+            with events.open() as fh:
+                fh.seek(state.get("offset", 0))
+                self._drain(fh, None, state)
+        for key, trial in list(self.trials.items()):
+            if trial.status == "running":
+                self.tracker.delete_run(trial.run_id)
+                del self.trials[key]
+        for old in self.tracker.child_runs(parent, "final"):
+            self.tracker.delete_run(old.info.run_id)
+        self.final_run, self.done = None, None
+
+    def _drain(self, fh, status, state: dict) -> int:
+        """Handle every complete event line from ``fh``'s position on (a line still being written waits);
+        the offset reached goes into ``state``. Returns how many were handled."""
+        handled = 0
+        while True:
+            position = fh.tell()
+            line = fh.readline()
+            if not line.endswith("\n"):
+                fh.seek(position)
+                return handled
+            self._on_event(json.loads(line), status)
+            state["offset"] = fh.tell()
+            handled += 1
 
     def _run_worker(self, elapsed_before: float, state: dict) -> None:
         c = self.study.config
@@ -204,7 +235,8 @@ class AutoKerasBackend:
             tmp.replace(data_file)
         events = self.folder / "events.jsonl"
         events.touch()
-        offset = events.stat().st_size  # earlier attempts' events are already in MLflow
+        offset = events.stat().st_size  # earlier attempts' events are in MLflow (see _adopt_children)
+        state["offset"] = offset
         left = None if c.budget.time is None else max(0.0, c.budget.time - elapsed_before)
         spec = {"data": str(data_file), "events": str(events), "directory": str(self.folder / "tuner"),
                 "tuner": c.autokeras.tuner, "max_trials": self.max_trials, "epochs": c.budget.max_epochs,
@@ -227,10 +259,10 @@ class AutoKerasBackend:
                     fh.seek(offset)
                     while True:
                         exited = worker.poll() is not None
-                        for line in fh.readlines():
-                            if line.endswith("\n"):
-                                self._on_event(json.loads(line), status)
+                        handled = self._drain(fh, status, state)
                         state["elapsed"] = elapsed_before + (time.time() - begin)
+                        if handled:  # a kill from here on loses neither the events read nor the time spent
+                            self.run_dir.advance(self.run_dir.state.stage, baseline=state)
                         if exited:
                             break
                         time.sleep(POLL_SECONDS)
@@ -250,7 +282,10 @@ class AutoKerasBackend:
 
     # ----------------------------------------------------------------------------------- events
     def _on_event(self, event: dict, status) -> None:
+        """One event from the worker into MLflow (``status``: the terminal's spinner, None on replay)."""
         kind = event["event"]
+        if status is None:
+            status = _Quiet()
         c = self.study.config
         if kind == "split":
             # what the worker process itself read and trained on, digested there
