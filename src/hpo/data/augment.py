@@ -197,9 +197,9 @@ def geometric(x: torch.Tensor, c: AugmentConfig, generator: torch.Generator | No
         k[:, 1, 1], k[:, 1, 2] = torch.where(picked, h, 1.0), torch.where(picked, cy, 0.0)
         theta = k @ theta
     grid = F.affine_grid(theta[:, :2].to(x.dtype), [m, *x.shape[1:]], align_corners=False)
-    out = x.clone()
-    out[idx] = F.grid_sample(x[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out
+    moved = F.grid_sample(x.index_select(0, idx), grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False)
+    return x.clone().index_copy_(0, idx, moved)
 
 
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
