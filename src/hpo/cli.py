@@ -202,7 +202,8 @@ def predict(
         print(json.dumps([p.as_dict() for p in predictions], indent=2))
         return
     for p in predictions:
-        out.print(f"[bold]{p.image}[/]  " + "  ".join(f"{c} {prob:.1%}" for c, prob in p.top), highlight=False)
+        out.print(f"[bold]{p.image}[/]  " + "  ".join(f"{c} {prob:.1%}" for c, prob in p.top), highlight=False,
+                  soft_wrap=True)  # one line per image, however long: scripts split it
 
 
 @app.command()

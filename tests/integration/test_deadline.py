@@ -33,7 +33,7 @@ def test_search_and_finalize_end_before_a_deadline_two_minutes_away(tmp_path, da
     assert finished < deadline.timestamp(), f"finished {finished - deadline.timestamp():.0f} s after the deadline"
     assert "min before the deadline" in result.stderr
 
-    run_dir = next((tmp_path / "runs" / "smoke").iterdir())
+    (run_dir,) = [d for d in (tmp_path / "runs" / "smoke").iterdir() if d.is_dir()]  # not .open.lock
     assert json.loads((run_dir / "state.json").read_text())["stage"] == "done"
     trials = json.loads((run_dir / "trials.json").read_text())["trials"]
     assert 4 <= len(trials) < 500  # the search ran, and the deadline, not the trial budget, ended it
