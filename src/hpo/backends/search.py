@@ -256,12 +256,3 @@ def _print_trials(console: Console, study: Study, records: list[TrialRecord]) ->
     console.print(table)
 
 
-def _print_trials(console: Console, study: Study, records: list[TrialRecord]) -> None:
-    table = Table(title=f"study {study.name}: trials", title_justify="left")
-    for col in ("trial", "status", "attempts", "epochs", "reason"):
-        table.add_column(col)
-    for r in records:
-        table.add_row(str(r.number), r.status, str(r.attempts), str(r.epochs), r.error or "")
-    console.print(table)
-
-

@@ -43,10 +43,35 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int 
     return float(ece), rows
 
 
+def roc_png(positives: np.ndarray, scores: np.ndarray, names: Sequence[str], path: Path, title: str) -> list[float]:
+    """One ROC curve per column of ``positives`` (bool, N x K) against ``scores``; returns each column's
+    ROC-AUC (NaN where a column is all one value)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    aucs = []
+    for j, name in enumerate(names):
+        column = positives[:, j]
+        if column.all() or not column.any():
+            aucs.append(float("nan"))
+            continue
+        fpr, tpr, _ = roc_curve(column, scores[:, j])
+        aucs.append(float(roc_auc_score(column, scores[:, j])))
+        ax.plot(fpr, tpr, lw=1.2, label=f"{name} (AUC {aucs[-1]:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return aucs
+
+
 def write_evaluation(logits: np.ndarray, y_true: np.ndarray, images: np.ndarray, classes: Sequence[str],
                      out: Path, title: str) -> dict[str, float]:
     """Write every evaluation artifact into ``out``; return the summary metrics to log."""
-    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
+    from sklearn.metrics import precision_recall_fscore_support
 
     n = len(classes)
     probs = softmax(logits.astype(np.float64))
@@ -61,23 +86,9 @@ def write_evaluation(logits: np.ndarray, y_true: np.ndarray, images: np.ndarray,
 
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=range(n),
                                                                      zero_division=0)
-    aucs = []
+    aucs = roc_png(np.stack([y_true == c for c in range(n)], 1), probs, classes, out / "roc_curves.png",
+                   f"{title}: one-vs-rest ROC")
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
-    for c in range(n):
-        positives = y_true == c
-        if positives.all() or not positives.any():
-            aucs.append(float("nan"))
-            continue
-        fpr, tpr, _ = roc_curve(positives, probs[:, c])
-        aucs.append(float(roc_auc_score(positives, probs[:, c])))
-        ax.plot(fpr, tpr, lw=1.2, label=f"{classes[c]} (AUC {aucs[-1]:.3f})")
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: one-vs-rest ROC")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "roc_curves.png")
-    plt.close(fig)
 
     with (out / "per_class_metrics.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -136,30 +147,15 @@ def write_multilabel_evaluation(logits: np.ndarray, y_true: np.ndarray, labels: 
     """A multi-label task's evaluation: per-label accuracy, precision, recall, F1 and ROC-AUC
     (``per_label_metrics.csv``), subset accuracy, Hamming loss, ROC curves per label and a bar chart of
     per-label accuracy and ROC-AUC. Returns the metrics to log, per label among them."""
-    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
+    from sklearn.metrics import precision_recall_fscore_support
 
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     y_true = (y_true > 0.5).astype(np.int64)
     y_pred = (probs >= 0.5).astype(np.int64)
     per_label_acc = (y_pred == y_true).mean(axis=0)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
-    aucs = []
+    aucs = roc_png(y_true.astype(bool), probs, labels, out / "roc_curves.png", f"{title}: ROC per label")
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
-    for j, label in enumerate(labels):
-        column = y_true[:, j]
-        if column.all() or not column.any():
-            aucs.append(float("nan"))
-            continue
-        fpr, tpr, _ = roc_curve(column, probs[:, j])
-        aucs.append(float(roc_auc_score(column, probs[:, j])))
-        ax.plot(fpr, tpr, lw=1.2, label=f"{label} (AUC {aucs[-1]:.3f})")
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: ROC per label")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "roc_curves.png")
-    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(labels) + 2), 4.5), dpi=110)
     xs = np.arange(len(labels))
