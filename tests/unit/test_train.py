@@ -101,3 +101,31 @@ def test_train_data_shares_the_arrays(fashion_subset):
     td = TrainData.from_arrays(x, d.y_train, None, None, 10, d.mean, d.std)
     assert td.x_train.data_ptr() == x.__array_interface__["data"][0]
     assert np.shares_memory(td.x_train.numpy(), x)
+
+
+def test_flatten_sends_its_gradient_back_channels_last_while_training_only():
+    from torch import nn
+
+    from hpo.train.loop import channels_last_gradients
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 13 * 13, 4))
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.rand(6, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    seen = []
+    net[2].register_full_backward_hook(lambda m, grad_in, grad_out: seen.append(grad_out[0]))
+
+    def grads():
+        net.zero_grad()
+        net(x).square().sum().backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    plain = grads()
+    assert not seen[-1].is_contiguous(memory_format=torch.channels_last)  # Flatten's own NCHW gradient
+    with channels_last_gradients(net):
+        fixed = grads()
+        assert seen[-1].is_contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            assert torch.equal(net(x), net(x))  # inference is untouched
+    assert all(torch.allclose(a, b) for a, b in zip(plain, fixed))
+    assert not net[3]._forward_pre_hooks  # removed afterwards

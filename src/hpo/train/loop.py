@@ -3,8 +3,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -102,10 +102,9 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, d
 
     if model is None:
         model = create_model(config.model, data.x_train.shape[1], data.num_classes, data.mean, data.std)
-    model = model.to(dev)
     # channels_last + bf16 autocast: 2-3.4x faster for these CNNs on a Zen 4 CPU (AVX-512 bf16) and the
     # tensor-core path on GPUs. Master weights and the loss stay fp32.
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(dev, memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)
     steps_per_epoch = math.ceil(len(data.y_train) / config.batch_size)
     scheduler = make_schedule(config.schedule, optimizer, config.optimizer.lr, epochs, steps_per_epoch)
@@ -119,63 +118,64 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, d
 
     result = TrainResult(model=model)
     best, since_best = -math.inf, 0
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        freezer.epoch_begins(epoch)
-        order = torch.randperm(len(y_train), generator=gen, device=dev)
-        loss_sum = torch.zeros((), device=dev)
-        correct = torch.zeros((), device=dev)  # per-label hits / labels for a multi-label task
-        # batch norm cannot train on a single sample: a last batch of one is left out
-        batches = [b for b in torch.split(order, config.batch_size) if len(b) >= 2]
-        decoded = iterate_batches(x_train, [b.cpu().numpy() for b in batches], STREAM_WORKERS) if streamed else None
-        for batch in batches:
-            x = to_float(next(decoded).to(dev, non_blocking=True) if streamed else x_train[batch])
-            y = y_train[batch]
-            targets = y
-            if soft:
-                targets = y.float() if multilabel else F.one_hot(y, data.num_classes).float()
-            if augment.active:
-                x, targets = augment(x, targets) if soft else (augment(x), targets)
-            with autocast(dev, bf16):
-                logits = model(x.contiguous(memory_format=torch.channels_last))
-            loss = loss_fn(logits.float(), targets, multilabel=multilabel, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * len(batch)
-            if multilabel:
-                correct += ((logits > 0) == (y > 0)).float().mean(1).sum()
-            else:
-                correct += (logits.argmax(1) == y).sum()
-        if not torch.isfinite(loss_sum):
-            raise FloatingPointError(f"training loss became {loss_sum.item()} in epoch {epoch}")
+    with channels_last_gradients(model):
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            freezer.epoch_begins(epoch)
+            order = torch.randperm(len(y_train), generator=gen, device=dev)
+            loss_sum = torch.zeros((), device=dev)
+            correct = torch.zeros((), device=dev)  # per-label hits / labels for a multi-label task
+            # batch norm cannot train on a single sample: a last batch of one is left out
+            batches = [b for b in torch.split(order, config.batch_size) if len(b) >= 2]
+            decoded = iterate_batches(x_train, [b.cpu().numpy() for b in batches], STREAM_WORKERS) if streamed else None
+            for batch in batches:
+                x = to_float(next(decoded).to(dev, non_blocking=True) if streamed else x_train[batch])
+                y = y_train[batch]
+                targets = y
+                if soft:
+                    targets = y.float() if multilabel else F.one_hot(y, data.num_classes).float()
+                if augment.active:
+                    x, targets = augment(x, targets) if soft else (augment(x), targets)
+                with autocast(dev, bf16):
+                    logits = model(x.contiguous(memory_format=torch.channels_last))
+                loss = loss_fn(logits.float(), targets, multilabel=multilabel, label_smoothing=config.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.detach() * len(batch)
+                if multilabel:
+                    correct += ((logits > 0) == (y > 0)).float().mean(1).sum()
+                else:
+                    correct += (logits.argmax(1) == y).sum()
+            if not torch.isfinite(loss_sum):
+                raise FloatingPointError(f"training loss became {loss_sum.item()} in epoch {epoch}")
 
-        n = len(y_train)
-        val_loss = val_acc = None
-        if data.x_val is not None:
-            val_loss, val_acc = evaluate(model, data.x_val, data.y_val, device=dev, bf16=bf16)
-        seconds = time.perf_counter() - start
+            n = len(y_train)
+            val_loss = val_acc = None
+            if data.x_val is not None:
+                val_loss, val_acc = evaluate(model, data.x_val, data.y_val, device=dev, bf16=bf16)
+            seconds = time.perf_counter() - start
 
-        patience = config.early_stopping.patience
-        if patience and val_acc is not None:
-            if val_acc > best + config.early_stopping.min_delta:
-                best, since_best = val_acc, 0
-            else:
-                since_best += 1
-        stop = bool(patience) and since_best >= patience
-        epoch_result = EpochResult(
-            epoch=epoch, train_loss=loss_sum.item() / n, train_accuracy=correct.item() / n,
-            val_loss=val_loss, val_accuracy=val_acc, lr=optimizer.param_groups[0]["lr"],
-            seconds=seconds, images_per_second=n / seconds, early_stop=stop,
-        )
-        result.history.append(epoch_result)
-        if report is not None:
-            report(epoch_result, model)
-        if stop:
-            result.stopped_early = True
-            break
+            patience = config.early_stopping.patience
+            if patience and val_acc is not None:
+                if val_acc > best + config.early_stopping.min_delta:
+                    best, since_best = val_acc, 0
+                else:
+                    since_best += 1
+            stop = bool(patience) and since_best >= patience
+            epoch_result = EpochResult(
+                epoch=epoch, train_loss=loss_sum.item() / n, train_accuracy=correct.item() / n,
+                val_loss=val_loss, val_accuracy=val_acc, lr=optimizer.param_groups[0]["lr"],
+                seconds=seconds, images_per_second=n / seconds, early_stop=stop,
+            )
+            result.history.append(epoch_result)
+            if report is not None:
+                report(epoch_result, model)
+            if stop:
+                result.stopped_early = True
+                break
     return result
 
 
@@ -202,6 +202,41 @@ class Freezer:
             self._set(self.stages[-t.unfreeze_last:], frozen=False)
         for stage in self.frozen:
             stage.eval()  # frozen batch norm keeps its (pretrained) statistics
+
+
+class _ChannelsLastGrad(torch.autograd.Function):
+    """Identity forward; the gradient goes back channels_last."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
+def _flatten_input(module: nn.Module, args: tuple) -> tuple | None:
+    x = args[0]
+    if x.ndim == 4 and x.requires_grad and not x.is_contiguous() and \
+            x.is_contiguous(memory_format=torch.channels_last):
+        return (_ChannelsLastGrad.apply(x), *args[1:])
+    return None
+
+
+@contextmanager
+def channels_last_gradients(model: nn.Module) -> Iterator[None]:
+    """While training, send the gradient of each ``nn.Flatten`` of a channels_last feature map back
+    channels_last. Flatten makes its own (N, C*H*W) copy in NCHW order, so its gradient arrives NCHW, and
+    the layer before it (typically a max-pool) then converts layouts in its backward: on a 2-conv CNN on
+    the CPU, two full-size copies per step that cost more than the pool itself
+    (benchmarks/trainer_vs_baseline.py). The hooks are removed afterwards."""
+    handles = [m.register_forward_pre_hook(_flatten_input) for m in model.modules() if isinstance(m, nn.Flatten)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
