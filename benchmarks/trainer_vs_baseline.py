@@ -101,7 +101,7 @@ class HpoTrainer:
     ``batches`` batches of images; the module keeps its weights between chunks."""
 
     def __init__(self, build, x: np.ndarray, y: np.ndarray, batch: int, threads: int,
-                 flatten_fix: bool = True) -> None:
+                 flatten_fix: bool = True, compile: bool = False) -> None:
         from hpo.config.trial import TrialConfig
         from hpo.models import Classifier
 
@@ -109,7 +109,8 @@ class HpoTrainer:
             "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0},
             "schedule": {"name": "constant", "warmup_fraction": 0.0}, "batch_size": batch,
             "augment": {"hflip": 0.5, "rotate": 1.0, "rotate_degrees": 10.0}})
-        self.x, self.y, self.threads, self.offset, self.flatten_fix = x, y, threads, 0, flatten_fix
+        self.x, self.y, self.threads, self.offset = x, y, threads, 0
+        self.flatten_fix, self.compile = flatten_fix, compile
         torch.manual_seed(0)
         self.model = Classifier(build(), (0.0,), (1.0,))
 
@@ -123,7 +124,8 @@ class HpoTrainer:
         if not self.flatten_fix:  # ablation: Flatten's gradient goes back NCHW, as in plain PyTorch
             loop.channels_last_gradients = lambda model: contextlib.nullcontext()
         try:
-            result = train(self.config, data, epochs=1, seed=self.offset, threads=self.threads, model=self.model)
+            result = train(self.config, data, epochs=1, seed=self.offset, threads=self.threads, model=self.model,
+                           compile=self.compile)
         finally:
             loop.channels_last_gradients = fix
         return result.history[-1].seconds
@@ -136,6 +138,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=16, help="batches per turn")
     parser.add_argument("--rounds", type=int, default=24, help="turns of each loop, after a warm-up turn")
+    parser.add_argument("--compile", action="store_true", help="also time the trainer with torch.compile")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -153,6 +156,8 @@ def main() -> None:
         loops = {"hand-written": HandWrittenLoop(build, x, y, args.batch),
                  "hpo": HpoTrainer(build, x, y, args.batch, args.threads),
                  "hpo, no Flatten fix": HpoTrainer(build, x, y, args.batch, args.threads, flatten_fix=False)}
+        if args.compile:  # the warm-up turn compiles
+            loops["hpo + torch.compile"] = HpoTrainer(build, x, y, args.batch, args.threads, compile=True)
         seconds: dict[str, list[float]] = {k: [] for k in loops}
         for round_ in range(args.rounds + 1):
             for key, loop in loops.items():
@@ -161,24 +166,26 @@ def main() -> None:
                 if round_:  # round 0 warms up
                     seconds[key].append(took)
             if round_ and round_ % 6 == 0:
-                base, fast, unfixed = (images * round_ / sum(seconds[k]) for k in loops)
-                print(f"{name}, {round_} rounds: {base:,.0f} vs {fast:,.0f} img/s ({fast / base:.2f}x); "
-                      f"without the Flatten fix {unfixed:,.0f} img/s", flush=True)
-        base, fast, unfixed = (images * args.rounds / sum(seconds[k]) for k in loops)
+                print(f"{name}, {round_} rounds: " + ", ".join(
+                    f"{k} {images * round_ / sum(seconds[k]):,.0f}" for k in loops) + " img/s", flush=True)
+        rate = {k: images * args.rounds / sum(seconds[k]) for k in loops}
+        base = rate["hand-written"]
         ratios = sorted(b / f for b, f in zip(seconds["hand-written"], seconds["hpo"]))
         quartiles = statistics.quantiles(ratios, n=4)
-        rows.append([name, f"{base:,.0f}", f"{fast:,.0f}", f"**{fast / base:.2f}x**",
-                     f"{quartiles[0]:.2f}-{quartiles[2]:.2f}x", f"{unfixed:,.0f} ({unfixed / base:.2f}x)"])
+        rows.append([name, f"{base:,.0f}", f"{rate['hpo']:,.0f}", f"**{rate['hpo'] / base:.2f}x**",
+                     f"{quartiles[0]:.2f}-{quartiles[2]:.2f}x"] +
+                    [f"{rate[k]:,.0f} ({rate[k] / base:.2f}x)" for k in list(loops)[2:]])
+    extra = ["hpo without the Flatten fix (img/s)"] + (["hpo + torch.compile (img/s)"] if args.compile else [])
     table = markdown_table(["model", "hand-written loop (img/s)", "hpo trainer (img/s)", "ratio",
-                            "ratio per round, middle half", "hpo without the Flatten fix (img/s)"], rows)
+                            "ratio per round, middle half", *extra], rows)
     notes = (f"Real Fashion-MNIST training images ({len(y):,}), batch {args.batch}, {args.threads} threads. The two "
              f"loops take turns, {args.chunk} batches ({images:,} images) each, {args.rounds} turns each after "
              "a warm-up turn, so that both see the same minutes of this VM, whose speed drifts by tens of "
              "percent; images/s is all the images over all the time of each. Both train the same nn.Module "
              "(it keeps its weights between turns) with SGD (momentum 0.9), flip p=0.5 and rotation up to "
-             "10 degrees. The last column turns off `channels_last_gradients` (hpo/train/loop.py), which sends "
-             "Flatten's gradient back channels_last: without it the max-pool before Flatten converts layouts in "
-             "its backward.")
+             "10 degrees. \"Without the Flatten fix\" turns off `channels_last_gradients` (hpo/train/loop.py), "
+             "which sends Flatten's gradient back channels_last: without it the max-pool before Flatten "
+             "converts layouts in its backward.")
     record("Trainer vs hand-written loop (images/s)", table, notes, dry_run=args.no_record)
 
 

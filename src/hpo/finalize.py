@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +49,8 @@ def pip_requirements() -> list[str]:
 
 def finalize(study: Study, data: ImageData, winner: TrialRecord, records: list[TrialRecord], tracker: Tracker,
              parent_run: str, *, optuna_storage: str | None = None, optuna_study: str | None = None,
-             best_epoch: int | None = None,
-             threads: int | None = None) -> FinalResult:
+             best_epoch: int | None = None, threads: int | None = None,
+             progress: Callable[[str], None] | None = None) -> FinalResult:
     import torch
 
     from hpo.report import learning_curves_png
@@ -79,9 +80,12 @@ def finalize(study: Study, data: ImageData, winner: TrialRecord, records: list[T
 
         def report(epoch, _model) -> None:
             tracker.log_metrics(run_id, epoch.metrics(), step=epoch.epoch)
+            if progress is not None:
+                progress(f"epoch {epoch.epoch}/{epochs}: train_accuracy {epoch.train_accuracy:.4f}, "
+                         f"{epoch.seconds:.0f} s")
 
         result = train(winner.config, train_data, epochs=epochs, seed=c.seed,
-                       threads=threads or os.cpu_count(), report=report)
+                       threads=threads or os.cpu_count(), report=report, compile=c.resources.compile)
         model = result.model.cpu().to(memory_format=torch.contiguous_format).eval()
 
         logits = predict_logits(model, data.x_test if isinstance(data.x_test, FileImages) else

@@ -41,13 +41,14 @@ class RecheckResult:
     candidates: list[Candidate]
 
 
-def _train_task(config_json: dict, data: ImageData, epochs: int, seed: int, threads: int) -> list[dict]:
+def _train_task(config_json: dict, data: ImageData, epochs: int, seed: int, threads: int,
+                compile: bool = False) -> list[dict]:
     from hpo.train import TrainData, train
 
     config = TrialConfig.model_validate(config_json)
     train_data = TrainData.from_arrays(data.x_train, data.y_train, data.x_val, data.y_val, data.num_classes,
                                        data.mean, data.std)
-    result = train(config, train_data, epochs=epochs, seed=seed, threads=threads)
+    result = train(config, train_data, epochs=epochs, seed=seed, threads=threads, compile=compile)
     return [{"epoch": e.epoch, **e.metrics()} for e in result.history]
 
 
@@ -68,7 +69,7 @@ def recheck(study: Study, data: ImageData, records: list[TrialRecord], tracker: 
     data_ref = ray.put(data)
     threads = max(1, math.floor(c.resources.cpus_per_trial))
     pending = {task.remote(cand.record.config.model_dump(mode="json"), data_ref, c.budget.max_epochs, seed,
-                           threads): (cand, seed)
+                           threads, c.resources.compile): (cand, seed)
                for cand in candidates for seed in seeds}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)

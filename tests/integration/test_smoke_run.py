@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 
 import numpy as np
 import pytest
@@ -19,6 +20,13 @@ EVALUATION = {"confusion_matrix.png", "confusion_matrix_normalized.png", "confus
 def test_finishes_within_three_minutes_and_prints_a_summary(smoke_run):
     assert smoke_run.seconds < 180
     assert "test accuracy" in smoke_run.stderr and "models:/smoke/" in smoke_run.stderr
+
+
+def test_a_log_shows_every_epoch_of_the_search_and_the_final_stage(smoke_run):
+    # no terminal here: one line per event, so that long trials and a long retrain are never silent
+    assert re.search(r"trial \d+ epoch 1/2: val_accuracy 0\.\d{4}, \d+ s", smoke_run.stderr)
+    assert re.search(r"finalize: retraining trial #\d+ on train\+val, epoch 1/\d: train_accuracy 0\.\d{4}",
+                     smoke_run.stderr)
 
 
 def test_one_study_run_with_its_resolved_config(smoke_runs):

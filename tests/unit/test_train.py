@@ -129,3 +129,16 @@ def test_flatten_sends_its_gradient_back_channels_last_while_training_only():
             assert torch.equal(net(x), net(x))  # inference is untouched
     assert all(torch.allclose(a, b) for a, b in zip(plain, fixed))
     assert not net[3]._forward_pre_hooks  # removed afterwards
+
+
+def test_compile_trains_through_torch_compile_and_returns_the_eager_model(train_data):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    config = small(model={"depth": 1, "width": 8}, augment={})
+    result = train(config, train_data, epochs=2, seed=0, threads=2, compile=True)
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo captured the training forward
+    assert not isinstance(result.model, torch._dynamo.eval_frame.OptimizedModule)
+    assert not any(k.startswith("_orig_mod") for k in result.model.state_dict())
+    assert result.history[-1].val_accuracy > 0.5  # chance is 0.10
+    assert result.history[-1].train_loss < result.history[0].train_loss

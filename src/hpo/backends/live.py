@@ -40,6 +40,7 @@ class LiveView:
                                  TimeElapsedColumn(), TextColumn("{task.fields[budget]}"))
         self.task = self.progress.add_task("trials", total=trials, budget=self._budget_text())
         self.start = time.time()
+        self.epochs_shown: dict[str, int] = {}
         # On a terminal: a live table. Elsewhere (CI logs, nohup): one line per trial event instead.
         self.interactive = self.console.is_terminal
         self.live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2,
@@ -67,12 +68,20 @@ class LiveView:
         return Group(table, self.progress)
 
     def trial_changed(self, record: TrialRecord) -> None:
-        """Called by the driver's callback when a trial starts or ends."""
+        """Called by the driver's callback when a trial starts, reports an epoch or ends."""
         if self.interactive:
             return
         elapsed = time.time() - self.start
         done = sum(1 for r in self.records if r.status not in ACTIVE)
-        if record.status == "running":
+        shown, self.epochs_shown[record.trial_id] = self.epochs_shown.get(record.trial_id), record.epochs
+        if record.status == "running" and shown is not None and record.epochs > shown:
+            last = record.history[-1]
+            value, epoch = record.best(self.metric, self.mode)
+            now = f"{self.metric} {last[self.metric]:.4f}" if last.get(self.metric) is not None else "no validation"
+            best = f", best {value:.4f} (epoch {epoch})" if value is not None and epoch != record.epochs else ""
+            line = (f"trial {record.number} epoch {record.epochs}/{self.max_epochs}: {now}{best}, "
+                    f"{last.get('seconds', 0.0):.0f} s")
+        elif record.status == "running":
             again = f" (attempt {record.attempts})" if record.attempts > 1 else ""
             line = f"trial {record.number} started{again}: {short_params(record.params)}"
         elif record.status == "retrying":

@@ -33,6 +33,7 @@ class TrialSettings:
     threads: int
     memory_bytes: int | None = None   # resources.memory_per_trial
     gpu_fraction: float | None = None  # a fractional gpus_per_trial: the share of the card's memory
+    compile: bool = False  # resources.compile
 
 
 def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, settings: TrialSettings) -> None:
@@ -60,7 +61,7 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
             train_data = TrainData.from_arrays(data.x_train, data.y_train, data.x_val, data.y_val,
                                                data.num_classes, data.mean, data.std)
             train(config, train_data, epochs=settings.max_epochs, seed=settings.seed, threads=settings.threads,
-                  report=report)
+                  report=report, compile=settings.compile)
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -127,7 +128,7 @@ def _tune_callback_class():
                 self.tracker.set_tags(record.run_id, {"hpo.node": record.node})
             metrics = {k: v for k, v in row.items() if k not in ("epoch", "early_stop")}
             self.tracker.log_metrics(record.run_id, metrics, step=row["epoch"])
-            self.journal(self.records)
+            self.changed(record)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             record = self.by_id.get(trial.trial_id)
@@ -291,7 +292,8 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
     memory = c.resources.memory_per_trial
     settings = TrialSettings(max_epochs=c.budget.max_epochs, seed=c.seed,
                              threads=max(1, math.floor(c.resources.cpus_per_trial)),
-                             memory_bytes=int(memory) if memory else None, gpu_fraction=gpu_fraction)
+                             memory_bytes=int(memory) if memory else None, gpu_fraction=gpu_fraction,
+                             compile=c.resources.compile)
     put_start = time.perf_counter()
     trainable = tune.with_parameters(run_trial, space=study.space, data=data, settings=settings)  # ray.put once
     put_seconds = time.perf_counter() - put_start

@@ -117,9 +117,16 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
         else:
             run_dir.advance("finalize", champion_before=champion.current() or "")
         tracker.set_tags(parent, {"hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id})
-        with console.status(f"finalize: retraining trial #{winner.number} on {c.final.retrain_on}"):
+        doing = f"finalize: retraining trial #{winner.number} on {c.final.retrain_on}"
+        with console.status(doing) as status:
+            def progress(text: str) -> None:  # the spinner on a terminal, a line per epoch in a log
+                if console.is_terminal:
+                    status.update(f"{doing}, {text}")
+                else:
+                    console.print(f"{doing}, {text}", highlight=False, soft_wrap=True)
+
             final = finalize(study, run.data, winner, records, tracker, parent, optuna_storage=run_dir.optuna_storage,
-                             optuna_study=run_dir.optuna_study, best_epoch=best_epoch)
+                             optuna_study=run_dir.optuna_study, best_epoch=best_epoch, progress=progress)
         run_dir.advance("finalize", final=asdict(final))
     if finished_before:  # nothing ran now: what was recorded then stands
         seconds = tracker.client.get_run(parent).data.metrics.get("wall_seconds", 0.0)
@@ -159,7 +166,11 @@ def _search(run: RunContext, parent: str, notes: list[str]) -> list[TrialRecord]
         records, restarts, time_spent = recovered.records, recovered.restarts, recovered.time_spent
         console.print(f"[bold]search[/] {len(records)} trials kept from before, {len(restarts)} restarted")
     else:
-        points = list(run.points or [])
+        points = [*(run.points or []), *c.start_with]
+        if c.start_with:
+            n = len(c.start_with)
+            notes.append(f"start_with: {n} configuration{'s' * (n != 1)} evaluated first")
+            console.print(notes[-1], highlight=False)
         if run.warm_from:
             top_k = c.warm_start.top_k if c.warm_start else 5
             warm = warm_start_points(study, run_dir, run.warm_from, top_k)

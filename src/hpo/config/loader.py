@@ -82,6 +82,10 @@ def load_study(file: str | Path) -> Study:
         where = ("search_space",) if space_path is None else ()
         at = doc if space_path is None else space_doc
         raise StudyErrors([at.error((*where, *path), message) for path, message in problems])
+    outside = [doc.error(("start_with", i), f"not a point of the search space: {problem}")
+               for i, point in enumerate(config.start_with) if (problem := space.mismatch(point))]
+    if outside:
+        raise StudyErrors(outside)
     return Study(config=config, space=space, space_data=space_data, file=file, space_file=space_path)
 
 

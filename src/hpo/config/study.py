@@ -136,6 +136,10 @@ class Resources(Strict):
     # infeasible (out of memory) instead of taking the machine down. On a GPU with a fractional
     # gpus_per_trial, each trial is held to its fraction of the card's memory.
     memory_per_trial: ByteSize | None = None
+    # torch.compile each trial's model (inductor) for training: fused kernels, paid for with a compile of
+    # seconds to minutes in the first epoch. It pays on GPUs for long trials; on CPUs measure first
+    # (benchmarks/trainer_vs_baseline.py --compile).
+    compile: bool = False
 
 
 class Failures(Strict):
@@ -219,6 +223,11 @@ class StudyConfig(Strict):
     resources: Resources = Resources()
     failures: Failures = Failures()
     warm_start: WarmStart | None = None
+    # Configurations the search evaluates first, before the sampler's own, as flat parameters (the names
+    # the trials' MLflow runs show: model.name, model.cnn.depth, ...); each must be a point of the space.
+    # A known-good configuration here is the bar every later trial is measured against, and ASHA stops
+    # what falls behind it early.
+    start_with: list[dict[str, Any]] = []
     final: FinalConfig = FinalConfig()
     tracking: TrackingConfig = TrackingConfig()
     output_dir: str = "runs"

@@ -124,7 +124,7 @@ class Tracker:
             "scheduler.type": c.scheduler.type, "scheduler.grace_period": c.scheduler.grace_period,
             "scheduler.reduction_factor": c.scheduler.reduction_factor,
             "resources.cpus_per_trial": c.resources.cpus_per_trial,
-            "resources.gpus_per_trial": c.resources.gpus_per_trial,
+            "resources.gpus_per_trial": c.resources.gpus_per_trial, "resources.compile": c.resources.compile,
         })
         self.client.log_text(run_id, redact(yaml.safe_dump(dict(resolved), sort_keys=False)), "study.resolved.yaml")
         self.client.log_dict(run_id, {

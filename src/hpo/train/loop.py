@@ -87,13 +87,14 @@ def pick_device(device: str = "auto") -> torch.device:
 
 def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, device: str = "auto",
           threads: int | None = None, report: Report | None = None, bf16: bool = True,
-          model: nn.Module | None = None) -> TrainResult:
+          model: nn.Module | None = None, compile: bool = False) -> TrainResult:
     """Train ``config`` for up to ``epochs`` epochs; after each, evaluate on the validation data (if any)
     and call ``report(result, model)``. Stops early when ``config.early_stopping.patience`` epochs pass
     without the validation accuracy improving by ``min_delta``.
 
     ``model`` replaces the network ``config.model`` describes (it must take float images in [0, 1]);
-    benchmarks use it to train one architecture with two different loops."""
+    benchmarks use it to train one architecture with two different loops. ``compile``: training steps
+    run the model through ``torch.compile``; evaluation and the returned model stay eager."""
     dev = pick_device(device)
     if threads:
         torch.set_num_threads(max(1, int(threads)))
@@ -116,6 +117,7 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, d
     soft = multilabel or augment.mixes_labels  # targets as probabilities / label vectors, mixable
     freezer = Freezer(model, config.transfer)
 
+    forward = torch.compile(model) if compile else model
     result = TrainResult(model=model)
     best, since_best = -math.inf, 0
     with channels_last_gradients(model):
@@ -138,7 +140,7 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, d
                 if augment.active:
                     x, targets = augment(x, targets) if soft else (augment(x), targets)
                 with autocast(dev, bf16):
-                    logits = model(x.contiguous(memory_format=torch.channels_last))
+                    logits = forward(x.contiguous(memory_format=torch.channels_last))
                 loss = loss_fn(logits.float(), targets, multilabel=multilabel, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

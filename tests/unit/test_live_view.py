@@ -1,0 +1,30 @@
+"""The search's progress where no terminal is attached (CI logs, nohup): a line per trial event,
+including every epoch, so that a long trial is never silent."""
+
+import io
+
+from rich.console import Console
+
+from hpo.backends.live import LiveView
+from hpo.backends.records import TrialRecord
+from hpo.config.trial import TrialConfig
+
+
+def test_log_lines_show_starts_epochs_and_ends():
+    out = io.StringIO()
+    record = TrialRecord("t1", 1, {"model.name": "cnn", "model.cnn.depth": 4}, TrialConfig())
+    view = LiveView([record], trials=3, time_budget=600, max_epochs=10, metric="val_accuracy", mode="max",
+                    console=Console(file=out, force_terminal=False, width=200))
+    with view:
+        view.trial_changed(record)
+        for epoch, acc in ((1, 0.85), (2, 0.83)):
+            record.history.append({"epoch": epoch, "val_accuracy": acc, "seconds": 41.0})
+            view.trial_changed(record)
+        record.status = "pruned"
+        view.trial_changed(record)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4, lines
+    assert lines[0].endswith("0/3 done | trial 1 started: cnn depth=4")
+    assert lines[1].endswith("trial 1 epoch 1/10: val_accuracy 0.8500, 41 s")
+    assert lines[2].endswith("trial 1 epoch 2/10: val_accuracy 0.8300, best 0.8500 (epoch 1), 41 s")
+    assert lines[3].endswith("1/3 done | trial 1 pruned after 2 epochs: val_accuracy 0.8500 (epoch 1)")
