@@ -10,7 +10,6 @@ tests/fixtures/bad_input/cases.yaml; the ones that would be unwieldy in git are 
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from hpo.testing import REPO_ROOT, run_hpo
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "bad_input"
 HEAVY = ("ray", "mlflow", "torch", "optuna")
-# The spec's bound for refusing a study. A refusal takes ~0.3 s here (interpreter start included); the
-# bound leaves room for a loaded CI machine, not for a regression to e.g. importing torch (+2-3 s).
-MAX_SECONDS = 2.0
+# A refusal must stay fast: it may not import these (torch alone costs 2-3 s). Checked by what the
+# process imported, not by a clock, which a loaded machine would make flaky; benchmarks/startup.py times it.
 
 
 @dataclass
@@ -78,16 +76,14 @@ VALIDATE_TOO = {c.study for c in GENERATED} | {
     "budget_too_short.yaml", "inverted_float_range.yaml", "unknown_family.yaml", "extends_cycle.yaml"}
 
 
-def refuse(verb: str, study: Path, tmp_path: Path) -> tuple[str, float]:
+def refuse(verb: str, study: Path, tmp_path: Path) -> str:
     """Run ``hpo VERB STUDY`` in an empty folder and check the refusal; return stderr (without the import
-    log) and the seconds it took."""
+    log)."""
     work = tmp_path / "work"
     work.mkdir()
     ray_dir = tmp_path / "ray"
-    start = time.perf_counter()
     result = run_hpo([verb, str(study)], work, timeout=60,
                      env={"PYTHONPROFILEIMPORTTIME": "1", "RAY_TMPDIR": str(ray_dir)})
-    seconds = time.perf_counter() - start
     imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")]
     stderr = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("import time:"))
@@ -97,7 +93,7 @@ def refuse(verb: str, study: Path, tmp_path: Path) -> tuple[str, float]:
     assert [m for m in imported if m.split(".")[0] in HEAVY] == [], "a refused study must not load the heavy stack"
     assert list(work.iterdir()) == []  # no mlflow/, no runs/, no file at all
     assert not ray_dir.exists()  # no Ray session
-    return stderr, seconds
+    return stderr
 
 
 def test_the_corpus_is_big_and_lists_every_committed_study():
@@ -113,7 +109,7 @@ def test_the_corpus_is_big_and_lists_every_committed_study():
                          ids=lambda x: x.study.removesuffix(".yaml") if isinstance(x, Case) else x)
 def test_a_bad_study_is_refused_with_its_place_and_nothing_runs(case, verb, tmp_path):
     study = FIXTURES / case.study if case.study.endswith(".yaml") else generate(case.study, tmp_path)
-    stderr, seconds = refuse(verb, study, tmp_path)
+    stderr = refuse(verb, study, tmp_path)
     flat = " ".join(stderr.split())  # the console may wrap long lines
     assert case.says in flat, stderr
     for fragment in case.also:
@@ -121,4 +117,3 @@ def test_a_bad_study_is_refused_with_its_place_and_nothing_runs(case, verb, tmp_
     if case.line:
         assert re.search(r"\S+\.yaml:\d+: ", flat), stderr
     assert "nothing was run" in flat
-    assert seconds <= MAX_SECONDS, f"took {seconds:.2f} s"

@@ -172,3 +172,15 @@ def test_with_the_extra_installed_an_autokeras_study_validates(tmp_path):
     study = load_study(write(tmp_path, STUDY.format(trials=2, grace=1) + "backends: [search, autokeras]\n"))
     assert study.config.backends == ["search", "autokeras"]
     assert study.config.autokeras.keras_backend == "torch"
+
+
+def test_start_with_points_must_lie_in_the_space(tmp_path):
+    good = "start_with:\n  - {model.name: cnn, model.cnn.depth: 3, optimizer.lr: 0.05}\n"
+    study = load_study(write(tmp_path, STUDY.format(trials=2, grace=1) + good))
+    assert study.config.start_with == [{"model.name": "cnn", "model.cnn.depth": 3, "optimizer.lr": 0.05}]
+    bad = ("start_with:\n  - {model.name: cnn, model.cnn.depth: 3, optimizer.lr: 0.05}\n"
+           "  - {model.name: cnn, model.cnn.depth: 9, optimizer.lr: 0.05, batch_size: 64}\n")
+    with pytest.raises(StudyErrors) as info:
+        load_study(write(tmp_path, STUDY.format(trials=2, grace=1) + bad))
+    assert messages(info) == [f"{tmp_path / 'study.yaml'}:8: start_with.1: not a point of the search space: "
+                              "model.cnn.depth=9 outside int [2, 3]; batch_size not in this space"]

@@ -135,8 +135,7 @@ def test_compile_trains_through_torch_compile_and_returns_the_eager_model(train_
     from torch._dynamo.utils import counters
 
     counters.clear()
-    config = small(model={"depth": 1, "width": 8}, augment={})
-    result = train(config, train_data, epochs=2, seed=0, threads=2, compile=True)
+    result = train(small(), train_data, epochs=3, seed=0, threads=2, compile=True)
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo captured the training forward
     assert not isinstance(result.model, torch._dynamo.eval_frame.OptimizedModule)
     assert not any(k.startswith("_orig_mod") for k in result.model.state_dict())

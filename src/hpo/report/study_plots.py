@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import html
+import warnings
 from pathlib import Path
 
 from hpo.backends.live import short_params
@@ -19,12 +20,14 @@ def optuna_plots_html(storage_url: str, study_name: str, path: Path) -> Path:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=study_name, storage=storage_url)
     figures = [("Optimisation history", optuna.visualization.plot_optimization_history),
-               ("Parameter importances (fANOVA)", optuna.visualization.plot_param_importances),
+               ("Parameter importances", optuna.visualization.plot_param_importances),
                ("Parallel coordinates", optuna.visualization.plot_parallel_coordinate)]
     parts = []
     for i, (title, plot) in enumerate(figures):
         try:
-            fig = plot(study)
+            with warnings.catch_warnings():  # a small study's importances warn of regimes with few trials
+                warnings.simplefilter("ignore", UserWarning)
+                fig = plot(study)
             body = pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0))
         except Exception as exc:  # noqa: BLE001 - e.g. importances need two finished trials
             body = f"<p><em>not available: {html.escape(str(exc))}</em></p>"
