@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,9 @@ import pytest
 from hpo.testing import REPO_ROOT, find_fashion_mnist
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Execution plans measured by the tests (and the Ray workers and `hpo` processes they start, which inherit
+# this) go to a cache of this session's, not the user's: each key is measured once per test session.
+os.environ.setdefault("HPO_PLAN_CACHE", str(Path(tempfile.mkdtemp(prefix="hpo-plans-")) / "plans.json"))
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,7 @@ def finalize(study: Study, data: ImageData, winner: TrialRecord, records: list[T
     from hpo.report import learning_curves_png
     from hpo.report.evaluation import write_evaluation, write_multilabel_evaluation
     from hpo.report.study_plots import family_table, optuna_plots_html
-    from hpo.train import TrainData, predict_logits, train
+    from hpo.train import Preferences, TrainData, predict_logits, train
     from hpo.train.loop import accuracy, loss_fn
 
     c = study.config
@@ -84,12 +84,13 @@ def finalize(study: Study, data: ImageData, winner: TrialRecord, records: list[T
                 progress(f"epoch {epoch.epoch}/{epochs}: train_accuracy {epoch.train_accuracy:.4f}, "
                          f"{epoch.seconds:.0f} s")
 
-        result = train(winner.config, train_data, epochs=epochs, seed=c.seed,
-                       threads=threads or os.cpu_count(), report=report, compile=c.resources.compile)
+        result = train(winner.config, train_data, epochs=epochs, seed=c.seed, threads=threads or os.cpu_count(),
+                       prefs=Preferences.from_resources(c.resources), report=report)
+        tracker.set_tags(run_id, result.plan.tags())
+        # tested once, on the device it trained on, as it trained (precision, layout)
+        logits = predict_logits(result.model, data.x_test if isinstance(data.x_test, FileImages) else
+                                torch.as_tensor(data.x_test), plan=result.plan)
         model = result.model.cpu().to(memory_format=torch.contiguous_format).eval()
-
-        logits = predict_logits(model, data.x_test if isinstance(data.x_test, FileImages) else
-                                torch.as_tensor(data.x_test), device="cpu")
         y_test = torch.as_tensor(data.y_test)
         test_loss = loss_fn(logits, y_test, multilabel=data.multilabel).item()
         test_accuracy = accuracy(logits, y_test)  # multi-label: the mean per-label accuracy

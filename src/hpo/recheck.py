@@ -14,6 +14,7 @@ import numpy as np
 
 from hpo.backends.records import TrialRecord
 from hpo.config import Study, TrialConfig
+from hpo.config.study import Resources
 from hpo.data import ImageData
 from hpo.tracking import Tracker, flatten
 
@@ -42,13 +43,14 @@ class RecheckResult:
 
 
 def _train_task(config_json: dict, data: ImageData, epochs: int, seed: int, threads: int,
-                compile: bool = False) -> list[dict]:
-    from hpo.train import TrainData, train
+                resources: Resources) -> list[dict]:
+    from hpo.train import Preferences, TrainData, train
 
     config = TrialConfig.model_validate(config_json)
     train_data = TrainData.from_arrays(data.x_train, data.y_train, data.x_val, data.y_val, data.num_classes,
                                        data.mean, data.std)
-    result = train(config, train_data, epochs=epochs, seed=seed, threads=threads, compile=compile)
+    result = train(config, train_data, epochs=epochs, seed=seed, threads=threads,
+                   prefs=Preferences.from_resources(resources))
     return [{"epoch": e.epoch, **e.metrics()} for e in result.history]
 
 
@@ -69,7 +71,7 @@ def recheck(study: Study, data: ImageData, records: list[TrialRecord], tracker: 
     data_ref = ray.put(data)
     threads = max(1, math.floor(c.resources.cpus_per_trial))
     pending = {task.remote(cand.record.config.model_dump(mode="json"), data_ref, c.budget.max_epochs, seed,
-                           threads, c.resources.compile): (cand, seed)
+                           threads, c.resources): (cand, seed)
                for cand in candidates for seed in seeds}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)

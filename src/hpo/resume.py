@@ -225,6 +225,21 @@ class StudyDir:
         return data["trials"], max(data.get("search_elapsed", 0.0), self.state.search_elapsed)
 
     @property
+    def plans_file(self) -> Path:
+        return self.path / "plans.json"
+
+    def load_plans(self) -> dict[str, dict[str, Any]]:
+        """The execution plans this run's trials measured, by plan key (hpo.train.plan.plan_key)."""
+        try:
+            data = json.loads(self.plans_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def save_plan(self, key: str, plan: dict[str, Any]) -> None:
+        write_json(self.plans_file, {**self.load_plans(), key: plan})
+
+    @property
     def optuna_storage(self) -> str:
         """The sampler's storage: the study's shared one, else a SQLite file in this folder."""
         return self.shared_storage or f"sqlite:///{(self.path / 'optuna.db').resolve()}"

@@ -111,5 +111,5 @@ def test_registered_model_loads_back_and_predicts(smoke_runs, smoke_run, smoke_m
         logits = smoke_model(torch.as_tensor(smoke_data.x_test, dtype=torch.float32) / 255.0)
     accuracy = float((logits.argmax(1).numpy() == smoke_data.y_test).mean())
     assert logits.shape == (len(smoke_data.y_test), 10)
-    # the logged model runs in fp32; the final evaluation used bf16 autocast
+    # the logged model runs in fp32; the final evaluation ran as the plan said (bf16 where native)
     assert abs(accuracy - final.data.metrics["test_accuracy"]) < 0.02

@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")]
 
 
-def test_trainer_runs_on_cuda_with_bf16_and_channels_last(fashion_subset):
+def test_trainer_runs_on_cuda_with_its_measured_plan(fashion_subset):
     d = fashion_subset
     data = TrainData.from_arrays(d.x_train, d.y_train, d.x_val, d.y_val, d.num_classes, d.mean, d.std)
     config = TrialConfig.model_validate({"model": {"depth": 3, "width": 32}, "batch_size": 256,
@@ -21,9 +21,11 @@ def test_trainer_runs_on_cuda_with_bf16_and_channels_last(fashion_subset):
                    report=lambda e, m: seen.append(next(m.parameters()).device.type))
     assert seen == ["cuda"] * 3
     conv = next(m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv.weight.is_contiguous(memory_format=result.plan.memory_format)
+    capability = torch.cuda.get_device_capability()
+    assert result.plan.precision in (("fp32", "bf16") if capability >= (8, 0) else ("fp32", "fp16"))
     assert result.history[-1].val_accuracy > 0.7
-    loss, acc = evaluate(result.model, torch.as_tensor(d.x_test), torch.as_tensor(d.y_test), device="cuda")
+    loss, acc = evaluate(result.model, torch.as_tensor(d.x_test), torch.as_tensor(d.y_test), plan=result.plan)
     assert acc > 0.7
 
 

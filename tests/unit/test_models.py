@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from hpo.config.trial import MODEL_CONFIGS, CNNConfig
 from hpo.models import create_model, list_families
+from hpo.train import Preferences
 
 BATCHNORM = ["none", "before_activation", "after_activation"]
 DROPOUT = ["none", "after_pool", "head", "everywhere"]
@@ -74,7 +75,7 @@ def _family_config(family: str, **extra):
 @pytest.mark.parametrize("channels, size", [(1, 28), (3, 32)])
 @pytest.mark.parametrize("family", list_families())
 def test_every_family_builds_for_small_inputs_and_trains_a_step(family, channels, size):
-    """Through hpo's own trainer (bf16 autocast, channels_last): 8 images, 2 steps of 4."""
+    """Through hpo's own trainer (its execution plan: precision and layout as measured): 8 images, 2 steps of 4."""
     import numpy as np
 
     from hpo.config.trial import TrialConfig
@@ -214,7 +215,7 @@ def test_a_frozen_backbone_unfreezes_its_last_stage_on_schedule():
     def report(epoch, _model):
         snapshots.append([{n: p.detach().clone() for n, p in part.named_parameters()} for part in [*stages, head]])
 
-    train(config, data, epochs=2, threads=1, model=model, report=report, bf16=False)
+    train(config, data, epochs=2, threads=1, model=model, report=report, prefs=Preferences(precision="fp32"))
 
     def moved(before, after):
         return [any(not torch.equal(before[i][n], after[i][n]) for n in before[i]) for i in range(len(before))]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hpo.config.trial import TrialConfig
-from hpo.train import TrainData, evaluate, train
+from hpo.train import Preferences, TrainData, evaluate, train
 from hpo.train.loop import make_schedule
 
 
@@ -135,7 +135,7 @@ def test_compile_trains_through_torch_compile_and_returns_the_eager_model(train_
     from torch._dynamo.utils import counters
 
     counters.clear()
-    result = train(small(), train_data, epochs=3, seed=0, threads=2, compile=True)
+    result = train(small(), train_data, epochs=3, seed=0, threads=2, prefs=Preferences(compile=True))
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo captured the training forward
     assert not isinstance(result.model, torch._dynamo.eval_frame.OptimizedModule)
     assert not any(k.startswith("_orig_mod") for k in result.model.state_dict())

@@ -93,6 +93,11 @@ class LiveView:
         self.console.print(f"[{elapsed / 60:5.1f} min] {done}/{self.progress.tasks[0].total} done | {line}",
                            highlight=False, soft_wrap=True)
 
+    def note(self, text: str) -> None:
+        """A line of its own (above the live table on a terminal)."""
+        elapsed = time.time() - self.start
+        self.console.print(f"[{elapsed / 60:5.1f} min] {text}", highlight=False, soft_wrap=True)
+
     def __enter__(self) -> "LiveView":
         if self.interactive:
             self.live.__enter__()

@@ -11,7 +11,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,10 @@ class TrialSettings:
     threads: int
     memory_bytes: int | None = None   # resources.memory_per_trial
     gpu_fraction: float | None = None  # a fractional gpus_per_trial: the share of the card's memory
-    compile: bool = False  # resources.compile
+    precision: str = "auto"            # resources.precision / channels_last / compile (hpo.train.plan)
+    channels_last: bool | str = "auto"
+    compile: bool | str = "auto"
+    known_plans: dict[str, dict] = field(default_factory=dict)  # plans this run measured already
 
 
 def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, settings: TrialSettings) -> None:
@@ -44,7 +47,7 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
     from ray import tune
 
     from hpo.backends.limits import TrialOutOfMemory, is_out_of_memory, memory_cap
-    from hpo.train import TrainData, train
+    from hpo.train import PlanCache, Preferences, TrainData, plan_training, train
     from hpo.train.loop import pick_device
 
     started = time.time()  # for the orchestration-overhead accounting (benchmarks/orchestration.py)
@@ -52,16 +55,21 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
     config = space.resolve(params)
     device = pick_device().type
 
+    plan_info: dict[str, Any] = {}
+
     def report(epoch, _model) -> None:
         tune.report({**epoch.metrics(), "epoch": epoch.epoch, "early_stop": epoch.early_stop,
-                     "trial_started": started, "reported_at": time.time(), "pid": pid, "node": node})
+                     "trial_started": started, "reported_at": time.time(), "pid": pid, "node": node, **plan_info})
 
     with memory_cap(settings.memory_bytes, settings.gpu_fraction, device):
         try:
             train_data = TrainData.from_arrays(data.x_train, data.y_train, data.x_val, data.y_val,
                                                data.num_classes, data.mean, data.std)
-            train(config, train_data, epochs=settings.max_epochs, seed=settings.seed, threads=settings.threads,
-                  report=report, compile=settings.compile)
+            prefs = Preferences(settings.precision, settings.channels_last, settings.compile)
+            plan = plan_training(config, train_data, device=device, threads=settings.threads, prefs=prefs,
+                                 cache=PlanCache(known=settings.known_plans), epochs=settings.max_epochs)
+            plan_info.update(plan=plan.to_dict(), plan_key=plan.key, plan_tags=plan.tags())
+            train(config, train_data, epochs=settings.max_epochs, seed=settings.seed, plan=plan, report=report)
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -86,20 +94,23 @@ def _tune_callback_class():
         def __init__(self, space: SearchSpace, tracker: Tracker, parent_run: str, records: list[TrialRecord],
                      max_epochs: int, *, restarts: list[TrialRecord] | None = None,
                      journal: Callable[[list[TrialRecord]], None] | None = None,
-                     on_change: Callable[[TrialRecord], None] | None = None, searcher: Any = None) -> None:
+                     on_change: Callable[[TrialRecord], None] | None = None, searcher: Any = None,
+                     on_plan: Callable[[TrialRecord, str], None] | None = None) -> None:
             self.space, self.tracker, self.parent_run = space, tracker, parent_run
             self.records, self.max_epochs = records, max_epochs
             self.restarts = list(restarts or [])
             self.journal = journal or _ignore
             self.on_change = on_change or _ignore
             self.searcher = searcher
+            self.on_plan = on_plan or _ignore_plan
             self.by_id: dict[str, TrialRecord] = {}
             self.stop_reason: str | None = None  # set when the search as a whole is stopped early
             self.next_number = max((r.number for r in [*records, *self.restarts]), default=0) + 1
 
         def __getstate__(self) -> dict:
             # Ray pickles callbacks into its experiment state; the view, the journal and the searcher stay here.
-            return {**self.__dict__, "on_change": _ignore, "journal": _ignore, "searcher": None}
+            return {**self.__dict__, "on_change": _ignore, "journal": _ignore, "searcher": None,
+                    "on_plan": _ignore_plan}
 
         def on_trial_start(self, iteration, trials, trial, **info):
             if trial.trial_id in self.by_id:  # started again by the retry policy (see on_trial_recover)
@@ -126,6 +137,10 @@ def _tune_callback_class():
             if result.get("node") and result["node"] != record.node:  # where it runs, on a cluster
                 record.node = result["node"]
                 self.tracker.set_tags(record.run_id, {"hpo.node": record.node})
+            if result.get("plan") and record.plan is None:  # how it trains: precision, layout, threads
+                record.plan = dict(result["plan"])
+                self.tracker.set_tags(record.run_id, result.get("plan_tags") or {})
+                self.on_plan(record, result.get("plan_key", ""))
             metrics = {k: v for k, v in row.items() if k not in ("epoch", "early_stop")}
             self.tracker.log_metrics(record.run_id, metrics, step=row["epoch"])
             self.changed(record)
@@ -203,6 +218,23 @@ RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "K
               "failed": "FAILED", "infeasible": "FAILED"}
 
 
+def _plan_logger(run_dir: StudyDir, view) -> Callable[[TrialRecord, str], None]:
+    """Keeps each plan a trial reports in the run folder (a resumed run reuses it) and shows the plan
+    once per model family."""
+    shown: set[str] = set()
+
+    def on_plan(record: TrialRecord, key: str) -> None:
+        if key and key not in run_dir.load_plans():
+            run_dir.save_plan(key, record.plan or {})
+        family = record.config.model.name
+        if family not in shown and view is not None and record.plan:
+            shown.add(family)
+            from hpo.train.plan import ExecutionPlan
+
+            view.note(f"plan for {family} (trial {record.number}): {ExecutionPlan.from_dict(record.plan).describe()}")
+    return on_plan
+
+
 def classify(record: TrialRecord, max_epochs: int) -> tuple[str, str]:
     """(status, reason) of a trial that ended without an error."""
     last = record.history[-1] if record.history else {}
@@ -214,6 +246,10 @@ def classify(record: TrialRecord, max_epochs: int) -> tuple[str, str]:
 
 
 def _ignore(record: TrialRecord) -> None:
+    return None
+
+
+def _ignore_plan(record: TrialRecord, key: str) -> None:
     return None
 
 
@@ -293,7 +329,8 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
     settings = TrialSettings(max_epochs=c.budget.max_epochs, seed=c.seed,
                              threads=max(1, math.floor(c.resources.cpus_per_trial)),
                              memory_bytes=int(memory) if memory else None, gpu_fraction=gpu_fraction,
-                             compile=c.resources.compile)
+                             precision=c.resources.precision, channels_last=c.resources.channels_last,
+                             compile=c.resources.compile, known_plans=run_dir.load_plans())
     put_start = time.perf_counter()
     trainable = tune.with_parameters(run_trial, space=study.space, data=data, settings=settings)  # ray.put once
     put_seconds = time.perf_counter() - put_start
@@ -309,7 +346,8 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
     callback = _tune_callback_class()(
         study.space, tracker, parent_run, records, c.budget.max_epochs, restarts=restarts,
         journal=lambda recs: run_dir.save_trials(recs, time_spent + time.time() - fit_start),
-        on_change=view.trial_changed if view is not None else None, searcher=searcher)
+        on_change=view.trial_changed if view is not None else None, searcher=searcher,
+        on_plan=_plan_logger(run_dir, view))
     stopper = None
     if deadline is not None and after_search is not None:
         stopper = _deadline_stopper_class()(deadline, after_search, records, callback)

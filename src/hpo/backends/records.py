@@ -28,6 +28,7 @@ class TrialRecord:
     ended: float | None = None
     worker_started: float | None = None  # wall clock in the trial's process: when it began
     worker_last: float | None = None     # ... and when it last reported
+    plan: dict[str, Any] | None = None   # its execution plan (hpo.train.plan.ExecutionPlan.to_dict())
 
     @property
     def epochs(self) -> int:

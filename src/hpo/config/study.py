@@ -136,10 +136,14 @@ class Resources(Strict):
     # infeasible (out of memory) instead of taking the machine down. On a GPU with a fractional
     # gpus_per_trial, each trial is held to its fraction of the card's memory.
     memory_per_trial: ByteSize | None = None
-    # torch.compile each trial's model (inductor) for training: fused kernels, paid for with a compile of
-    # seconds to minutes in the first epoch. It pays on GPUs for long trials; on CPUs measure first
-    # (benchmarks/trainer_vs_baseline.py --compile).
-    compile: bool = False
+    # How trials, re-check and the final retrain run (hpo.train.plan): "auto" measures the candidates the
+    # hardware can run on each model family's first batch (bf16 only where native, fp16 + loss scaler on
+    # CUDA before sm80, TF32 on sm80+) and takes the fastest whose loss matches fp32's; a value fixes it.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: Literal["auto"] | bool = "auto"
+    # torch.compile for training steps (inductor). "auto" measures it on CUDA for trials long enough to pay
+    # back the compile; on CPUs it did not pay on 2 cores (docs/BENCHMARKS.md), so auto leaves it off there.
+    compile: Literal["auto"] | bool = "auto"
 
 
 class Failures(Strict):

@@ -17,6 +17,7 @@ from hpo.data.augment import BatchAugment
 from hpo.data.streaming import FileImages, iterate_batches
 from hpo.models import Classifier, create_model
 from hpo.models.zoo import backbone_parts
+from hpo.train.plan import ExecutionPlan, Preferences, plan_training
 
 EVAL_BATCH = 1024
 STREAM_WORKERS = 2  # processes decoding streamed images ahead of the model
@@ -72,6 +73,7 @@ class EpochResult:
 @dataclass
 class TrainResult:
     model: Classifier
+    plan: ExecutionPlan
     history: list[EpochResult] = field(default_factory=list)
     stopped_early: bool = False
 
@@ -85,27 +87,31 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, device: str = "auto",
-          threads: int | None = None, report: Report | None = None, bf16: bool = True,
-          model: nn.Module | None = None, compile: bool = False) -> TrainResult:
+def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, plan: ExecutionPlan | None = None,
+          device: str = "auto", threads: int | None = None, prefs: Preferences = Preferences(),
+          report: Report | None = None, model: nn.Module | None = None) -> TrainResult:
     """Train ``config`` for up to ``epochs`` epochs; after each, evaluate on the validation data (if any)
     and call ``report(result, model)``. Stops early when ``config.early_stopping.patience`` epochs pass
     without the validation accuracy improving by ``min_delta``.
 
+    ``plan`` says how (precision, layout, compile, threads, device: ``hpo.train.plan``); without one it
+    is chosen here by measurement on ``device`` with ``threads`` (default: torch's) as ``prefs`` allow.
     ``model`` replaces the network ``config.model`` describes (it must take float images in [0, 1]);
-    benchmarks use it to train one architecture with two different loops. ``compile``: training steps
-    run the model through ``torch.compile``; evaluation and the returned model stay eager."""
-    dev = pick_device(device)
-    if threads:
-        torch.set_num_threads(max(1, int(threads)))
+    benchmarks use it to train one architecture with two different loops. A compiled plan runs training
+    steps through ``torch.compile``; evaluation and the returned model stay eager."""
+    if plan is None:
+        plan = plan_training(config, data, device=device, threads=threads or torch.get_num_threads(),
+                             prefs=prefs, epochs=epochs, model=model)
+    plan.apply()
+    dev = plan.torch_device
     torch.manual_seed(seed)
     gen = torch.Generator(device=dev).manual_seed(seed)
 
     if model is None:
         model = create_model(config.model, data.x_train.shape[1], data.num_classes, data.mean, data.std)
-    # channels_last + bf16 autocast: 2-3.4x faster for these CNNs on a Zen 4 CPU (AVX-512 bf16) and the
-    # tensor-core path on GPUs. Master weights and the loss stay fp32.
-    model = model.to(dev, memory_format=torch.channels_last)
+    # Master weights and the loss stay fp32 whatever the plan's precision.
+    model = model.to(dev, memory_format=plan.memory_format)
+    scaler = plan.grad_scaler()
     optimizer = make_optimizer(config, model)
     steps_per_epoch = math.ceil(len(data.y_train) / config.batch_size)
     scheduler = make_schedule(config.schedule, optimizer, config.optimizer.lr, epochs, steps_per_epoch)
@@ -117,10 +123,10 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, d
     soft = multilabel or augment.mixes_labels  # targets as probabilities / label vectors, mixable
     freezer = Freezer(model, config.transfer)
 
-    forward = torch.compile(model) if compile else model
-    result = TrainResult(model=model)
+    forward = torch.compile(model) if plan.compile else model
+    result = TrainResult(model=model, plan=plan)
     best, since_best = -math.inf, 0
-    with channels_last_gradients(model):
+    with channels_last_gradients(model) if plan.channels_last else nullcontext():
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
             model.train()
@@ -139,12 +145,17 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, d
                     targets = y.float() if multilabel else F.one_hot(y, data.num_classes).float()
                 if augment.active:
                     x, targets = augment(x, targets) if soft else (augment(x), targets)
-                with autocast(dev, bf16):
-                    logits = forward(x.contiguous(memory_format=torch.channels_last))
+                with plan.autocast():
+                    logits = forward(x.contiguous(memory_format=plan.memory_format))
                 loss = loss_fn(logits.float(), targets, multilabel=multilabel, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:  # fp16: scaled so that small gradients survive; steps with inf/NaN gradients are skipped
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 scheduler.step()
                 loss_sum += loss.detach() * len(batch)
                 if multilabel:
@@ -157,7 +168,7 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, d
             n = len(y_train)
             val_loss = val_acc = None
             if data.x_val is not None:
-                val_loss, val_acc = evaluate(model, data.x_val, data.y_val, device=dev, bf16=bf16)
+                val_loss, val_acc = evaluate(model, data.x_val, data.y_val, plan=plan)
             seconds = time.perf_counter() - start
 
             patience = config.early_stopping.patience
@@ -245,35 +256,30 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
 
-def autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, *, device: torch.device | str = "auto",
-                   bf16: bool = True) -> torch.Tensor:
-    """Logits (float32, on the CPU) for uint8 images ``x``, in batches."""
-    dev = pick_device(device) if isinstance(device, str) else device
+def predict_logits(model: nn.Module, x: torch.Tensor, *, plan: ExecutionPlan | None = None) -> torch.Tensor:
+    """Logits (float32, on the CPU) for uint8 images ``x``, in batches, on the plan's device with its
+    precision and layout (default: fp32 on the CPU)."""
+    plan = plan or ExecutionPlan()
+    dev = plan.torch_device
     model.eval()
     out = []
     spans = [np.arange(i, min(i + EVAL_BATCH, len(x))) for i in range(0, len(x), EVAL_BATCH)]
     chunks = iterate_batches(x, spans, STREAM_WORKERS) if isinstance(x, FileImages) else \
         (x[i: i + EVAL_BATCH] for i in range(0, len(x), EVAL_BATCH))
     for chunk in chunks:
-        xb = to_float(chunk.to(dev)).contiguous(memory_format=torch.channels_last)
-        with autocast(dev, bf16):
+        xb = to_float(chunk.to(dev)).contiguous(memory_format=plan.memory_format)
+        with plan.autocast():
             out.append(model(xb).float().cpu())
     return torch.cat(out)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device | str = "auto",
-             bf16: bool = True) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+             plan: ExecutionPlan | None = None) -> tuple[float, float]:
     """(mean loss, accuracy) of ``model`` on uint8 images ``x`` with labels ``y``: cross-entropy and
     accuracy; for multi-label ``y`` (N, labels), binary cross-entropy and the mean per-label accuracy
     (1 - Hamming loss)."""
-    logits = predict_logits(model, x, device=device, bf16=bf16)
+    logits = predict_logits(model, x, plan=plan)
     y = y.cpu()
     return loss_fn(logits, y, multilabel=y.ndim == 2).item(), accuracy(logits, y)
 
