@@ -227,6 +227,47 @@ def ui(
 
 
 @app.command()
+def doctor(
+    study: Annotated[Optional[Path], typer.Argument(help="a study: plan each model family of its space")] = None,
+) -> None:
+    """This machine as hpo sees it (CPU and instruction sets, GPUs); with a study, each model family's
+    execution plan, measured images/s and expected seconds per epoch."""
+    from rich.table import Table
+
+    loaded = _load(study) if study is not None else None
+    from hpo.doctor import family_plans, machine_rows
+
+    table = Table(title="machine", title_justify="left", show_header=False)
+    for what, value in machine_rows():
+        table.add_row(what, value)
+    out.print(table)
+    if loaded is None:
+        return
+    from hpo.data import load_data
+    from hpo.errors import DataError
+
+    try:
+        data = load_data(loaded.config.dataset, seed=loaded.config.seed, task=loaded.config.task)
+    except DataError as exc:
+        _print_error(exc)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    out.print(f"planning each model family of {study} on {len(data.y_train):,} training images "
+              f"({'x'.join(map(str, data.x_train.shape[1:]))}), as its trials would run:")
+    plans = Table(title=f"execution plans: {loaded.config.name}", title_justify="left")
+    for col in ("family", "batch", "parameters", "precision", "layout", "compile", "threads", "device",
+                "images/s", "s/epoch"):
+        plans.add_column(col, justify="right" if col in ("batch", "parameters", "images/s", "s/epoch") else "left")
+    for row in family_plans(loaded, data):
+        p = row.plan
+        plans.add_row(row.family, str(row.batch_size), f"{row.parameters:,}", p.precision, p.layout,
+                      "yes" if p.compile else "no", str(p.threads), p.device, f"{p.images_per_second:,.0f}",
+                      f"{row.seconds_per_epoch:,.1f}")
+    out.print(plans)
+    out.print("images/s: training steps on the study's images at the family's middle configuration, without "
+              "augmentation or data loading; s/epoch adds validation.", highlight=False)
+
+
+@app.command()
 def schema(
     space: Annotated[bool, typer.Option("--trial", help="print the schema of one trial's configuration")] = False,
 ) -> None:

@@ -107,19 +107,25 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
         console.print(f"[bold]deadline[/] {time.strftime('%a %H:%M', time.localtime(deadline))} "
                       f"(in {(deadline - start) / 60:.1f} min): the search ends in time for the final stage")
 
-    def timed_load():
+    uri = default_tracking_uri(tracking_uri or c.tracking.uri)
+
+    def load_then_track():
+        # Both overlap Ray's start-up (seconds each on 2 cores). The tracker (MLflow's store: created or
+        # migrated on first use) only once the data loaded: a study whose data cannot be read tracks nothing.
         begin = time.time()
-        return load_data(c.dataset, c.seed), time.time() - begin
+        data = load_data(c.dataset, c.seed)
+        seconds = time.time() - begin
+        return data, seconds, Tracker(uri, c.tracking.experiment or c.name)
 
     started_ray = not ray.is_initialized()
     with ThreadPoolExecutor(1) as pool:
-        loading = pool.submit(timed_load)  # reading the data overlaps Ray's start-up
+        loading = pool.submit(load_then_track)
         try:
             ray_start = time.time()
             start_ray(address)
             ray_seconds = time.time() - ray_start
             with console.status("loading data"):
-                data, data_seconds = loading.result()
+                data, data_seconds, tracker = loading.result()
         except BaseException:
             if started_ray:
                 ray.shutdown()
@@ -131,8 +137,6 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     console.print(f"[bold]data[/] {c.dataset.name}: {data.summary()} (from {data.origin})")
 
     try:
-        uri = default_tracking_uri(tracking_uri or c.tracking.uri)
-        tracker = Tracker(uri, c.tracking.experiment or c.name)
         console.print(f"[bold]tracking[/] {redact(uri)}  experiment {c.tracking.experiment or c.name}")
         warm_from = warm_start or (c.warm_start.source if c.warm_start else None)
         run = RunContext(study, data, tracker, run_dir, resumed, console, live, points, warm_from, deadline,

@@ -96,7 +96,7 @@ class LiveView:
     def note(self, text: str) -> None:
         """A line of its own (above the live table on a terminal)."""
         elapsed = time.time() - self.start
-        self.console.print(f"[{elapsed / 60:5.1f} min] {text}", highlight=False, soft_wrap=True)
+        self.console.print(f"[{elapsed / 60:5.1f} min] {text}", highlight=False, soft_wrap=True, markup=False)
 
     def __enter__(self) -> "LiveView":
         if self.interactive:

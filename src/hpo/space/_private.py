@@ -34,6 +34,10 @@ class Float:
     def corners(self) -> list[float]:
         return [self.low, self.high]
 
+    def middle(self) -> float:
+        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        return self.low + round((mid - self.low) / self.step) * self.step if self.step else mid
+
     def describe(self) -> str:
         scale = "log" if self.log else "linear"
         step = f", step {self.step:g}" if self.step else ""
@@ -53,6 +57,10 @@ class Int:
     def corners(self) -> list[int]:
         return [self.low, self.high]
 
+    def middle(self) -> int:
+        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        return self.low + round((mid - self.low) / self.step) * self.step
+
     def describe(self) -> str:
         step = f", step {self.step}" if self.step != 1 else ""
         return f"int [{self.low}, {self.high}]{' log' if self.log else ''}{step}"
@@ -67,6 +75,9 @@ class Categorical:
 
     def corners(self) -> list[Any]:
         return list(self.choices)
+
+    def middle(self) -> Any:
+        return self.choices[(len(self.choices) - 1) // 2]
 
     def describe(self) -> str:
         return "one of " + ", ".join(repr(c) for c in self.choices)
@@ -126,6 +137,19 @@ class SearchSpace:
                 raise KeyError(f"sampled parameters lack {name!r}")
             return flat[name]
         return TrialConfig.model_validate(self.sample(lookup))
+
+    def representatives(self) -> dict[str, TrialConfig]:
+        """One configuration per model family: every parameter at the middle of its range (the geometric
+        middle on a log scale, the middle choice of a categorical)."""
+        model = self.root.get("model")
+        families = list(model.options) if isinstance(model, Branches) else [None]
+
+        def middle(family: str | None) -> TrialConfig:
+            return TrialConfig.model_validate(self.sample(
+                lambda name, p: family if name == "model.name" and family is not None else p.middle()))
+
+        configs = [middle(family) for family in families]
+        return {config.model.name: config for config in configs}
 
     def mismatch(self, flat: dict[str, Any]) -> str | None:
         """Why ``flat`` (parameters sampled from some space, e.g. last night's) is not a point of this

@@ -373,10 +373,11 @@ def choose_plan(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor
                 device: torch.device, threads: int, prefs: Preferences = Preferences(),
                 cache: PlanCache | None = None, expected_steps: int = 0, machine: Machine | None = None,
                 loss: Callable | None = None, measure_fn: Measure | None = None,
-                log: Callable[[str], None] | None = None) -> ExecutionPlan:
+                log: Callable[[str], None] | None = None, always_measure: bool = False) -> ExecutionPlan:
     """The plan for training ``build()`` on batches like ``x`` (float, on ``device``): from the cache,
     from the preferences when they fix everything, else measured. ``measure_fn`` replaces the timing
-    (tests inject step times through it)."""
+    (tests inject step times through it). ``always_measure``: a plan the preferences fix is timed too
+    (for its images/s)."""
     machine = machine or describe_machine()
     cache = cache if cache is not None else PlanCache()
     batch = len(x)
@@ -388,6 +389,9 @@ def choose_plan(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor
     measure_fn = measure_fn or (lambda plan: measure(build, x, y, plan, loss=loss))
     if len(options) == 1:  # the preferences fixed precision and layout (and the threads leave no choice)
         plan, notes = replace(options[0], source="override"), []
+        if always_measure:
+            m = measure_fn(plan)
+            plan = replace(plan, images_per_second=batch / m.seconds_per_step)
     else:
         plan, notes = choose([(option, measure_fn(option)) for option in options], batch)
     if prefs.compile == AUTO and device.type == "cuda":
@@ -407,7 +411,8 @@ def choose_plan(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor
 
 def plan_training(config, data, *, device: str | torch.device = "auto", threads: int = 1,
                   prefs: Preferences = Preferences(), cache: PlanCache | None = None, epochs: int = 1,
-                  model: nn.Module | None = None, log: Callable[[str], None] | None = None) -> ExecutionPlan:
+                  model: nn.Module | None = None, log: Callable[[str], None] | None = None,
+                  always_measure: bool = False) -> ExecutionPlan:
     """The plan for one training run of ``config`` (a TrialConfig) on ``data`` (a TrainData), measured on
     its first batch of real images. ``model`` (as ``train`` takes it) replaces the config's network."""
     from hpo.models import create_model
@@ -435,4 +440,4 @@ def plan_training(config, data, *, device: str | torch.device = "auto", threads:
     steps = epochs * math.ceil(len(data.y_train) / config.batch_size)
     return choose_plan(build, x, y, model_name=name, device=dev, threads=threads, prefs=prefs, cache=cache,
                        expected_steps=steps, loss=lambda logits, t: loss_fn(logits, t, multilabel=multilabel),
-                       log=log)
+                       log=log, always_measure=always_measure)
