@@ -247,21 +247,21 @@ def doctor(
     from hpo.errors import DataError
 
     try:
-        data = load_data(loaded.config.dataset, seed=loaded.config.seed, task=loaded.config.task)
+        data = load_data(loaded.config.dataset, seed=loaded.config.seed)
     except DataError as exc:
         _print_error(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     out.print(f"planning each model family of {study} on {len(data.y_train):,} training images "
               f"({'x'.join(map(str, data.x_train.shape[1:]))}), as its trials would run:")
     plans = Table(title=f"execution plans: {loaded.config.name}", title_justify="left")
-    for col in ("family", "batch", "parameters", "precision", "layout", "compile", "threads", "device",
-                "images/s", "s/epoch"):
-        plans.add_column(col, justify="right" if col in ("batch", "parameters", "images/s", "s/epoch") else "left")
+    for col in ("family", "batch", "params", "plan", "img/s", "s/epoch"):
+        plans.add_column(col, justify="left" if col in ("family", "plan") else "right", overflow="fold")
     for row in family_plans(loaded, data):
         p = row.plan
-        plans.add_row(row.family, str(row.batch_size), f"{row.parameters:,}", p.precision, p.layout,
-                      "yes" if p.compile else "no", str(p.threads), p.device, f"{p.images_per_second:,.0f}",
-                      f"{row.seconds_per_epoch:,.1f}")
+        how = f"{p.precision} {p.layout}{' compiled' if p.compile else ''}{' tf32' if p.tf32 else ''}, " \
+              f"{p.threads} thread{'s' * (p.threads != 1)} on {p.device}"
+        plans.add_row(row.family, str(row.batch_size), f"{row.parameters / 1e6:.2f} M", how,
+                      f"{p.images_per_second:,.0f}", f"{row.seconds_per_epoch:,.0f}")
     out.print(plans)
     out.print("images/s: training steps on the study's images at the family's middle configuration, without "
               "augmentation or data loading; s/epoch adds validation.", highlight=False)

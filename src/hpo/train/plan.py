@@ -83,18 +83,23 @@ class Machine:
 
 
 def _cpu_info() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine() or "cpu", set()
+    """The CPU's model name (with its family and model numbers, which tell e.g. AMD's Zen 3 from Zen 4
+    where the name is just "AMD EPYC") and its instruction-set flags."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.processor(), platform.machine(), "cpu"):
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
+            key = key.strip()
+            if key in ("model name", "cpu family", "model", "flags") and key not in fields:
+                fields[key] = value.strip()
+            if key == "flags":
                 break
     except OSError:
         pass
-    return model, flags
+    model = fields.get("model name") or platform.processor() or platform.machine() or "cpu"
+    if "cpu family" in fields and "model" in fields:
+        model += f" (family {fields['cpu family']}, model {fields['model']})"
+    return model, set(fields.get("flags", "").split())
 
 
 @functools.lru_cache(maxsize=1)
