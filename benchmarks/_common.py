@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -14,23 +13,14 @@ BENCHMARKS_MD = ROOT / "docs" / "BENCHMARKS.md"
 
 
 def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = ""
-    try:
-        import torch
+    """CPU model (with family/model numbers), its instruction sets as torch dispatches them, cores, GPU."""
+    from hpo.train.plan import describe_machine
 
-        if torch.cuda.is_available():
-            gpu = f", GPU {torch.cuda.get_device_name(0)}"
-    except ImportError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores{gpu}"
+    m = describe_machine()
+    isa = ", ".join(m.isa) or "no AVX2"
+    bf16 = "native bf16" if m.bf16_native else "no native bf16"
+    gpus = "".join(f", GPU {g.name} (sm{g.capability[0]}{g.capability[1]})" for g in m.gpus)
+    return f"{m.cpu_model}, {m.cores} cores, {isa} (torch dispatch {m.cpu_capability}, {bf16}){gpus}"
 
 
 def commit() -> str:

@@ -255,40 +255,67 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _Stepper:
+    """One candidate's model, optimizer and batch, ready to take timed SGD steps."""
+
+    def __init__(self, build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, plan: ExecutionPlan,
+                 loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.plan, self.y, self.loss_of = plan, y, loss
+        self.device = plan.torch_device
+        plan.apply()
+        torch.manual_seed(0)  # every candidate starts from the same weights
+        self.model = build().to(self.device, memory_format=plan.memory_format).train()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.scaler = plan.grad_scaler()
+        self.forward = torch.compile(self.model) if plan.compile else self.model
+        self.x = x.contiguous(memory_format=plan.memory_format)
+        self.times: list[float] = []
+        self.loss = math.nan
+
+    def step(self) -> None:
+        self.plan.apply()
+        _sync(self.device)
+        start = time.perf_counter()
+        with self.plan.autocast():
+            logits = self.forward(self.x)
+        value = self.loss_of(logits.float(), self.y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            value.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(value).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        _sync(self.device)
+        self.times.append(time.perf_counter() - start)
+        self.loss = float(value.detach())
+
+    def result(self, warmup: int) -> Measurement:
+        return Measurement(statistics.median(self.times[warmup:]), self.loss, self.times[0])
+
+
+def measure_all(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, plans: list[ExecutionPlan], *,
+                loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                warmup: int = WARMUP_STEPS, steps: int = TIMED_STEPS) -> list[Measurement]:
+    """Time ``warmup + steps`` SGD steps of a fresh copy of the model under each plan on one batch (``x``
+    float in [0, 1] on the plans' device). The candidates take turns, one step each per round, so that a
+    shared machine's drift (tens of percent within minutes on a VM) falls on all of them alike. Every
+    candidate starts from the same weights and sees the same batch: their losses after the steps are
+    comparable."""
+    loss = loss or (lambda logits, target: F.cross_entropy(logits, target))
+    steppers = [_Stepper(build, x, y, plan, loss) for plan in plans]
+    for _ in range(warmup + steps):
+        for stepper in steppers:
+            stepper.step()
+    return [stepper.result(warmup) for stepper in steppers]
+
+
 def measure(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, plan: ExecutionPlan, *,
             loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
             warmup: int = WARMUP_STEPS, steps: int = TIMED_STEPS) -> Measurement:
-    """Time ``warmup + steps`` SGD steps of a fresh copy of the model under ``plan`` on one batch
-    (``x`` float in [0, 1] on the plan's device). Every candidate starts from the same weights and sees
-    the same batch, so their losses after the steps are comparable."""
-    loss = loss or (lambda logits, target: F.cross_entropy(logits, target))
-    device = plan.torch_device
-    plan.apply()
-    torch.manual_seed(0)  # every candidate starts from the same weights
-    model = build().to(device, memory_format=plan.memory_format).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    scaler = plan.grad_scaler()
-    forward = torch.compile(model) if plan.compile else model
-    xb = x.contiguous(memory_format=plan.memory_format)
-    times: list[float] = []
-    value = torch.zeros(())
-    for _ in range(warmup + steps):
-        _sync(device)
-        start = time.perf_counter()
-        with plan.autocast():
-            logits = forward(xb)
-        value = loss(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            value.backward()
-            optimizer.step()
-        else:
-            scaler.scale(value).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return Measurement(statistics.median(times[warmup:]), float(value.detach()), times[0])
+    """``measure_all`` for one plan."""
+    return measure_all(build, x, y, [plan], loss=loss, warmup=warmup, steps=steps)[0]
 
 
 def within_tolerance(loss: float, reference: float, tolerance: tuple[float, float] = LOSS_TOLERANCE) -> bool:
@@ -391,19 +418,24 @@ def choose_plan(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor
     if cached is not None:
         return replace(cached, source="cache", key=key)
     options = candidates(machine, device, prefs, threads)
-    measure_fn = measure_fn or (lambda plan: measure(build, x, y, plan, loss=loss))
+
+    def measure_many(plans: list[ExecutionPlan]) -> list[Measurement]:
+        if measure_fn is not None:
+            return [measure_fn(plan) for plan in plans]
+        return measure_all(build, x, y, plans, loss=loss)
+
     if len(options) == 1:  # the preferences fixed precision and layout (and the threads leave no choice)
         plan, notes = replace(options[0], source="override"), []
         if always_measure:
-            m = measure_fn(plan)
+            (m,) = measure_many([plan])
             plan = replace(plan, images_per_second=batch / m.seconds_per_step)
     else:
-        plan, notes = choose([(option, measure_fn(option)) for option in options], batch)
+        plan, notes = choose(list(zip(options, measure_many(options))), batch)
     if prefs.compile == AUTO and device.type == "cuda":
-        eager = measure_fn(plan) if plan.images_per_second is None else None
+        eager = measure_many([plan])[0] if plan.images_per_second is None else None
         step = eager.seconds_per_step if eager else batch / plan.images_per_second
         if expected_steps * step > COMPILE_WORTH_SECONDS:
-            m = measure_fn(replace(plan, compile=True))
+            (m,) = measure_many([replace(plan, compile=True)])
             if m.finite and m.first_step_seconds + expected_steps * m.seconds_per_step < expected_steps * step:
                 plan = replace(plan, compile=True, images_per_second=batch / m.seconds_per_step)
     for note in notes:
