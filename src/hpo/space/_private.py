@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from hpo.config.messages import to_study_errors
-from hpo.config.trial import TrialConfig
+from hpo.config.trial import TrialConfig, boolean_numbers
 from hpo.config.yaml_loader import YamlDoc, load_yaml
 from hpo.errors import StudyError, StudyErrors
 
@@ -445,14 +445,20 @@ def _check_against_schema(space: SearchSpace, doc: YamlDoc, base: DocPath) -> No
     (each parameter at each end / each choice, the others at their first corner) in every branch."""
     errors: dict[tuple, StudyError] = {}
     for config, origin in _corner_configs(space.root, base):
+        def locate(loc, origin=origin):
+            for n in range(len(loc), 0, -1):
+                if tuple(loc[:n]) in origin:
+                    return (*origin[tuple(loc[:n])], *loc[n:])
+            return (*base, *loc)
+        booleans = boolean_numbers(TrialConfig, config)  # pydantic would take `true` as 1
+        for path, value in booleans:
+            err = doc.error(locate(path), f"must be a number, not a YAML boolean (got {str(value).lower()})")
+            errors.setdefault((err.line, err.message), err)
+        if booleans:
+            continue
         try:
             TrialConfig.model_validate(config)
         except ValidationError as exc:
-            def locate(loc, origin=origin):
-                for n in range(len(loc), 0, -1):
-                    if tuple(loc[:n]) in origin:
-                        return (*origin[tuple(loc[:n])], *loc[n:])
-                return (*base, *loc)
             for err in to_study_errors(exc, doc, TrialConfig, locate=locate, data=config):
                 errors.setdefault((err.line, err.message), err)
     if errors:
