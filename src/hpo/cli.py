@@ -227,6 +227,58 @@ def ui(
 
 
 @app.command()
+def plan(study: StudyArg,
+         measure: Annotated[bool, typer.Option(help="time each family's plan (--no-measure: sizes only)")] = True,
+         ) -> None:
+    """What the study will cost before it runs: each model family's parameters, FLOPs and training memory
+    at its corners, its execution plan and seconds per epoch, and whether the budget fits. Refuses (exit 2,
+    file:line) a network the input is too small for or one over the memory cap."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    loaded = _load(study)
+    from hpo.data import load_data
+    from hpo.dry_run import _bytes, bytes_span, plan_study
+    from hpo.errors import DataError, StudyErrors
+
+    try:
+        data = load_data(loaded.config.dataset, seed=loaded.config.seed)
+        result = plan_study(loaded, data, measure=measure)
+    except DataError as exc:
+        _print_error(exc)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except StudyErrors as exc:
+        for problem in exc.errors:
+            err.print(f"[red]error[/]: {escape(str(problem))}", highlight=False)
+        err.print(f"{len(exc.errors)} problem{'s' * (len(exc.errors) != 1)} in {study}; nothing was run.")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    c = loaded.config
+    table = Table(title=f"{c.name}: {result.train_images:,} training images "
+                        f"({'x'.join(map(str, data.x_train.shape[1:]))}), up to {c.budget.max_epochs} epochs",
+                  title_justify="left")
+    for col in ("family", "params (M)", "MFLOPs/img", "memory", "plan", "img/s", "s/epoch"):
+        table.add_column(col, justify="left" if col in ("family", "plan") else "right", overflow="fold")
+
+    def span(lo: float, hi: float, fmt) -> str:
+        return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}-{fmt(hi)}"
+
+    for f in result.families:
+        p = f.plan
+        how = f"{p.precision} {'NHWC' if p.channels_last else 'NCHW'}{' compiled' if p.compile else ''}" if p else "-"
+        table.add_row(f.family, span(f.smallest.params / 1e6, f.largest.params / 1e6, lambda v: f"{v:.2f}"),
+                      span(f.smallest.flops / 1e6, f.largest.flops / 1e6, lambda v: f"{v:,.0f}"),
+                      bytes_span(f.smallest.training_bytes, f.largest.training_bytes), how,
+                      f"{p.images_per_second:,.0f}" if p else "-",
+                      f"{f.seconds_per_epoch:,.0f}" if p else "-")
+    out.print(table)
+    cap = f"; the cap per trial is {_bytes(result.cap_bytes)} ({result.cap_what})" if result.cap_bytes else ""
+    out.print(f"sizes over each family's corner configurations (its batch sizes included){cap}; img/s and "
+              "s/epoch at the family's middle configuration, as its trials would run here.", highlight=False)
+    for note in result.notes:
+        out.print(f"  {note}", highlight=False)
+
+
+@app.command()
 def doctor(
     study: Annotated[Optional[Path], typer.Argument(help="a study: plan each model family of its space")] = None,
 ) -> None:

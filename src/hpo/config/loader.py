@@ -3,6 +3,7 @@ cross-field checks. Every problem becomes a StudyError naming file, line and fie
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -30,6 +31,9 @@ class Study:
     space_data: dict[str, Any]  # the search space as written, for logging beside the study
     file: Path
     space_file: Path | None
+    doc: YamlDoc | None = None          # the study file, for errors found after loading (hpo plan)
+    space_doc: YamlDoc | None = None    # the document the space came from (the study's when inline)
+    space_base: tuple = ()              # where the space starts in space_doc
 
     @property
     def name(self) -> str:
@@ -62,6 +66,7 @@ def load_study(file: str | Path) -> Study:
         config = StudyConfig.model_validate(doc.data)
     except ValidationError as exc:
         raise StudyErrors(to_study_errors(exc, doc, StudyConfig)) from None
+    _resolve_paths(config, file)
     errors = [e for check in CHECKS if (e := check(config, doc)) is not None]
     if errors:
         raise StudyErrors(errors)
@@ -82,7 +87,7 @@ def load_study(file: str | Path) -> Study:
         space = parse_space(doc, doc.data["search_space"], base=("search_space",))
         space_data = doc.data["search_space"]
 
-    problems = _pretrained_weights(space)
+    problems = _timm_models(space) or _pretrained_weights(space)
     if problems:
         where = ("search_space",) if space_path is None else ()
         at = doc if space_path is None else space_doc
@@ -91,7 +96,38 @@ def load_study(file: str | Path) -> Study:
                for i, point in enumerate(config.start_with) if (problem := space.mismatch(point))]
     if outside:
         raise StudyErrors(outside)
-    return Study(config=config, space=space, space_data=space_data, file=file, space_file=space_path)
+    return Study(config=config, space=space, space_data=space_data, file=file, space_file=space_path, doc=doc,
+                 space_doc=space_doc if space_path is not None else doc,
+                 space_base=() if space_path is not None else ("search_space",))
+
+
+def _resolve_paths(config: StudyConfig, file: Path) -> None:
+    """One rule for paths in a study: relative to the study file (``search_space``, ``dataset.data_dir``).
+    ``output_dir`` and the default tracking store are the exception: they are where you run ``hpo``."""
+    d = config.dataset
+    if d.data_dir:
+        path = Path(d.data_dir).expanduser()
+        d.data_dir = str(path if path.is_absolute() else Path(os.path.normpath(file.parent.resolve() / path)))
+
+
+def _timm_models(space) -> list[tuple[tuple[str, ...], str]]:
+    """(where, why) for each timm model the space names that timm does not know."""
+    names = space.family_values("timm", "model")
+    if not names:
+        return []
+    from hpo._torchvision import import_torchvision
+
+    import_torchvision()  # timm imports torchvision, which needs its operators defined first here
+    import timm
+
+    known = set(timm.list_models())
+    problems = []
+    for name, where in names:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=3)
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else " (timm.list_models() has them)"
+            problems.append((where, f"timm has no model {name!r}{hint}"))
+    return problems
 
 
 def _pretrained_weights(space) -> list[tuple[tuple[str, ...], str]]:
@@ -187,5 +223,50 @@ def _stream_needs_files(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
     return None
 
 
-CHECKS: list[Check] = [_grace_within_epochs, _mode_follows_metric, _final_epochs_positive, _backends_installed,
+def _data_dir_exists(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    """A named data folder must be there (relative paths resolve from the study file); datasets of image
+    files have nothing to download, so they need one."""
+    from hpo.config.study import FILE_DATASETS
+
+    d = config.dataset
+    where = d.data_dir or os.environ.get("HPO_DATA_DIR")
+    if d.data_dir and not Path(d.data_dir).is_dir():
+        what = "not a folder" if Path(d.data_dir).exists() else "no such folder"
+        return doc.error(("dataset", "data_dir"), f"{what}: {d.data_dir} (a relative data_dir is taken from the "
+                                                  "study file's folder)")
+    if d.name in FILE_DATASETS and not where:
+        return doc.error(("dataset", "name"), f"dataset {d.name} reads image files and downloads nothing: set "
+                                              "dataset.data_dir (or $HPO_DATA_DIR) to their folder")
+    if d.name == "multilabel_csv" and d.data_dir and not (Path(d.data_dir) / d.csv).is_file():
+        return doc.error(("dataset", "csv"), f"no such file: {Path(d.data_dir) / d.csv} (dataset.csv is taken "
+                                             "from dataset.data_dir)")
+    return None
+
+
+def _dataset_keys_apply(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    """Keys that only image-file datasets read are an error elsewhere, not silently ignored."""
+    from hpo.config.study import FILE_DATASETS
+
+    d = config.dataset
+    if d.name not in FILE_DATASETS:
+        for key in ("image_size", "channels", "test_split"):
+            if key in d.model_fields_set:
+                return doc.error(("dataset", key), f"applies to datasets of image files ({', '.join(FILE_DATASETS)}); "
+                                                   f"{d.name} comes in one size and format")
+    if d.name != "multilabel_csv":
+        for key in ("csv", "path_column", "label_columns"):
+            if key in d.model_fields_set:
+                return doc.error(("dataset", key), f"applies to the multilabel_csv dataset only (got dataset {d.name})")
+    return None
+
+
+def _recheck_within_trials(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    r = config.final.recheck
+    if r.top_k > config.budget.trials:
+        return doc.error(("final", "recheck", "top_k"), f"must be <= budget.trials ({config.budget.trials}): it "
+                                                        f"re-checks the best of the trials run (got {r.top_k})")
+    return None
+
+
+CHECKS: list[Check] = [_data_dir_exists, _dataset_keys_apply, _recheck_within_trials, _grace_within_epochs, _mode_follows_metric, _final_epochs_positive, _backends_installed,
                        _task_fits_dataset, _stream_needs_files]

@@ -138,6 +138,23 @@ class SearchSpace:
             return flat[name]
         return TrialConfig.model_validate(self.sample(lookup))
 
+    def corner_points(self, base: DocPath = ()) -> Iterator[tuple[dict[str, Any], DocPath]]:
+        """Every branch's corners, as ``hpo plan`` sizes them: all parameters at their first value, each
+        parameter at each of its ends (the others at their first), and all at their last (the largest
+        numbers); each with the document path of what makes the point (the varied parameter, or the
+        branch), for errors."""
+        for assignment in _branch_assignments(self.root, ()):
+            leaves: list[tuple[tuple, Param]] = []
+            origin: dict[tuple, DocPath] = {}
+            _collect(self.root, (), base, assignment, leaves, origin)
+            branch = origin.get(("model", "name"), (*base, "model"))
+            firsts = {path: p.corners()[0] for path, p in leaves}
+            yield _build(self.root, (), assignment, firsts), branch
+            for path, p in leaves:
+                for value in p.corners()[1:]:
+                    yield _build(self.root, (), assignment, {**firsts, path: value}), origin[path]
+            yield _build(self.root, (), assignment, {path: p.corners()[-1] for path, p in leaves}), branch
+
     def representatives(self) -> dict[str, TrialConfig]:
         """One configuration per model family: every parameter at the middle of its range (the geometric
         middle on a log scale, the middle choice of a categorical)."""
@@ -191,6 +208,18 @@ class SearchSpace:
             where = ("model", "one_of", branch, "pretrained") if branch else ("model", "pretrained")
             for value in _values(node.get(key), [default if isinstance(default, str) else family]):
                 found.append((f"timm/{value}" if family == "timm" else value, where))
+        return found
+
+    def family_values(self, family: str, key: str) -> list[tuple[Any, tuple[str, ...]]]:
+        """(value, where in the space file) of every value ``key`` of model family ``family`` can take."""
+        model = self.root.get("model")
+        branches = model.options if isinstance(model, Branches) else {None: model} if isinstance(model, dict) else {}
+        found = []
+        for branch, node in branches.items():
+            if (branch or _values(node.get("name"), [None])[0]) != family or key not in node:
+                continue
+            where = ("model", "one_of", branch, key) if branch else ("model", key)
+            found += [(value, where) for value in _values(node.get(key), [])]
         return found
 
     def describe_rows(self) -> list[tuple[str, str, str]]:
