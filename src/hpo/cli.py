@@ -321,13 +321,17 @@ def doctor(
 
 @app.command()
 def schema(
-    space: Annotated[bool, typer.Option("--trial", help="print the schema of one trial's configuration")] = False,
+    space: Annotated[bool, typer.Option("--space", help="print the schema of search-space files")] = False,
+    trial: Annotated[bool, typer.Option("--trial", help="print the schema of one trial's configuration")] = False,
 ) -> None:
-    """Print the JSON Schema of study files (for editors' YAML validation)."""
-    from hpo.config import StudyConfig, TrialConfig
+    """Print the JSON Schema of study files (for editors' YAML validation); schemas/ holds the same text."""
+    from hpo.schemas import space_schema, study_schema, to_json, trial_schema
 
-    model = TrialConfig if space else StudyConfig
-    out.print_json(json.dumps(model.model_json_schema()))
+    if space and trial:
+        _print_error("--space and --trial name two schemas: give one")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    # plain text, not rich's: `hpo schema > schemas/study.schema.json` must reproduce the committed file
+    sys.stdout.write(to_json(space_schema() if space else trial_schema() if trial else study_schema()))
 
 
 def main() -> None:

@@ -34,9 +34,9 @@ def bad_studies(tmp_path: Path, repo_root: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("unknown_key", r"unknown_key.yaml:10: budget.trails: unknown key 'trails' (did you mean 'trials'?)"),
-    ("inverted_range", r"inverted.yaml:12: optimizer.lr.float: `low <= high` must hold, but got (low=0.3, high=0.001)"),
-    ("missing_space", r"missing_space.yaml:8: search_space: search-space file not found: missing.yaml"),
+    ("unknown_key", r"unknown_key.yaml:11: budget.trails: unknown key 'trails' (did you mean 'trials'?)"),
+    ("inverted_range", r"inverted.yaml:13: optimizer.lr.float: `low <= high` must hold, but got (low=0.3, high=0.001)"),
+    ("missing_space", r"missing_space.yaml:9: search_space: search-space file not found: missing.yaml"),
 ])
 @pytest.mark.parametrize("verb", ["validate", "run"])
 def test_bad_studies_exit_2_with_location_and_write_nothing(tmp_path, repo_root, case, expected, verb):
@@ -122,6 +122,6 @@ def test_hpo_validate_prints_the_install_command_for_a_missing_backend_extra(tmp
             "sys.argv = ['hpo', 'validate', 'ak.yaml']; from hpo.cli import main; main()")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert 'ak.yaml:14: backends: the autokeras backend on Keras\' torch backend needs autokeras: ' \
+    assert 'ak.yaml:15: backends: the autokeras backend on Keras\' torch backend needs autokeras: ' \
            'pip install -e ".[autokeras]"' in result.stderr
     assert "nothing was run" in result.stderr

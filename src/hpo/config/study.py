@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ByteSize, ConfigDict, Field, field_validator
+from pydantic import ByteSize, ConfigDict, Field, WithJsonSchema, field_validator
 
 from hpo.config.trial import Strict
 
@@ -20,6 +20,10 @@ FILE_DATASETS = ("tiny_imagenet", "image_folder", "multilabel_csv")  # decoded f
 # subset finishes an epoch (with 10 s, a 1-block CNN on 160 images completes 2).
 MIN_SEARCH_TIME = 10.0
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+# For editors: the file says a duration as a number of seconds or as text like 45m (a digit somewhere).
+_DURATION_SCHEMA = WithJsonSchema({"anyOf": [{"type": "number", "minimum": MIN_SEARCH_TIME},
+                                            {"type": "string", "pattern": "^(?=.*\\d)" + _DURATION.pattern[1:]},
+                                            {"type": "null"}]})
 
 
 def parse_duration(value: Any) -> float:
@@ -57,7 +61,7 @@ class Subset(Strict):
 
 
 class DatasetConfig(Strict):
-    name: str
+    name: str = Field(json_schema_extra={"enum": list(DATASET_NAMES)})
     validation_split: float = Field(0.1, gt=0.0, lt=1.0)
     subset: Subset | None = None
     data_dir: str | None = None
@@ -97,7 +101,8 @@ class Objective(Strict):
 
 class Budget(Strict):
     trials: int = Field(ge=1, le=100_000)
-    time: float | None = Field(None, description="wall-clock limit of the search, e.g. 45m; finalize runs after")
+    time: Annotated[float | None, _DURATION_SCHEMA] = Field(
+        None, description="wall-clock limit of the search, e.g. 45m; finalize runs after")
     max_epochs: int = Field(ge=1, le=10_000)
     until: str | None = Field(None, description="a deadline for the whole study, search and final stage: "
                               "'06:00' (the next 06:00, local time) or an ISO date-time; the search ends "

@@ -19,6 +19,14 @@ from hpo.security import redact
 
 DEFAULT_STORE = Path("mlflow")
 MAX_PARAM_LENGTH = 6000
+# MLflow 3 opens an experiment on its GenAI overview unless the experiment says it holds model training:
+# these tags make the UI open on the runs, and describe the experiment there.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+CUSTOM_MODEL_DEVELOPMENT = "custom_model_development"
+EXPERIMENT_NOTE = "mlflow.note.content"
+EXPERIMENT_DESCRIPTION = ("Hyperparameter search by hpo: a parent run per study and backend, a nested run per "
+                          "trial, and the final run with the retrained, tested model.")
+_EXPERIMENT_TAGS = {EXPERIMENT_KIND: CUSTOM_MODEL_DEVELOPMENT, EXPERIMENT_NOTE: EXPERIMENT_DESCRIPTION}
 
 
 def default_tracking_uri(configured: str | None = None) -> str:
@@ -92,9 +100,20 @@ class Tracker:
                     # another database (postgresql://...) written directly: artifacts go to ./mlflow/ as for
                     # the local default (a tracking server decides for itself)
                     artifacts = (DEFAULT_STORE / "artifacts").resolve().as_uri()
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts,
+                                                                   tags=_EXPERIMENT_TAGS)
             else:
                 self.experiment_id = found.experiment_id
+                self._tag_experiment(found.tags)
+
+    def _tag_experiment(self, tags: Mapping[str, str]) -> None:
+        """An experiment made before hpo tagged its own (or by someone else) opens on the runs as well. A
+        kind the UI only guessed (``*_inferred``) is replaced; a kind or a description someone set is kept."""
+        kind = tags.get(EXPERIMENT_KIND, "")
+        if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT)
+        if not tags.get(EXPERIMENT_NOTE):
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_NOTE, EXPERIMENT_DESCRIPTION)
 
     # ------------------------------------------------------------------------------------- runs
     @_timed
