@@ -177,6 +177,8 @@ def predict(
                                               "or a run id")],
     images: Annotated[list[Path], typer.Argument(help="image files (PNG, JPEG, ...)")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="classes to show per image")] = 3,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="multi-label models: show every label "
+                                                                      "scoring at least this")] = 0.5,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (one object per image)")] = False,
     tracking_uri: TrackingOption = None,
 ) -> None:
@@ -194,7 +196,8 @@ def predict(
         from hpo.tracking import default_tracking_uri
 
         mlflow.set_tracking_uri(default_tracking_uri(tracking_uri))
-        predictions = Predictor(model_uri_for(model)).predict([str(p) for p in images], top_k=top_k)
+        predictions = Predictor(model_uri_for(model)).predict([str(p) for p in images], top_k=top_k,
+                                                              threshold=threshold)
     except HpoError as exc:
         _print_error(exc)
         raise typer.Exit(EXIT_FAILED) from None
@@ -202,7 +205,7 @@ def predict(
         print(json.dumps([p.as_dict() for p in predictions], indent=2))
         return
     for p in predictions:
-        out.print(f"[bold]{p.image}[/]  " + "  ".join(f"{c} {prob:.1%}" for c, prob in p.top), highlight=False,
+        out.print(f"[bold]{p.image}[/]  {p.describe()}", highlight=False,
                   soft_wrap=True)  # one line per image, however long: scripts split it
 
 

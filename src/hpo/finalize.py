@@ -132,13 +132,22 @@ def model_metadata(data: ImageData) -> dict:
     return {"classes": data.classes, "task": "multilabel" if data.multilabel else "multiclass",
             "input": "float32 (N, C, H, W) in [0, 1]",
             "channels": data.in_channels, "image_size": list(data.image_size),
-            "background": "dark" if _dark_background(head(data.x_train, 512)) else "light",
+            "background": background_kind(head(data.x_train, 512)),
             "mean": list(data.mean), "std": list(data.std)}
 
 
-def _dark_background(images: np.ndarray) -> bool:
-    border = np.concatenate([images[:512, :, 0, :].ravel(), images[:512, :, -1, :].ravel()])
-    return float(border.mean()) < 128
+def background_kind(images: np.ndarray) -> str:
+    """What the training images' borders are: ``dark`` or ``light`` where nine in ten border pixels are
+    near black or near white (objects on a plain background: Fashion-MNIST, MNIST, product shots), else
+    ``varied`` (photos that fill the frame: CIFAR). ``hpo predict`` inverts and crops outside photos only
+    for a plain background; measured from the images, not taken from the dataset's name."""
+    border = np.concatenate([images[:, :, 0, :].ravel(), images[:, :, -1, :].ravel(),
+                             images[:, :, :, 0].ravel(), images[:, :, :, -1].ravel()]).astype(np.float32)
+    if (border < 48).mean() >= 0.9:
+        return "dark"
+    if (border > 207).mean() >= 0.9:
+        return "light"
+    return "varied"
 
 
 def _log_model(run_id: str, model, data: ImageData) -> tuple[str, str]:

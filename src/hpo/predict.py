@@ -1,7 +1,9 @@
 """Classify outside images with a registered (or logged) model, using the preprocessing it was trained
-with: channels, size, and the background polarity of its data (Fashion-MNIST garments are light on
-black; photos of clothing are dark on white, so they are inverted, cropped to the garment, centred and
-scaled the way Fashion-MNIST's images were made)."""
+with, as stored beside it: channels, size, and the background of its training images, measured from
+the images themselves when the model was logged. A model that learned objects on a dark plain background
+(Fashion-MNIST's garments, MNIST's digits) gets photos the way such images were made: inverted if their
+background is light, cropped to the object, centred and scaled. Any other model gets the whole image
+resized. A multi-label model answers every label whose sigmoid score reaches the threshold."""
 
 from __future__ import annotations
 
@@ -22,10 +24,20 @@ FOREGROUND = 0.15  # after inversion to a dark background: pixels brighter than 
 @dataclass
 class Prediction:
     image: str
-    top: list[tuple[str, float]]
+    top: list[tuple[str, float]]  # (class, probability) best first; multi-label: (label, score) above the threshold
+    multilabel: bool = False
+    threshold: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        if self.multilabel:
+            return {"image": self.image, "threshold": self.threshold,
+                    "labels": [{"label": c, "score": round(p, 6)} for c, p in self.top]}
         return {"image": self.image, "predictions": [{"class": c, "probability": round(p, 6)} for c, p in self.top]}
+
+    def describe(self) -> str:
+        if self.multilabel and not self.top:
+            return f"no label scores {self.threshold:.0%} or more"
+        return "  ".join(f"{c} {p:.1%}" for c, p in self.top)
 
 
 def model_uri_for(model: str) -> str:
@@ -91,7 +103,7 @@ class Predictor:
         self.multilabel = meta.get("task") == "multilabel"
         self.channels: int = int(meta["channels"])
         self.size: tuple[int, int] = tuple(meta["image_size"])
-        self.dark_background: bool = meta["background"] == "dark"
+        self.background: str = meta["background"]  # dark | light (plain) | varied
 
     def preprocess(self, path: str | Path) -> np.ndarray:
         """One image file -> float32 (C, H, W) in [0, 1], as the model saw its training data."""
@@ -110,22 +122,29 @@ class Predictor:
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
         h, w = self.size
-        border = np.concatenate([pixels[0].ravel(), pixels[-1].ravel(), pixels[:, 0].ravel(), pixels[:, -1].ravel()])
-        if (border.mean() > 0.5) == self.dark_background:
-            pixels = 1.0 - pixels  # a light background where the model knows dark ones (or the reverse)
+        if self.background in ("dark", "light"):  # the model knows objects on a plain background
+            border = np.concatenate([pixels[0].ravel(), pixels[-1].ravel(), pixels[:, 0].ravel(),
+                                     pixels[:, -1].ravel()])
+            if (border.mean() > 0.5) == (self.background == "dark"):
+                pixels = 1.0 - pixels  # a light background where the model knows dark ones (or the reverse)
         if pixels.shape[:2] != (h, w):
-            # work on a dark background (object bright), then restore the model's polarity
-            flip = not self.dark_background
-            pixels = self._crop_and_fit(1.0 - pixels if flip else pixels)
-            pixels = 1.0 - pixels if flip else pixels
+            # objects on a dark background were cropped and centred when the training images were made
+            pixels = self._crop_and_fit(pixels) if self.background == "dark" else self._resize(pixels)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+
+    def _resize(self, pixels: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        h, w = self.size
+        mode = "L" if pixels.shape[2] == 1 else "RGB"
+        data = (pixels[:, :, 0] if mode == "L" else pixels) * 255.0
+        resized = Image.fromarray(data.round().astype(np.uint8), mode).resize((w, h), Image.Resampling.LANCZOS)
+        out = np.asarray(resized, dtype=np.float32) / 255.0
+        return out[:, :, None] if out.ndim == 2 else out
 
     def _crop_and_fit(self, pixels: np.ndarray) -> np.ndarray:
         """Crop to the object (on a dark background), pad to a square, and scale its longer side to the
         model's size, centred: how Fashion-MNIST's 28x28 images were made from product photos."""
-        from PIL import Image
-
-        h, w = self.size
         mask = pixels.max(axis=2) > FOREGROUND
         if mask.any():
             rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -134,21 +153,24 @@ class Predictor:
         square = np.zeros((side, side, pixels.shape[2]), dtype=np.float32)
         top, left = (side - pixels.shape[0]) // 2, (side - pixels.shape[1]) // 2
         square[top: top + pixels.shape[0], left: left + pixels.shape[1]] = pixels
-        mode = "L" if square.shape[2] == 1 else "RGB"
-        data = (square[:, :, 0] if mode == "L" else square) * 255.0
-        resized = Image.fromarray(data.round().astype(np.uint8), mode).resize((w, h), Image.Resampling.LANCZOS)
-        out = np.asarray(resized, dtype=np.float32) / 255.0
-        return out[:, :, None] if out.ndim == 2 else out
+        return self._resize(square)
 
-    def predict(self, paths: list[str | Path], top_k: int = 3) -> list[Prediction]:
+    def predict(self, paths: list[str | Path], top_k: int = 3, threshold: float = 0.5) -> list[Prediction]:
+        """Per image: the ``top_k`` classes by softmax probability; for a multi-label model, every label
+        whose sigmoid score is at least ``threshold``, best first."""
         import torch
 
         batch = torch.as_tensor(np.stack([self.preprocess(p) for p in paths]))
         with torch.no_grad():
-            probs = torch.softmax(self.model(batch).float(), dim=1).numpy()
-        k = min(top_k, len(self.classes))
+            logits = self.model(batch).float()
         out = []
-        for path, p in zip(paths, probs):
+        if self.multilabel:
+            for path, p in zip(paths, torch.sigmoid(logits).numpy()):
+                order = [i for i in np.argsort(-p) if p[i] >= threshold]
+                out.append(Prediction(str(path), [(self.classes[i], float(p[i])) for i in order], True, threshold))
+            return out
+        k = min(top_k, len(self.classes))
+        for path, p in zip(paths, torch.softmax(logits, dim=1).numpy()):
             order = np.argsort(-p)[:k]
             out.append(Prediction(str(path), [(self.classes[i], float(p[i])) for i in order]))
         return out
