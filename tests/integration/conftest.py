@@ -14,6 +14,7 @@ class StudyRun:
     work: Path
     stderr: str
     seconds: float
+    stdout: str = ""
 
     @property
     def uri(self) -> str:
@@ -27,7 +28,7 @@ def smoke_run(tmp_path_factory, data_dir) -> StudyRun:
     start = time.time()
     result = run_hpo(["run", str(REPO_ROOT / "studies" / "smoke.yaml")], work, data_dir)
     assert result.returncode == 0, result.stdout + result.stderr
-    return StudyRun(work, result.stderr, time.time() - start)
+    return StudyRun(work, result.stderr, time.time() - start, result.stdout)
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,14 @@ def test_a_log_shows_every_epoch_of_the_search_and_the_final_stage(smoke_run):
                      smoke_run.stderr)
 
 
+def test_the_console_carries_no_library_warnings(smoke_run):
+    """A normal run prints its own lines only: no Python warnings (FutureWarning, UserWarning, ...) and no
+    warnings logged by Ray, MLflow or torch, on either stream."""
+    console = smoke_run.stdout + smoke_run.stderr
+    assert "Warning" not in console and "WARNING" not in console, console
+    assert re.search(r"plan for cnn \(trial \d+\): (fp32|bf16) on cpu", smoke_run.stderr)  # shown once per family
+
+
 def test_one_study_run_with_its_resolved_config(smoke_runs):
     client, by_kind = smoke_runs
     (study,) = by_kind["study"]
@@ -55,6 +63,25 @@ def test_one_nested_run_per_trial_with_epoch_curves(smoke_runs):
         assert trial.info.status == "KILLED"
         assert int(trial.data.tags["hpo.pruned_at_epoch"]) == 1
         assert len(client.get_metric_history(trial.info.run_id, "val_accuracy")) == 1
+
+
+def test_trials_and_the_final_run_carry_their_execution_plan(smoke_runs):
+    """How each trained (hpo.train.plan), beside its images/s: bf16 only where this CPU has it natively."""
+    from hpo.train import describe_machine
+
+    _, by_kind = smoke_runs
+    (final,) = by_kind["final"]
+    precisions = {"fp32", "bf16"} if describe_machine().bf16_native else {"fp32"}
+    for run in [*by_kind["trial"], final]:
+        tags = run.data.tags
+        assert tags["hpo.plan.precision"] in precisions, tags
+        assert tags["hpo.plan.layout"] in ("channels_last", "contiguous")
+        assert tags["hpo.plan.device"] == "cpu" and tags["hpo.plan.compile"] == "false"
+        assert tags["hpo.plan.source"] in ("measured", "cache")
+        assert "AVX2" in tags["hpo.plan.device_name"] or "no AVX2" in tags["hpo.plan.device_name"]
+        assert run.data.metrics["images_per_second"] > 0
+    assert {t.data.tags["hpo.plan.threads"] for t in by_kind["trial"]} == {"1"}  # cpus_per_trial: 1
+    assert final.data.tags["hpo.plan.threads"] in ("1", str(os.cpu_count()))
 
 
 def test_recheck_reruns_the_top_k_with_fresh_seeds(smoke_runs):
