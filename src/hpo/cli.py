@@ -230,6 +230,51 @@ def ui(
 
 
 @app.command()
+def dashboard(
+    study: StudyArg,
+    run_folder: Annotated[Optional[str], typer.Option("--run", metavar="FOLDER",
+                                                      help="the run to show, by its folder under runs/STUDY as "
+                                                           "`hpo status` lists it (default: the latest)")] = None,
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8080,
+    host: Annotated[str, typer.Option(help="interface to bind; loopback unless you mean to share it")] = "127.0.0.1",
+) -> None:
+    """Start optuna-dashboard on a run's Optuna storage (on loopback by default): the sampler's own view of
+    the trials, their parameters, history and importances. Needs the extra: pip install -e ".[dashboard]"."""
+    from hpo.resume import StudyDir
+    from hpo.security import redact
+
+    loaded = _load(study)
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        _print_error('optuna-dashboard is not installed; install the extra: pip install -e ".[dashboard]"')
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    c = loaded.config
+    root = Path(c.output_dir) / c.name
+    problems: list[str] = []
+    runs = StudyDir.all(root, problems)
+    for problem in problems:
+        err.print(f"[yellow]warning[/]: {problem}", highlight=False, markup=False)
+    if run_folder is not None:
+        runs = [r for r in runs if r.path.name == run_folder]
+        if not runs:
+            _print_error(f"study '{c.name}' has no run {run_folder} under {root}; `hpo status {study}` lists its runs")
+            raise typer.Exit(EXIT_BAD_INPUT)
+    for r in runs:
+        r.shared_storage = c.tracking.optuna_storage
+    # a run's own SQLite file exists once its search started; a shared storage holds every run's study
+    runs = [r for r in runs if r.shared_storage or (r.path / "optuna.db").is_file()]
+    if not runs:
+        _print_error(f"study '{c.name}' has no Optuna storage yet (no searched run under {root}); "
+                     f"run `hpo run {study}` first")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    chosen = runs[-1]
+    err.print(f"optuna-dashboard for run {chosen.path.name} (Optuna study '{chosen.optuna_study}' in "
+              f"{redact(chosen.optuna_storage)}) on http://{host}:{port} (Ctrl-C to stop)", highlight=False)
+    run_server(chosen.optuna_storage, host=host, port=port)  # blocks; Ctrl-C stops it
+
+
+@app.command()
 def plan(study: StudyArg,
          measure: Annotated[bool, typer.Option(help="time each family's plan (--no-measure: sizes only)")] = True,
          ) -> None:

@@ -273,10 +273,12 @@ class _Stepper:
         self.loss = math.nan
 
     def step(self) -> None:
+        from hpo.train.loop import channels_last_gradients  # the step as training takes it
+
         self.plan.apply()
         _sync(self.device)
         start = time.perf_counter()
-        with self.plan.autocast():
+        with self.plan.autocast(), channels_last_gradients(self.model) if self.plan.channels_last else nullcontext():
             logits = self.forward(self.x)
         value = self.loss_of(logits.float(), self.y)
         self.optimizer.zero_grad(set_to_none=True)
