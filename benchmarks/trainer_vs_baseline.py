@@ -124,7 +124,8 @@ class HpoTrainer:
         data = TrainData.from_arrays(self.x[take], self.y[take], None, None, 10, (0.0,), (1.0,))
         if self.plan is None:
             self.plan = plan_training(self.config, data, threads=self.threads, model=self.model,
-                                      prefs=Preferences(compile=self.compile), cache=PlanCache(path=None))
+                                      prefs=Preferences(compile=self.compile), cache=PlanCache(path=None),
+                                      always_measure=True)
         fix = loop.channels_last_gradients
         if not self.flatten_fix:  # ablation: Flatten's gradient goes back NCHW, as in plain PyTorch
             loop.channels_last_gradients = lambda model: contextlib.nullcontext()

@@ -77,7 +77,7 @@ def test_trials_and_the_final_run_carry_their_execution_plan(smoke_runs):
         assert tags["hpo.plan.precision"] in precisions, tags
         assert tags["hpo.plan.layout"] in ("channels_last", "contiguous")
         assert tags["hpo.plan.device"] == "cpu" and tags["hpo.plan.compile"] == "false"
-        assert tags["hpo.plan.source"] in ("measured", "cache")
+        assert tags["hpo.plan.source"] in ("measured", "cache", "default")  # default: too short to measure
         assert "AVX2" in tags["hpo.plan.device_name"] or "no AVX2" in tags["hpo.plan.device_name"]
         assert run.data.metrics["images_per_second"] > 0
     assert {t.data.tags["hpo.plan.threads"] for t in by_kind["trial"]} == {"1"}  # cpus_per_trial: 1

@@ -147,6 +147,29 @@ def test_a_decided_plan_is_reused_without_measuring_again(batch, tmp_path):
     assert len(calls) == 8 and handed.channels_last is False
 
 
+def test_a_run_too_short_to_repay_measuring_takes_the_hardwares_default(batch, tmp_path):
+    x, y = batch
+
+    def never(plan):
+        raise AssertionError("a short run is not measured")
+
+    cache = PlanCache(path=tmp_path / "plans.json")
+    for machine, expected in ((AVX2, ("fp32", False)), (ZEN4, ("bf16", True))):
+        plan = choose_plan(builder(cnn()), x, y, model_name="cnn", device=CPU, threads=2, machine=machine,
+                           cache=cache, expected_steps=30, measure_fn=never)
+        assert (plan.precision, plan.channels_last, plan.threads, plan.source) == (*expected, 2, "default")
+    assert not (tmp_path / "plans.json").exists()  # not a decision: the next long run measures
+    calls: list[ExecutionPlan] = []
+    long = choose_plan(builder(cnn()), x, y, model_name="cnn", device=CPU, threads=1, machine=AVX2, cache=cache,
+                       expected_steps=5000, measure_fn=timings({("fp32", False): 0.2, ("fp32", True): 0.1},
+                                                              calls=calls))
+    assert len(calls) == 2 and long.source == "measured"
+    for gpu, expected in ((T4, ("fp16", True)), (H100, ("bf16", True))):
+        plan = choose_plan(builder(cnn()), x, y, model_name="cnn", device=CUDA, threads=1, machine=gpu,
+                           cache=PlanCache(path=None), expected_steps=1, measure_fn=never)
+        assert (plan.precision, plan.channels_last) == expected
+
+
 def test_overrides_are_honoured(batch, fashion_subset):
     x, y = batch
 

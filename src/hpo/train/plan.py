@@ -44,6 +44,10 @@ TIMED_STEPS = 4
 # A reduced-precision candidate must end the timed steps within this of fp32's loss (absolute + relative),
 # else it is refused whatever its speed.
 LOSS_TOLERANCE = (0.05, 0.05)
+# Measuring costs (WARMUP_STEPS + TIMED_STEPS) steps per candidate: it is done only for runs of at least
+# this many times that (a smoke test's one-step retrain is not worth planning); shorter runs take the
+# hardware's default plan, which is not cached, so the next long run still measures.
+MEASURE_WORTH = 10
 # torch.compile is measured (in ``auto``) only on CUDA and only for runs whose eager training would take
 # longer than this: compiling costs tens of seconds per architecture. On CPUs it did not pay for hpo's
 # networks on 2 cores (docs/BENCHMARKS.md); ``compile: true`` still forces it anywhere.
@@ -213,6 +217,20 @@ class ExecutionPlan:
     def from_dict(cls, data: Mapping[str, Any]) -> ExecutionPlan:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def default_plan(machine: Machine, device: torch.device, prefs: Preferences, threads: int) -> ExecutionPlan:
+    """What the hardware is known to run fastest, without measuring: bf16 + channels_last where bf16 is
+    native (CPU AVX512-BF16/AMX, CUDA sm80+), fp16 + channels_last on older GPUs, fp32 otherwise; the
+    preferences where they fix a part."""
+    cuda = device.type == "cuda"
+    capability = machine.gpus[device.index or 0].capability if cuda and machine.gpus else (0, 0)
+    fast = "bf16" if (capability >= (8, 0) if cuda else machine.bf16_native) else "fp16" if cuda else "fp32"
+    precision = fast if prefs.precision == AUTO else prefs.precision
+    layout = prefs.channels_last if isinstance(prefs.channels_last, bool) else precision != "fp32"
+    return ExecutionPlan(device=str(device), precision=precision, channels_last=layout, compile=prefs.compile is True,
+                         threads=threads, tf32=cuda and capability >= (8, 0) and precision == "fp32",
+                         source="default")
 
 
 def candidates(machine: Machine, device: torch.device, prefs: Preferences, threads: int) -> list[ExecutionPlan]:
@@ -405,13 +423,14 @@ Measure = Callable[[ExecutionPlan], Measurement]
 
 def choose_plan(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, *, model_name: str,
                 device: torch.device, threads: int, prefs: Preferences = Preferences(),
-                cache: PlanCache | None = None, expected_steps: int = 0, machine: Machine | None = None,
+                cache: PlanCache | None = None, expected_steps: int | None = None, machine: Machine | None = None,
                 loss: Callable | None = None, measure_fn: Measure | None = None,
                 log: Callable[[str], None] | None = None, always_measure: bool = False) -> ExecutionPlan:
     """The plan for training ``build()`` on batches like ``x`` (float, on ``device``): from the cache,
     from the preferences when they fix everything, else measured. ``measure_fn`` replaces the timing
-    (tests inject step times through it). ``always_measure``: a plan the preferences fix is timed too
-    (for its images/s)."""
+    (tests inject step times through it). ``expected_steps`` (the run's training steps, if known): a run
+    too short to repay the measuring takes ``default_plan``. ``always_measure``: measure even then, and
+    time a plan the preferences fix too (for its images/s)."""
     machine = machine or describe_machine()
     cache = cache if cache is not None else PlanCache()
     batch = len(x)
@@ -420,6 +439,9 @@ def choose_plan(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor
     if cached is not None:
         return replace(cached, source="cache", key=key)
     options = candidates(machine, device, prefs, threads)
+    if len(options) > 1 and not always_measure and expected_steps is not None and \
+            expected_steps < MEASURE_WORTH * len(options) * (WARMUP_STEPS + TIMED_STEPS):
+        return replace(default_plan(machine, device, prefs, threads), key=key)  # too short to be worth it
 
     def measure_many(plans: list[ExecutionPlan]) -> list[Measurement]:
         if measure_fn is not None:
@@ -433,7 +455,7 @@ def choose_plan(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor
             plan = replace(plan, images_per_second=batch / m.seconds_per_step)
     else:
         plan, notes = choose(list(zip(options, measure_many(options))), batch)
-    if prefs.compile == AUTO and device.type == "cuda":
+    if prefs.compile == AUTO and device.type == "cuda" and expected_steps:
         eager = measure_many([plan])[0] if plan.images_per_second is None else None
         step = eager.seconds_per_step if eager else batch / plan.images_per_second
         if expected_steps * step > COMPILE_WORTH_SECONDS:
