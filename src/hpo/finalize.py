@@ -7,7 +7,6 @@ import json
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,10 +154,7 @@ def _log_model(run_id: str, model, data: ImageData) -> tuple[str, str]:
     import mlflow
 
     example = head(data.x_test, 4).astype(np.float32) / 255.0  # batch > 1: the batch dim stays dynamic
-    # torch 2.13 warns from inside its own unpickling of an export's tree spec (LeafSpec is deprecated):
-    # nothing a user can act on, printed into the middle of the run's summary.
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+    with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(model, name="model", input_example=example,
                                         pip_requirements=pip_requirements(), serialization_format="pt2",
                                         metadata=model_metadata(data))

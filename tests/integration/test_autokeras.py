@@ -176,7 +176,7 @@ def test_a_killed_baseline_continues_where_it_stopped(tmp_path, data_dir):
 
     import psutil
 
-    from hpo.testing import hpo_env
+    from hpo.testing import hpo_env, wait_ended
 
     study = tmp_path / "ak-resume.yaml"
     study.write_text(STUDY.format(name="ak-resume", space=REPO_ROOT / "search_spaces" / "smoke.yaml",
@@ -205,7 +205,7 @@ def test_a_killed_baseline_continues_where_it_stopped(tmp_path, data_dir):
     assert len(workers) == 1
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    gone, alive = psutil.wait_procs(workers, timeout=60)
+    alive = wait_ended(workers, timeout=60)
     for p in alive:  # leave nothing behind even if the test fails
         p.kill()
     assert not alive, "the worker went on without its driver"

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hpo.testing import run_hpo
+from hpo.testing import run_hpo, wait_ended
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def _kill_driver_when(proc: subprocess.Popen, ready, timeout: float = 240) -> No
             child.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(family, timeout=30)
+    wait_ended(family, timeout=30)
 
 
 def _run_dir(work: Path) -> Path | None:

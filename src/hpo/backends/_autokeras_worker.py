@@ -16,8 +16,10 @@ gone).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -154,9 +156,28 @@ def tuner_class(name: str) -> type:
             "hyperband": tuners.Hyperband, "random": tuners.RandomSearch}[name]
 
 
+def die_with_driver(driver: int | None, emit: Events) -> None:
+    """Ask the kernel (Linux) to signal this process the moment its driver dies, whatever it is doing then,
+    and stop there: the checks between batches alone leave it training on for minutes while AutoKeras
+    builds and traces its next model. The next ``hpo run`` continues the baseline."""
+    if driver is None or not sys.platform.startswith("linux"):
+        return
+
+    def on_driver_death(_signum=None, _frame=None) -> None:
+        emit("orphaned", driver=driver)
+        os._exit(3)
+
+    signal.signal(signal.SIGUSR1, on_driver_death)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGUSR1)  # PR_SET_PDEATHSIG: the driver spawned us from its main thread
+    if os.getppid() != driver:  # it died before the request was in place
+        on_driver_death()
+
+
 def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     emit = Events(Path(spec["events"]))
+    die_with_driver(spec.get("driver_pid"), emit)
     if spec.get("threads"):
         os.environ.setdefault("OMP_NUM_THREADS", str(spec["threads"]))
     arrays = dict(np.load(spec["data"]))

@@ -66,3 +66,23 @@ def probe_shared_arrays(data) -> dict:
     wrapped = TrainData.from_arrays(x, data.y_train, data.x_val, data.y_val, data.num_classes, data.mean, data.std)
     return {"pid": os.getpid(), "owndata": x.flags.owndata, "writeable": x.flags.writeable,
             "torch_shares": wrapped.x_train.data_ptr() == x.__array_interface__["data"][0]}
+
+
+def wait_ended(processes: list, timeout: float) -> list:
+    """Wait until each ``psutil.Process`` has ended; return those still running after ``timeout`` s. A
+    zombie has ended: once its parent is killed, an orphan that exits waits for whoever adopted it to reap
+    it, and a container's PID 1 may never do so."""
+    import time
+
+    import psutil
+
+    def ended(p) -> bool:
+        try:
+            return p.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(ended(p) for p in processes):
+        time.sleep(0.2)
+    return [p for p in processes if not ended(p)]
