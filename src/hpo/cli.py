@@ -239,7 +239,7 @@ def dashboard(
     host: Annotated[str, typer.Option(help="interface to bind; loopback unless you mean to share it")] = "127.0.0.1",
 ) -> None:
     """Start optuna-dashboard on a run's Optuna storage (on loopback by default): the sampler's own view of
-    the trials, their parameters, history and importances. Needs the extra: pip install -e ".[dashboard]"."""
+    the trials, their parameters, history and importances. Needs hpo's optional extra named dashboard."""
     from hpo.resume import StudyDir
     from hpo.security import redact
 
@@ -254,7 +254,7 @@ def dashboard(
     problems: list[str] = []
     runs = StudyDir.all(root, problems)
     for problem in problems:
-        err.print(f"[yellow]warning[/]: {problem}", highlight=False, markup=False)
+        err.print(f"warning: {problem}", highlight=False, markup=False)
     if run_folder is not None:
         runs = [r for r in runs if r.path.name == run_folder]
         if not runs:
@@ -270,7 +270,8 @@ def dashboard(
         raise typer.Exit(EXIT_BAD_INPUT)
     chosen = runs[-1]
     err.print(f"optuna-dashboard for run {chosen.path.name} (Optuna study '{chosen.optuna_study}' in "
-              f"{redact(chosen.optuna_storage)}) on http://{host}:{port} (Ctrl-C to stop)", highlight=False)
+              f"{redact(chosen.optuna_storage)}) on http://{host}:{port} (Ctrl-C to stop)",
+              highlight=False, markup=False)
     run_server(chosen.optuna_storage, host=host, port=port)  # blocks; Ctrl-C stops it
 
 

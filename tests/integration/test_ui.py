@@ -60,29 +60,28 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def serving(args: list[str], cwd: Path, log: Path, ready: str, timeout: float = 120) -> Iterator[str]:
-    """Run ``hpo ARGS`` (a server) in a process group of its own; yield the address it printed once ``ready``
-    (a path) answers; stop the group afterwards, whatever happened."""
+def serving(args: list[str], cwd: Path, log: Path, ready: str, timeout: float = 120) -> Iterator[tuple[str, str]]:
+    """Run ``hpo ARGS`` (a server) in a process group of its own; once ``ready`` (a path) answers, yield the
+    server's root and the address the command told the user to open; stop the group afterwards, whatever
+    happened."""
     with log.open("wb") as sink:
         process = subprocess.Popen([sys.executable, "-m", "hpo.cli", *args], cwd=cwd, env=hpo_env(),
                                    stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
-        base = None
+        found = None
         while True:
             assert process.poll() is None, f"hpo {args[0]} exited {process.returncode}:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"hpo {args[0]} did not answer in {timeout} s:\n{log.read_text()}"
-            if base is None:  # the address it tells the user to open
-                found = re.search(r"on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
-                base = found.group(1) if found else None
-            if base is not None:
+            found = found or re.search(r" on (http://127\.0\.0\.1:\d+)(\S*)", log.read_text(errors="replace"))
+            if found:
                 try:
-                    with urllib.request.urlopen(base + ready, timeout=5):
+                    with urllib.request.urlopen(found.group(1) + ready, timeout=5):
                         break
                 except (urllib.error.URLError, OSError):
                     pass
             time.sleep(0.5)
-        yield base
+        yield found.group(1), found.group(0).removeprefix(" on ")
     finally:
         _stop(process)
 
@@ -208,40 +207,50 @@ def _copy_store(source: Path, target: Path) -> None:
 
 
 def test_ui_lands_on_the_training_runs_with_the_trials_listed(smoke_run, smoke_runs, tmp_path):
-    import mlflow
-
     browser = chromium()
     client, by_kind = smoke_runs
-    experiment = client.get_experiment_by_name("smoke")
-    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    experiment = client.get_experiment_by_name("smoke").experiment_id
     trials = sorted(r.info.run_name for r in by_kind["trial"])
     assert len(trials) == 4
-    # The UI reads a copy of the smoke store (it may write the kind it infers for an untagged experiment),
-    # holding besides the smoke experiment a control without the kind tag: the same runs, logged again.
-    work = tmp_path / "work"
+    work = tmp_path / "work"  # the UI reads a copy of the store: whatever it writes stays out of the session's
     _copy_store(smoke_run.work / "mlflow" / "mlflow.db", work / "mlflow" / "mlflow.db")
-    copy = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow' / 'mlflow.db'}")
-    control = copy.create_experiment("untagged-control")
-    parent = copy.create_run(control, run_name="smoke").info.run_id
-    for name in trials:
-        child = copy.create_run(control, run_name=name, tags={"mlflow.parentRunId": parent}).info.run_id
-        copy.log_metric(child, "val_accuracy", 0.5, step=1)
-        copy.set_terminated(child)
-    copy.set_terminated(parent)
-    assert "mlflow.experimentKind" not in copy.get_experiment(control).tags
 
-    with serving(["ui", str(SMOKE), "--port", str(free_port())], work, tmp_path / "ui.log", "/health") as base, \
-            Chromium(browser, tmp_path / "profile") as page:
-        landed = page.open(f"{base}/#/experiments/{experiment.experiment_id}",
-                           until=lambda p: all(name in p["text"] for name in trials))
-        shot = page.screenshot(tmp_path / "smoke.png")
-        assert re.search(rf"#/experiments/{experiment.experiment_id}/runs\b", landed["url"]), (landed["url"], shot)
-        missing = [name for name in trials if name not in landed["text"]]
-        assert not missing, f"trial runs not listed: {missing} ({shot})\n{landed['text'][:3000]}"
+    def overview(page: dict[str, str]) -> bool:
+        return "/overview" in page["url"] or "Token Usage" in page["text"]
 
-        untagged = page.open(f"{base}/#/experiments/{control}", until=lambda p: "/overview" in p["url"])
-        shot = page.screenshot(tmp_path / "control.png")
-        assert re.search(rf"#/experiments/{control}/overview\b", untagged["url"]), (untagged["url"], shot)
+    ui = ["ui", str(SMOKE), "--port", str(free_port())]
+    with serving(ui, work, tmp_path / "ui.log", "/health") as (base, told), Chromium(browser, tmp_path / "profile") as page:
+        # The control, in the same fresh browser: the experiment's plain address (where the UI's list of
+        # experiments links) opens on MLflow's GenAI overview, whatever the experiment's tags say.
+        plain = page.open(f"{base}/#/experiments/{experiment}", until=overview)
+        shot = page.screenshot(tmp_path / "plain.png")
+        assert re.search(rf"#/experiments/{experiment}/overview\b", plain["url"]), (plain["url"], shot)
+
+        # What `hpo ui STUDY` tells the user to open lands on the study's training runs, the trials listed.
+        def missing(page: dict[str, str]) -> list[str]:  # a run's name is a cell of its own: recheck-trial-001-...
+            return [name for name in trials if not re.search(rf"(^|\s){name}(\s|$)", page["text"])]
+
+        landed = page.open(told if "#/experiments/" in told else f"{base}/#/experiments/{experiment}",
+                           until=lambda p: not missing(p))
+        shot = page.screenshot(tmp_path / "told.png")
+        assert re.search(rf"#/experiments/{experiment}/runs\b", landed["url"]), (told, landed["url"], shot)
+        assert not overview(landed) and "workflowType=genai" not in landed["url"], (landed["url"], shot)
+        assert not missing(landed), f"trial runs not listed: {missing(landed)} ({told} -> {landed['url']}, {shot})"
+
+
+def test_the_ui_address_of_a_study(smoke_run, smoke_runs, tmp_path):
+    from hpo.tracking.ui_links import study_address
+
+    client, _ = smoke_runs
+    experiment = client.get_experiment_by_name("smoke").experiment_id
+    assert study_address("http://127.0.0.1:5000", smoke_run.uri, "smoke", "val_loss", "min") == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?workflowType=machine_learning"
+        "&orderByKey=metrics.%60val_loss%60&orderByAsc=true")
+    # a study not in the store, or no store yet (not created by looking): the server's root
+    assert study_address("http://h:1", smoke_run.uri, "never-ran", "val_accuracy", "max") == "http://h:1"
+    missing = tmp_path / "mlflow" / "mlflow.db"
+    assert study_address("http://h:1", f"sqlite:///{missing}", "smoke", "val_accuracy", "max") == "http://h:1"
+    assert not missing.parent.exists()
 
 
 def _optuna_dashboard() -> None:
@@ -257,7 +266,7 @@ def test_dashboard_serves_the_latest_run_with_its_trials(smoke_run, tmp_path):
     _optuna_dashboard()
     folders = sorted(p.name for p in (smoke_run.work / "runs" / "smoke").iterdir() if (p / "state.json").is_file())
     with serving(["dashboard", str(SMOKE), "--port", str(free_port())], smoke_run.work, tmp_path / "dashboard.log",
-                 "/api/meta") as base:
+                 "/api/meta") as (base, _):
         summaries = get_json(f"{base}/api/studies")["study_summaries"]
         (study,) = [s for s in summaries if s["study_name"] == f"smoke/{folders[-1]}"]
         assert study["directions"] == ["maximize"]
@@ -273,7 +282,8 @@ def test_dashboard_refuses_clearly(tmp_path):
     shadow = tmp_path / "shadow" / "optuna_dashboard"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('optuna-dashboard is not installed (a test stand-in)')\n")
-    result = run_hpo(["dashboard", str(SMOKE)], tmp_path, env={"PYTHONPATH": str(shadow.parent)})
+    path = os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")]))
+    result = run_hpo(["dashboard", str(SMOKE)], tmp_path, env={"PYTHONPATH": path})
     assert result.returncode == 2, result.stdout + result.stderr
     assert 'pip install -e ".[dashboard]"' in result.stderr
 
