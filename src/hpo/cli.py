@@ -220,9 +220,15 @@ def ui(
     from hpo.security import redact
     from hpo.tracking import default_tracking_uri
 
-    configured = _load(study).config.tracking.uri if study else None
-    uri = default_tracking_uri(tracking_uri or configured)
-    err.print(f"MLflow UI for {redact(uri)} on http://{host}:{port} (Ctrl-C to stop)")
+    loaded = _load(study) if study else None
+    uri = default_tracking_uri(tracking_uri or (loaded.config.tracking.uri if loaded else None))
+    address = f"http://{host}:{port}"
+    if loaded is not None:  # the study's runs, ranked by its objective (MLflow would open its GenAI overview)
+        from hpo.tracking.ui_links import study_address
+
+        c = loaded.config
+        address = study_address(address, uri, c.name, c.objective.metric, c.objective.direction)
+    err.print(f"MLflow UI for {redact(uri)} on {address} (Ctrl-C to stop)", highlight=False)
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     # this interpreter's MLflow, whether or not its environment's bin/ is on PATH
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
