@@ -50,7 +50,7 @@ def test_training_on_streamed_images_matches_training_in_memory(folder):
                                         data.mean, data.std)
         result = train(config, wrapped, epochs=2, seed=3, threads=1)
         logits = predict_logits(result.model, data.x_test if isinstance(data.x_test, FileImages)
-                                else torch.as_tensor(data.x_test), device="cpu")
+                                else torch.as_tensor(data.x_test), plan=result.plan)
         results.append((result.history, logits))
     (memory, memory_logits), (streamed, streamed_logits) = results
     for a, b in zip(memory, streamed):
