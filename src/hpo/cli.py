@@ -323,12 +323,15 @@ def plan(study: StudyArg,
         table.add_row(f.family, span(f.smallest.params / 1e6, f.largest.params / 1e6, lambda v: f"{v:.2f}"),
                       span(f.smallest.flops / 1e6, f.largest.flops / 1e6, lambda v: f"{v:,.0f}"),
                       bytes_span(f.smallest.training_bytes, f.largest.training_bytes), how,
-                      f"{p.images_per_second:,.0f}" if p else "-",
+                      f"{p.images_per_second:,.0f}{'*' if p.source == 'estimate' else ''}" if p else "-",
                       f"{f.seconds_per_epoch:,.0f}" if p else "-")
     out.print(table)
     cap = f"; the cap per trial is {_bytes(result.cap_bytes)} ({result.cap_what})" if result.cap_bytes else ""
+    estimated = any(f.plan is not None and f.plan.source == "estimate" for f in result.families)
     out.print(f"sizes over each family's corner configurations (its batch sizes included){cap}; img/s and "
-              "s/epoch at the family's middle configuration, as its trials would run here.", highlight=False)
+              "s/epoch at the family's middle configuration, as its trials would run here"
+              + (" (*: estimated from one step of the hardware's default plan on a few images; `hpo doctor "
+                 "STUDY` measures the plans)" if estimated else "") + ".", highlight=False)
     for note in result.notes:
         out.print(f"  {note}", highlight=False)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hpo.config import Study
@@ -112,10 +112,22 @@ def size_families(study: Study, shape: tuple[int, int, int], classes: int) -> tu
     cap, cap_what = memory_cap(study)
     costs: dict[str, list[Cost]] = {}
     errors: dict[tuple, StudyError] = {}
+    networks: dict[str, Cost | Exception] = {}  # most corners vary the optimizer or augmentation, not the net
     for values, where in study.space.corner_points(study.space_base):
         config = TrialConfig.model_validate(values)
+        network = config.model.model_dump_json()
+        if network not in networks:
+            try:
+                networks[network] = measure_cost(config, shape, classes)
+            except (RuntimeError, ValueError) as exc:
+                networks[network] = exc
         try:
-            cost = measure_cost(config, shape, classes)
+            known = networks[network]
+            if isinstance(known, Exception):
+                raise known
+            o = config.optimizer
+            cost = replace(known, batch_size=config.batch_size,
+                           optimizer_states=OPTIMIZER_STATES.get(o.name, 2) if o.name != "sgd" or o.momentum > 0 else 0)
         except (RuntimeError, ValueError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             message = (f"the {'x'.join(map(str, shape))} input is too small for this {config.model.name} "
@@ -147,14 +159,51 @@ def plan_study(study: Study, data, *, measure: bool = True) -> StudyPlan:
     families = [FamilyCost(name, min(group, key=lambda c: c.training_bytes),
                            max(group, key=lambda c: c.training_bytes), len(group)) for name, group in costs.items()]
     if measure:
-        from hpo.doctor import family_plans
-
-        by_family = {row.family: row for row in family_plans(study, data)}
         for family in families:
-            row = by_family.get(family.family)
-            if row is not None:
-                family.plan, family.seconds_per_epoch = row.plan, row.seconds_per_epoch
+            config = study.space.representatives().get(family.family)
+            if config is not None:
+                family.plan = quick_plan(study, config, data)
+                rate = family.plan.images_per_second
+                family.seconds_per_epoch = len(data.y_train) / rate + len(data.y_val) / (3 * rate)
     return StudyPlan(families, len(data.y_train), len(data.y_val), cap, cap_what, budget_notes(study, families, data))
+
+
+ESTIMATE_IMAGES = 16  # a dry run times one step on this many images when no measured plan is cached
+
+
+def quick_plan(study: Study, config: TrialConfig, data):
+    """The family's execution plan as its trials would take it: the one measured on this machine if the
+    cache holds it (``hpo doctor`` or an earlier run measured it), else the hardware's default plan timed
+    for one step on a few images (source ``estimate``: a dry run stays seconds, where measuring every
+    candidate at the full batch takes minutes for a DenseNet on a CPU)."""
+    import torch
+
+    from hpo.models import create_model
+    from hpo.train.loop import loss_fn, pick_device, to_float
+    from hpo.train.plan import PlanCache, Preferences, default_plan, describe_machine, measure, plan_key
+
+    c = study.config
+    device = pick_device("auto")
+    threads = max(1, math.floor(c.resources.cpus_per_trial))
+    prefs = Preferences.from_resources(c.resources)
+    machine = describe_machine()
+    batch = min(config.batch_size, len(data.y_train))
+    shape = tuple(int(d) for d in data.x_train.shape[1:])
+    cached = PlanCache().get(plan_key(machine, device, config.model.name, shape, batch, threads, prefs))
+    if cached is not None and cached.images_per_second:
+        return cached
+    plan = default_plan(machine, device, prefs, threads)
+    n = min(ESTIMATE_IMAGES, len(data.y_train))
+    x = to_float(torch.as_tensor(data.x_train[:n]).to(device))
+    y = torch.as_tensor(data.y_train[:n]).to(device)
+    multilabel = y.ndim == 2
+
+    def build():
+        return create_model(config.model, shape[0], data.num_classes, data.mean, data.std)
+
+    m = measure(build, x, y, plan, loss=lambda logits, t: loss_fn(logits, t, multilabel=multilabel), warmup=1,
+                steps=1)
+    return replace(plan, images_per_second=n / m.seconds_per_step, source="estimate")
 
 
 def budget_notes(study: Study, families: list[FamilyCost], data) -> list[str]:

@@ -16,7 +16,7 @@ from hpo.testing.datasets import write_apparel_csv, write_cifar, write_tiny_imag
 pytestmark = pytest.mark.integration
 SHIPPED = sorted(p.stem for p in (REPO_ROOT / "studies").glob("*.yaml"))
 ROW = re.compile(r"│ (\w+)\s*│\s*([\d.]+(?:-[\d.]+)?) │\s*([\d,]+(?:-[\d,]+)?) │\s*([\d.]+(?:-[\d.]+)? [KMG]iB) │"
-                 r" (fp32|bf16|fp16) (NCHW|NHWC)\s*│\s*([\d,]+) │\s*([\d,]+) │")
+                 r" (fp32|bf16|fp16) (NCHW|NHWC)\s*│\s*([\d,]+)\*? │\s*([\d,]+) │")
 
 
 def families(study: str) -> set[str]:
