@@ -25,8 +25,9 @@ def machine() -> str:
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -41,8 +42,10 @@ def record(title: str, table: str, notes: str = "", *, dry_run: bool = False) ->
     """Print the table and append it, with date, machine, commit and command, to docs/BENCHMARKS.md
     (``dry_run``: print only)."""
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
-    block = (f"\n### {title} — {dt.date.today().isoformat()}\n\n"
-             f"Machine: {machine()}. Commit {commit()}. Command: `{command}`.\n\n{table}\n")
+    block = (
+        f"\n### {title} — {dt.date.today().isoformat()}\n\n"
+        f"Machine: {machine()}. Commit {commit()}. Command: `{command}`.\n\n{table}\n"
+    )
     if notes:
         block += f"\n{notes}\n"
     print(block)

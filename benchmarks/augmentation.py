@@ -22,7 +22,6 @@ import time
 
 import numpy as np
 import torch
-
 from _common import markdown_table, record
 
 P = 0.5  # every transform's probability, on both paths
@@ -36,16 +35,18 @@ def per_sample_pipeline(channels: int, size: int):
 
     T = import_torchvision().transforms
     apply = T.RandomApply
-    transform = T.Compose([
-        T.RandomHorizontalFlip(P),
-        apply([T.RandomAffine(0, translate=(2 / size, 2 / size))], P),
-        apply([T.RandomRotation(10)], P),
-        apply([T.RandomAffine(0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=10)], P),
-        apply([T.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True)], P),
-        apply([T.ColorJitter(0.2, 0.2, 0.2 if channels == 3 else 0, 0.05 if channels == 3 else 0)], P),
-        T.ToTensor(),
-        T.RandomErasing(P, scale=(0.02, 0.2)),
-    ])
+    transform = T.Compose(
+        [
+            T.RandomHorizontalFlip(P),
+            apply([T.RandomAffine(0, translate=(2 / size, 2 / size))], P),
+            apply([T.RandomRotation(10)], P),
+            apply([T.RandomAffine(0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=10)], P),
+            apply([T.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True)], P),
+            apply([T.ColorJitter(0.2, 0.2, 0.2 if channels == 3 else 0, 0.05 if channels == 3 else 0)], P),
+            T.ToTensor(),
+            T.RandomErasing(P, scale=(0.02, 0.2)),
+        ]
+    )
 
     def run(batch: np.ndarray) -> torch.Tensor:
         out = []
@@ -53,6 +54,7 @@ def per_sample_pipeline(channels: int, size: int):
             pil = Image.fromarray(image[0] if channels == 1 else image.transpose(1, 2, 0))
             out.append(transform(pil))
         return torch.stack(out)
+
     return run
 
 
@@ -61,12 +63,25 @@ def batched_pipeline(channels: int):
     from hpo.data.augment import BatchAugment
     from hpo.train.loop import to_float
 
-    augment = BatchAugment(AugmentConfig(hflip=P, translate=P, translate_px=2, rotate=P, rotate_degrees=10,
-                                         affine=P, resized_crop=P, color_jitter=P, erasing=P),
-                           torch.Generator().manual_seed(0), channels)
+    augment = BatchAugment(
+        AugmentConfig(
+            hflip=P,
+            translate=P,
+            translate_px=2,
+            rotate=P,
+            rotate_degrees=10,
+            affine=P,
+            resized_crop=P,
+            color_jitter=P,
+            erasing=P,
+        ),
+        torch.Generator().manual_seed(0),
+        channels,
+    )
 
     def run(batch: np.ndarray) -> torch.Tensor:
         return augment(to_float(torch.as_tensor(batch)))
+
     return run
 
 
@@ -98,8 +113,14 @@ def kornia_vs_own(batch: torch.Tensor, rounds: int) -> list[list[str]]:
         "rotation": (rotation, lambda x: A.geometric(x, only["rotate"], g)),
         "affine (translate, scale, shear)": (affine, lambda x: A.geometric(x, only["affine"], g)),
         "resized crop": (crop, lambda x: A.geometric(x, only["resized_crop"], g)),
-        "rotation + affine + resized crop": (lambda x: crop(affine(rotation(x))), lambda x: A.geometric(x, together, g)),
-        "colour jitter (RGB)": (K.ColorJitter(0.2, 0.2, 0.2, 0.05, p=1.0), lambda x: A.color_jitter(x, 1.0, 0.2, 0.05, g)),
+        "rotation + affine + resized crop": (
+            lambda x: crop(affine(rotation(x))),
+            lambda x: A.geometric(x, together, g),
+        ),
+        "colour jitter (RGB)": (
+            K.ColorJitter(0.2, 0.2, 0.2, 0.05, p=1.0),
+            lambda x: A.color_jitter(x, 1.0, 0.2, 0.05, g),
+        ),
     }
 
     def ms(op) -> float:
@@ -134,20 +155,30 @@ def main() -> None:
         for _ in range(args.rounds):
             pairs.append((images_per_second(pil, batches), images_per_second(batched, batches)))
         ratios = [b / p for p, b in pairs]
-        rows.append([label, f"{statistics.median(p for p, _ in pairs):,.0f}",
-                     f"{statistics.median(b for _, b in pairs):,.0f}",
-                     f"**{statistics.median(ratios):.1f}x** ({min(ratios):.1f}-{max(ratios):.1f})"])
-    table = markdown_table(["images", "per-sample PIL (images/s)", "batched hpo (images/s)",
-                            "batched / PIL, median of rounds (range)"], rows)
-    notes = (f"Transforms on both paths, each with p = {P}: horizontal flip, 2-pixel translation, rotation up "
-             "to 10 degrees, affine (translate 0.1, scale 0.9-1.1, shear 10), resized crop (scale 0.5-1), "
-             "colour jitter (brightness/contrast 0.2; saturation 0.2 and hue 0.05 on RGB), random erasing "
-             f"(2-20 % of the area). One CPU thread; {args.batches} batches of 256 per measurement, "
-             f"{args.rounds} alternating rounds. Target: batched >= 5x per-sample PIL.")
+        rows.append(
+            [
+                label,
+                f"{statistics.median(p for p, _ in pairs):,.0f}",
+                f"{statistics.median(b for _, b in pairs):,.0f}",
+                f"**{statistics.median(ratios):.1f}x** ({min(ratios):.1f}-{max(ratios):.1f})",
+            ]
+        )
+    table = markdown_table(
+        ["images", "per-sample PIL (images/s)", "batched hpo (images/s)", "batched / PIL, median of rounds (range)"],
+        rows,
+    )
+    notes = (
+        f"Transforms on both paths, each with p = {P}: horizontal flip, 2-pixel translation, rotation up "
+        "to 10 degrees, affine (translate 0.1, scale 0.9-1.1, shear 10), resized crop (scale 0.5-1), "
+        "colour jitter (brightness/contrast 0.2; saturation 0.2 and hue 0.05 on RGB), random erasing "
+        f"(2-20 % of the area). One CPU thread; {args.batches} batches of 256 per measurement, "
+        f"{args.rounds} alternating rounds. Target: batched >= 5x per-sample PIL."
+    )
     per_op = kornia_vs_own(torch.rand(256, 3, 32, 32), max(5, args.rounds))
     if per_op:
-        table += "\n\n" + markdown_table(["op, on 256 RGB 32x32 images, p = 1", "kornia 0.9 (ms)", "hpo (ms)",
-                                            "kornia / hpo"], per_op)
+        table += "\n\n" + markdown_table(
+            ["op, on 256 RGB 32x32 images, p = 1", "kornia 0.9 (ms)", "hpo (ms)", "kornia / hpo"], per_op
+        )
     record("Augmentation throughput: batched vs per-sample PIL", table, notes, dry_run=args.no_record)
 
 

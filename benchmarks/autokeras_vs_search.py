@@ -26,14 +26,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", type=Path, default=ROOT / "benchmarks" / "studies" / "autokeras.yaml")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to docs/BENCHMARKS.md")
-    parser.add_argument("--work", type=Path, help="the working folder of an interrupted run to continue "
-                                                  "(hpo run resumes it); default: a new temporary folder")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="the working folder of an interrupted run to continue "
+        "(hpo run resumes it); default: a new temporary folder",
+    )
     args = parser.parse_args()
 
     import mlflow
-
-    from hpo.config import load_study
     from hpo.report.compare import comparison_rows, latest_backend_runs, progress, progress_png
+    from hpo.study import load_study
 
     study = load_study(args.study)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-autokeras-"))
@@ -58,13 +61,19 @@ def main() -> None:
     progress_png(curves, finals, image, f"{study.name}: best validation accuracy over wall time")
     search, baseline = runs["search"].metrics, runs["autokeras"].metrics
     gap = (search["test_accuracy"] - baseline["test_accuracy"]) * 100
-    notes = (f"Both backends: {b.time / 60:.0f} min of search, at most {b.trials} models of at most "
-             f"{b.max_epochs} epochs, the winner retrained on train+val and tested once on the same 10,000 "
-             f"images; `hpo run` took {wall / 60:.1f} min for both. Search minus AutoKeras: **{gap:+.2f} "
-             f"percentage points** of test accuracy (goal: ≥ +1.0). Accuracy over time: "
-             f"![best validation accuracy over time](img/{image.name})")
-    record("Search vs AutoKeras on Fashion-MNIST, equal wall time", markdown_table(header, body), notes,
-           dry_run=args.no_record)
+    notes = (
+        f"Both backends: {b.time / 60:.0f} min of search, at most {b.trials} models of at most "
+        f"{b.max_epochs} epochs, the winner retrained on train+val and tested once on the same 10,000 "
+        f"images; `hpo run` took {wall / 60:.1f} min for both. Search minus AutoKeras: **{gap:+.2f} "
+        f"percentage points** of test accuracy (goal: ≥ +1.0). Accuracy over time: "
+        f"![best validation accuracy over time](img/{image.name})"
+    )
+    record(
+        "Search vs AutoKeras on Fashion-MNIST, equal wall time",
+        markdown_table(header, body),
+        notes,
+        dry_run=args.no_record,
+    )
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -15,10 +15,15 @@ import time
 
 from _common import ROOT, markdown_table, record
 
-COMMANDS = {"hpo --help": ["--help"], "hpo validate studies/fashion_mnist.yaml": ["validate", "studies/fashion_mnist.yaml"]}
-PROBE = ("import sys, runpy; sys.argv = ['hpo'] + sys.argv[1:]\n"
-         "try:\n    runpy.run_module('hpo.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-         "print('HEAVY', sorted(m for m in ('torch', 'ray', 'mlflow', 'optuna') if m in sys.modules), file=sys.stderr)")
+COMMANDS = {
+    "hpo --help": ["--help"],
+    "hpo validate studies/fashion_mnist.yaml": ["validate", "studies/fashion_mnist.yaml"],
+}
+PROBE = (
+    "import sys, runpy; sys.argv = ['hpo'] + sys.argv[1:]\n"
+    "try:\n    runpy.run_module('hpo.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+    "print('HEAVY', sorted(m for m in ('torch', 'ray', 'mlflow', 'optuna') if m in sys.modules), file=sys.stderr)"
+)
 
 
 def main() -> None:
@@ -38,7 +43,12 @@ def main() -> None:
         heavy = probe.stderr.strip().splitlines()[-1].removeprefix("HEAVY ")
         rows.append([f"`{label}`", f"{statistics.median(times):.2f} s", f"{max(times):.2f} s", heavy])
     table = markdown_table(["command", "median wall", "max wall", "heavy modules imported"], rows)
-    record("CLI start-up", table, f"{args.repeat} fresh processes per command (`python -m hpo.cli`).", dry_run=args.no_record)
+    record(
+        "CLI start-up",
+        table,
+        f"{args.repeat} fresh processes per command (`python -m hpo.cli`).",
+        dry_run=args.no_record,
+    )
 
 
 if __name__ == "__main__":

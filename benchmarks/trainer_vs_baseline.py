@@ -22,32 +22,55 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
-
 from _common import markdown_table, record
+from torch import nn
 
 
 def two_conv() -> nn.Module:
     """PyTorch's classic MNIST example net with batch norm: 3x3 convs of 32 and 64 (no padding), one
     max-pool, dense 9216-128."""
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 12 * 12, 128), nn.ReLU(), nn.Linear(128, 10))
+        nn.Conv2d(1, 32, 3),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 12 * 12, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
 
 
 def four_conv() -> nn.Module:
     """Two conv pairs (32-32, 64-128, 3x3, padded), each followed by a max-pool; dense 512-128."""
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(128 * 7 * 7, 512), nn.ReLU(), nn.Linear(512, 128), nn.ReLU(), nn.Linear(128, 10))
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.Conv2d(64, 128, 3, padding=1),
+        nn.BatchNorm2d(128),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128 * 7 * 7, 512),
+        nn.ReLU(),
+        nn.Linear(512, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
 
 
-MODELS = {"2-conv BN CNN (32-64, dense 128)": two_conv,
-          "4-conv BN CNN (32-32-64-128, dense 512-128)": four_conv}
+MODELS = {"2-conv BN CNN (32-64, dense 128)": two_conv, "4-conv BN CNN (32-32-64-128, dense 512-128)": four_conv}
 
 
 class HandWrittenLoop:
@@ -72,8 +95,9 @@ class HandWrittenLoop:
                 return self.transform(Image.fromarray(self.images[i, 0], mode="L")), int(self.labels[i])
 
         transform = T.Compose([T.RandomHorizontalFlip(), T.RandomRotation(10), T.ToTensor()])
-        self.loader = torch.utils.data.DataLoader(FashionDataset(x, y, transform), batch_size=batch,
-                                                  shuffle=True, drop_last=True)
+        self.loader = torch.utils.data.DataLoader(
+            FashionDataset(x, y, transform), batch_size=batch, shuffle=True, drop_last=True
+        )
         self.batches = iter(self.loader)
         torch.manual_seed(0)
         self.model = build()
@@ -101,15 +125,27 @@ class HpoTrainer:
     """hpo's trainer (``hpo.train.train``) on the same module: each chunk is one epoch over the next
     ``batches`` batches of images; the module keeps its weights between chunks."""
 
-    def __init__(self, build, x: np.ndarray, y: np.ndarray, batch: int, threads: int,
-                 flatten_fix: bool = True, compile: bool | str = "auto") -> None:
+    def __init__(
+        self,
+        build,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch: int,
+        threads: int,
+        flatten_fix: bool = True,
+        compile: bool | str = "auto",
+    ) -> None:
         from hpo.config.trial import TrialConfig
         from hpo.models import Classifier
 
-        self.config = TrialConfig.model_validate({
-            "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0},
-            "schedule": {"name": "constant", "warmup_fraction": 0.0}, "batch_size": batch,
-            "augment": {"hflip": 0.5, "rotate": 1.0, "rotate_degrees": 10.0}})
+        self.config = TrialConfig.model_validate(
+            {
+                "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0},
+                "schedule": {"name": "constant", "warmup_fraction": 0.0},
+                "batch_size": batch,
+                "augment": {"hflip": 0.5, "rotate": 1.0, "rotate_degrees": 10.0},
+            }
+        )
         self.x, self.y, self.threads, self.offset = x, y, threads, 0
         self.flatten_fix, self.compile = flatten_fix, compile
         torch.manual_seed(0)
@@ -123,9 +159,15 @@ class HpoTrainer:
         self.offset = int(take[-1]) + 1
         data = TrainData.from_arrays(self.x[take], self.y[take], None, None, 10, (0.0,), (1.0,))
         if self.plan is None:
-            self.plan = plan_training(self.config, data, threads=self.threads, model=self.model,
-                                      prefs=Preferences(compile=self.compile), cache=PlanCache(path=None),
-                                      always_measure=True)
+            self.plan = plan_training(
+                self.config,
+                data,
+                threads=self.threads,
+                model=self.model,
+                prefs=Preferences(compile=self.compile),
+                cache=PlanCache(path=None),
+                always_measure=True,
+            )
         fix = loop.channels_last_gradients
         if not self.flatten_fix:  # ablation: Flatten's gradient goes back NCHW, as in plain PyTorch
             loop.channels_last_gradients = lambda model: contextlib.nullcontext()
@@ -152,15 +194,24 @@ def main() -> None:
     from hpo.data import load_data
     from hpo.testing import find_fashion_mnist
 
-    data = load_data(DatasetConfig(name="fashion_mnist", data_dir=str(find_fashion_mnist()),
-                                   subset={"train": args.images + 100}, validation_split=0.01), seed=0)
+    data = load_data(
+        DatasetConfig(
+            name="fashion_mnist",
+            data_dir=str(find_fashion_mnist()),
+            subset={"train": args.images + 100},
+            validation_split=0.01,
+        ),
+        seed=0,
+    )
     x, y = data.x_train[: args.images], data.y_train[: args.images]
     images = args.chunk * args.batch
     rows = []
     for name, build in MODELS.items():
-        loops = {"hand-written": HandWrittenLoop(build, x, y, args.batch),
-                 "hpo": HpoTrainer(build, x, y, args.batch, args.threads),
-                 "hpo, no Flatten fix": HpoTrainer(build, x, y, args.batch, args.threads, flatten_fix=False)}
+        loops = {
+            "hand-written": HandWrittenLoop(build, x, y, args.batch),
+            "hpo": HpoTrainer(build, x, y, args.batch, args.threads),
+            "hpo, no Flatten fix": HpoTrainer(build, x, y, args.batch, args.threads, flatten_fix=False),
+        }
         if args.compile:  # the warm-up turn compiles
             loops["hpo + torch.compile"] = HpoTrainer(build, x, y, args.batch, args.threads, compile=True)
         loops["hpo"].run(1)  # measures its plan before the warm-up round, so no timed turn includes it
@@ -173,29 +224,53 @@ def main() -> None:
                 if round_:  # round 0 warms up
                     seconds[key].append(took)
             if round_ and round_ % 6 == 0:
-                print(f"{name}, {round_} rounds: " + ", ".join(
-                    f"{k} {images * round_ / sum(seconds[k]):,.0f}" for k in loops) + " img/s", flush=True)
+                print(
+                    f"{name}, {round_} rounds: "
+                    + ", ".join(f"{k} {images * round_ / sum(seconds[k]):,.0f}" for k in loops)
+                    + " img/s",
+                    flush=True,
+                )
         rate = {k: images * args.rounds / sum(seconds[k]) for k in loops}
         base = rate["hand-written"]
         ratios = sorted(b / f for b, f in zip(seconds["hand-written"], seconds["hpo"]))
         quartiles = statistics.quantiles(ratios, n=4)
         plan = loops["hpo"].plan
         how = f"{plan.precision}, {plan.layout}, {plan.threads} threads"
-        rows.append([name, how, f"{base:,.0f}", f"{rate['hpo']:,.0f}", f"**{rate['hpo'] / base:.2f}x**",
-                     f"{quartiles[0]:.2f}-{quartiles[2]:.2f}x"] +
-                    [f"{rate[k]:,.0f} ({rate[k] / base:.2f}x)" for k in list(loops)[2:]])
+        rows.append(
+            [
+                name,
+                how,
+                f"{base:,.0f}",
+                f"{rate['hpo']:,.0f}",
+                f"**{rate['hpo'] / base:.2f}x**",
+                f"{quartiles[0]:.2f}-{quartiles[2]:.2f}x",
+            ]
+            + [f"{rate[k]:,.0f} ({rate[k] / base:.2f}x)" for k in list(loops)[2:]]
+        )
     extra = ["hpo without the Flatten fix (img/s)"] + (["hpo + torch.compile (img/s)"] if args.compile else [])
-    table = markdown_table(["model", "hpo's plan (measured)", "hand-written loop (img/s)", "hpo trainer (img/s)", "ratio",
-                            "ratio per round, middle half", *extra], rows)
-    notes = (f"Real Fashion-MNIST training images ({len(y):,}), batch {args.batch}, {args.threads} threads. The two "
-             f"loops take turns, {args.chunk} batches ({images:,} images) each, {args.rounds} turns each after "
-             "a warm-up turn, so that both see the same minutes of this VM, whose speed drifts by tens of "
-             "percent; images/s is all the images over all the time of each. Both train the same nn.Module "
-             "(it keeps its weights between turns) with SGD (momentum 0.9), flip p=0.5 and rotation up to "
-             "10 degrees. hpo trains as its execution plan says (hpo/train/plan.py: measured once per model on "
-             "this machine before the timed turns). \"Without the Flatten fix\" turns off `channels_last_gradients` "
-             "(hpo/train/loop.py), which sends Flatten's gradient back channels_last: without it the max-pool "
-             "before Flatten converts layouts in its backward (the same as hpo where the plan is contiguous).")
+    table = markdown_table(
+        [
+            "model",
+            "hpo's plan (measured)",
+            "hand-written loop (img/s)",
+            "hpo trainer (img/s)",
+            "ratio",
+            "ratio per round, middle half",
+            *extra,
+        ],
+        rows,
+    )
+    notes = (
+        f"Real Fashion-MNIST training images ({len(y):,}), batch {args.batch}, {args.threads} threads. The two "
+        f"loops take turns, {args.chunk} batches ({images:,} images) each, {args.rounds} turns each after "
+        "a warm-up turn, so that both see the same minutes of this VM, whose speed drifts by tens of "
+        "percent; images/s is all the images over all the time of each. Both train the same nn.Module "
+        "(it keeps its weights between turns) with SGD (momentum 0.9), flip p=0.5 and rotation up to "
+        "10 degrees. hpo trains as its execution plan says (hpo/train/plan.py: measured once per model on "
+        'this machine before the timed turns). "Without the Flatten fix" turns off `channels_last_gradients` '
+        "(hpo/train/loop.py), which sends Flatten's gradient back channels_last: without it the max-pool "
+        "before Flatten converts layouts in its backward (the same as hpo where the plan is contiguous)."
+    )
     record("Trainer vs hand-written loop (images/s)", table, notes, dry_run=args.no_record)
 
 

@@ -19,8 +19,10 @@ os.environ.setdefault("HPO_PLAN_CACHE", str(Path(tempfile.mkdtemp(prefix="hpo-pl
 def data_dir() -> Path:
     found = find_fashion_mnist()
     if found is None:
-        pytest.fail("Fashion-MNIST not found: set HPO_DATA_DIR to a folder holding the four IDX files "
-                    "(or apt-get install dataset-fashion-mnist)")
+        pytest.fail(
+            "Fashion-MNIST not found: set HPO_DATA_DIR to a folder holding the four IDX files "
+            "(or apt-get install dataset-fashion-mnist)"
+        )
     return found
 
 
@@ -30,8 +32,9 @@ def fashion_subset(data_dir):
     from hpo.config.study import DatasetConfig
     from hpo.data import load_data
 
-    config = DatasetConfig(name="fashion_mnist", validation_split=0.2, data_dir=str(data_dir),
-                           subset={"train": 3000, "test": 1000})
+    config = DatasetConfig(
+        name="fashion_mnist", validation_split=0.2, data_dir=str(data_dir), subset={"train": 3000, "test": 1000}
+    )
     return load_data(config, seed=0)
 
 

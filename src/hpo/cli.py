@@ -10,13 +10,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Declarative hyperparameter search for image classification.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Declarative hyperparameter search for image classification.",
+)
 err = Console(stderr=True, soft_wrap=True)  # an error line stays one line, for grep and editors
 out = Console()
 
@@ -43,8 +47,8 @@ def _print_error(error: object) -> None:
 def _load(path: Path):
     from rich.markup import escape
 
-    from hpo.config import load_study
     from hpo.errors import StudyError, StudyErrors
+    from hpo.study import load_study
 
     try:
         return load_study(path)
@@ -81,15 +85,23 @@ def validate(study: StudyArg) -> None:
 @app.command()
 def run(
     study: StudyArg,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, "
-                                                        "else Ray starts in-process)")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (overrides the study and "
-                                                             "$MLFLOW_TRACKING_URI)")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="start over instead of continuing an interrupted run "
-                                                        "of this study")] = False,
-    warm_start: Annotated[Optional[str], typer.Option("--warm-start", metavar="STUDY",
-                                                      help="evaluate the best configurations of STUDY's earlier "
-                                                           "runs first (those still valid in this space)")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else Ray starts in-process)")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (overrides the study and $MLFLOW_TRACKING_URI)")
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="start over instead of continuing an interrupted run of this study")
+    ] = False,
+    warm_start: Annotated[
+        str | None,
+        typer.Option(
+            "--warm-start",
+            metavar="STUDY",
+            help="evaluate the best configurations of STUDY's earlier runs first (those still valid in this space)",
+        ),
+    ] = None,
 ) -> None:
     """Search, then retrain the winner on train+val, test it once and register it. Running a study again
     after it was killed continues it: finished trials are kept, cut-off work is redone."""
@@ -99,8 +111,7 @@ def run(
     try:
         from hpo.runner import run_study
 
-        run_study(loaded, address=address, tracking_uri=tracking_uri, console=err, fresh=fresh,
-                  warm_start=warm_start)
+        run_study(loaded, address=address, tracking_uri=tracking_uri, console=err, fresh=fresh, warm_start=warm_start)
     except (RunRefused, DataError) as exc:  # like a bad study: nothing to run (unreadable data, ...)
         _print_error(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -115,16 +126,17 @@ def run(
 
 
 @app.command()
-def status(study: StudyArg,
-           as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+def status(study: StudyArg, as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Where a study stands: its runs on disk, the stage each reached, its trials and best result."""
-    from hpo.resume import StudyDir, describe
+    from hpo.engine.run_dir import StudyDir, describe
 
     loaded = _load(study)
     c = loaded.config
     problems: list[str] = []
-    runs = [describe(r, c.objective.metric, c.objective.direction)
-            for r in StudyDir.all(Path(c.output_dir) / c.name, problems)]
+    runs = [
+        describe(r, c.objective.metric, c.objective.direction)
+        for r in StudyDir.all(Path(c.output_dir) / c.name, problems)
+    ]
     for problem in problems:
         err.print(f"[yellow]warning[/]: {problem}", highlight=False, markup=False)
     if as_json:
@@ -133,26 +145,38 @@ def status(study: StudyArg,
     if not runs:
         out.print(f"study '{c.name}' has not run yet (no runs under {Path(c.output_dir) / c.name})")
         return
-    out.print(f"[bold]study {c.name}[/]: {len(runs)} run{'s' * (len(runs) != 1)} under "
-              f"{Path(c.output_dir) / c.name}", highlight=False)
+    out.print(
+        f"[bold]study {c.name}[/]: {len(runs)} run{'s' * (len(runs) != 1)} under {Path(c.output_dir) / c.name}",
+        highlight=False,
+    )
     for r in runs:
         trials = ", ".join(f"{n} {s}" for s, n in sorted(r["trials"].items())) or "none yet"
         best = r[f"best_{c.objective.metric}"]
         best_text = f"best {c.objective.metric} {best[0]:.4f} (trial {best[1]})" if best else "no result yet"
         out.print(f"  [bold]{Path(r['folder']).name}[/]  {r['state']}", highlight=False, soft_wrap=True)
-        out.print(f"    trials: {trials} | {best_text} | search {r['search_seconds'] / 60:.1f} min | "
-                  f"attempts {r['attempts']} | MLflow study run {r['study_run_id'] or '-'}",
-                  highlight=False, soft_wrap=True)
+        out.print(
+            f"    trials: {trials} | {best_text} | search {r['search_seconds'] / 60:.1f} min | "
+            f"attempts {r['attempts']} | MLflow study run {r['study_run_id'] or '-'}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
-TrackingOption = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default: "
-                                                    "the study's, else $MLFLOW_TRACKING_URI, else ./mlflow/mlflow.db)")]
+TrackingOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: the study's, else $MLFLOW_TRACKING_URI, else ./mlflow/mlflow.db)",
+    ),
+]
 
 
 @app.command()
 def report(
     study: StudyArg,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="output folder (default: reports/STUDY_NAME)")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="output folder (default: reports/STUDY_NAME)")
+    ] = None,
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Write an HTML (self-contained) and a Markdown report of the study's latest finished run."""
@@ -173,12 +197,14 @@ def report(
 
 @app.command()
 def predict(
-    model: Annotated[str, typer.Argument(help="models:/NAME@champion, models:/NAME/VERSION, runs:/RUN/model "
-                                              "or a run id")],
+    model: Annotated[
+        str, typer.Argument(help="models:/NAME@champion, models:/NAME/VERSION, runs:/RUN/model or a run id")
+    ],
     images: Annotated[list[Path], typer.Argument(help="image files (PNG, JPEG, ...)")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="classes to show per image")] = 3,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="multi-label models: show every label "
-                                                                      "scoring at least this")] = 0.5,
+    threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="multi-label models: show every label scoring at least this")
+    ] = 0.5,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (one object per image)")] = False,
     tracking_uri: TrackingOption = None,
 ) -> None:
@@ -191,13 +217,13 @@ def predict(
             raise typer.Exit(EXIT_BAD_INPUT)
     try:
         import mlflow
-
         from hpo.predict import Predictor, model_uri_for
         from hpo.tracking import default_tracking_uri
 
         mlflow.set_tracking_uri(default_tracking_uri(tracking_uri))
-        predictions = Predictor(model_uri_for(model)).predict([str(p) for p in images], top_k=top_k,
-                                                              threshold=threshold)
+        predictions = Predictor(model_uri_for(model)).predict(
+            [str(p) for p in images], top_k=top_k, threshold=threshold
+        )
     except HpoError as exc:
         _print_error(exc)
         raise typer.Exit(EXIT_FAILED) from None
@@ -205,13 +231,14 @@ def predict(
         print(json.dumps([p.as_dict() for p in predictions], indent=2))
         return
     for p in predictions:
-        out.print(f"[bold]{p.image}[/]  {p.describe()}", highlight=False,
-                  soft_wrap=True)  # one line per image, however long: scripts split it
+        out.print(
+            f"[bold]{p.image}[/]  {p.describe()}", highlight=False, soft_wrap=True
+        )  # one line per image, however long: scripts split it
 
 
 @app.command()
 def ui(
-    study: Annotated[Optional[Path], typer.Argument(help="a study file, to open its tracking store")] = None,
+    study: Annotated[Path | None, typer.Argument(help="a study file, to open its tracking store")] = None,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
     host: Annotated[str, typer.Option(help="interface to bind; loopback unless you mean to share it")] = "127.0.0.1",
     tracking_uri: TrackingOption = None,
@@ -231,22 +258,42 @@ def ui(
     err.print(f"MLflow UI for {redact(uri)} on {address} (Ctrl-C to stop)", highlight=False)
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     # this interpreter's MLflow, whether or not its environment's bin/ is on PATH
-    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
-                              "--port", str(port), "--workers", "1"])
+    os.execv(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+    )
 
 
 @app.command()
 def dashboard(
     study: StudyArg,
-    run_folder: Annotated[Optional[str], typer.Option("--run", metavar="FOLDER",
-                                                      help="the run to show, by its folder under runs/STUDY as "
-                                                           "`hpo status` lists it (default: the latest)")] = None,
+    run_folder: Annotated[
+        str | None,
+        typer.Option(
+            "--run",
+            metavar="FOLDER",
+            help="the run to show, by its folder under runs/STUDY as `hpo status` lists it (default: the latest)",
+        ),
+    ] = None,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8080,
     host: Annotated[str, typer.Option(help="interface to bind; loopback unless you mean to share it")] = "127.0.0.1",
 ) -> None:
     """Start optuna-dashboard on a run's Optuna storage (on loopback by default): the sampler's own view of
     the trials, their parameters, history and importances. Needs hpo's optional extra named dashboard."""
-    from hpo.resume import StudyDir
+    from hpo.engine.run_dir import StudyDir
     from hpo.security import redact
 
     loaded = _load(study)
@@ -271,20 +318,25 @@ def dashboard(
     # a run's own SQLite file exists once its search started; a shared storage holds every run's study
     runs = [r for r in runs if r.shared_storage or (r.path / "optuna.db").is_file()]
     if not runs:
-        _print_error(f"study '{c.name}' has no Optuna storage yet (no searched run under {root}); "
-                     f"run `hpo run {study}` first")
+        _print_error(
+            f"study '{c.name}' has no Optuna storage yet (no searched run under {root}); run `hpo run {study}` first"
+        )
         raise typer.Exit(EXIT_BAD_INPUT)
     chosen = runs[-1]
-    err.print(f"optuna-dashboard for run {chosen.path.name} (Optuna study '{chosen.optuna_study}' in "
-              f"{redact(chosen.optuna_storage)}) on http://{host}:{port} (Ctrl-C to stop)",
-              highlight=False, markup=False)
+    err.print(
+        f"optuna-dashboard for run {chosen.path.name} (Optuna study '{chosen.optuna_study}' in "
+        f"{redact(chosen.optuna_storage)}) on http://{host}:{port} (Ctrl-C to stop)",
+        highlight=False,
+        markup=False,
+    )
     run_server(chosen.optuna_storage, host=host, port=port)  # blocks; Ctrl-C stops it
 
 
 @app.command()
-def plan(study: StudyArg,
-         measure: Annotated[bool, typer.Option(help="time each family's plan (--no-measure: sizes only)")] = True,
-         ) -> None:
+def plan(
+    study: StudyArg,
+    measure: Annotated[bool, typer.Option(help="time each family's plan (--no-measure: sizes only)")] = True,
+) -> None:
     """What the study will cost before it runs: each model family's parameters, FLOPs and training memory
     at its corners, its execution plan and seconds per epoch, and whether the budget fits. Refuses (exit 2,
     file:line) a network the input is too small for or one over the memory cap."""
@@ -308,9 +360,11 @@ def plan(study: StudyArg,
         err.print(f"{len(exc.errors)} problem{'s' * (len(exc.errors) != 1)} in {study}; nothing was run.")
         raise typer.Exit(EXIT_BAD_INPUT) from None
     c = loaded.config
-    table = Table(title=f"{c.name}: {result.train_images:,} training images "
-                        f"({'x'.join(map(str, data.x_train.shape[1:]))}), up to {c.budget.max_epochs} epochs",
-                  title_justify="left")
+    table = Table(
+        title=f"{c.name}: {result.train_images:,} training images "
+        f"({'x'.join(map(str, data.x_train.shape[1:]))}), up to {c.budget.max_epochs} epochs",
+        title_justify="left",
+    )
     for col in ("family", "params (M)", "MFLOPs/img", "memory", "plan", "img/s", "s/epoch"):
         table.add_column(col, justify="left" if col in ("family", "plan") else "right", overflow="fold")
 
@@ -320,25 +374,37 @@ def plan(study: StudyArg,
     for f in result.families:
         p = f.plan
         how = f"{p.precision} {'NHWC' if p.channels_last else 'NCHW'}{' compiled' if p.compile else ''}" if p else "-"
-        table.add_row(f.family, span(f.smallest.params / 1e6, f.largest.params / 1e6, lambda v: f"{v:.2f}"),
-                      span(f.smallest.flops / 1e6, f.largest.flops / 1e6, lambda v: f"{v:,.0f}"),
-                      bytes_span(f.smallest.training_bytes, f.largest.training_bytes), how,
-                      f"{p.images_per_second:,.0f}{'*' if p.source == 'estimate' else ''}" if p else "-",
-                      f"{f.seconds_per_epoch:,.0f}" if p else "-")
+        table.add_row(
+            f.family,
+            span(f.smallest.params / 1e6, f.largest.params / 1e6, lambda v: f"{v:.2f}"),
+            span(f.smallest.flops / 1e6, f.largest.flops / 1e6, lambda v: f"{v:,.0f}"),
+            bytes_span(f.smallest.training_bytes, f.largest.training_bytes),
+            how,
+            f"{p.images_per_second:,.0f}{'*' if p.source == 'estimate' else ''}" if p else "-",
+            f"{f.seconds_per_epoch:,.0f}" if p else "-",
+        )
     out.print(table)
     cap = f"; the cap per trial is {_bytes(result.cap_bytes)} ({result.cap_what})" if result.cap_bytes else ""
     estimated = any(f.plan is not None and f.plan.source == "estimate" for f in result.families)
-    out.print(f"sizes over each family's corner configurations (its batch sizes included){cap}; img/s and "
-              "s/epoch at the family's middle configuration, as its trials would run here"
-              + (" (*: estimated from one step of the hardware's default plan on a few images; `hpo doctor "
-                 "STUDY` measures the plans)" if estimated else "") + ".", highlight=False)
+    out.print(
+        f"sizes over each family's corner configurations (its batch sizes included){cap}; img/s and "
+        "s/epoch at the family's middle configuration, as its trials would run here"
+        + (
+            " (*: estimated from one step of the hardware's default plan on a few images; `hpo doctor "
+            "STUDY` measures the plans)"
+            if estimated
+            else ""
+        )
+        + ".",
+        highlight=False,
+    )
     for note in result.notes:
         out.print(f"  {note}", highlight=False)
 
 
 @app.command()
 def doctor(
-    study: Annotated[Optional[Path], typer.Argument(help="a study: plan each model family of its space")] = None,
+    study: Annotated[Path | None, typer.Argument(help="a study: plan each model family of its space")] = None,
 ) -> None:
     """This machine as hpo sees it (CPU and instruction sets, GPUs); with a study, each model family's
     execution plan, measured images/s and expected seconds per epoch."""
@@ -361,20 +427,33 @@ def doctor(
     except DataError as exc:
         _print_error(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    out.print(f"planning each model family of {study} on {len(data.y_train):,} training images "
-              f"({'x'.join(map(str, data.x_train.shape[1:]))}), as its trials would run:")
+    out.print(
+        f"planning each model family of {study} on {len(data.y_train):,} training images "
+        f"({'x'.join(map(str, data.x_train.shape[1:]))}), as its trials would run:"
+    )
     plans = Table(title=f"execution plans: {loaded.config.name}", title_justify="left")
     for col in ("family", "batch", "params", "plan", "img/s", "s/epoch"):
         plans.add_column(col, justify="left" if col in ("family", "plan") else "right", overflow="fold")
     for row in family_plans(loaded, data):
         p = row.plan
-        how = f"{p.precision} {p.layout}{' compiled' if p.compile else ''}{' tf32' if p.tf32 else ''}, " \
-              f"{p.threads} thread{'s' * (p.threads != 1)} on {p.device}"
-        plans.add_row(row.family, str(row.batch_size), f"{row.parameters / 1e6:.2f} M", how,
-                      f"{p.images_per_second:,.0f}", f"{row.seconds_per_epoch:,.0f}")
+        how = (
+            f"{p.precision} {p.layout}{' compiled' if p.compile else ''}{' tf32' if p.tf32 else ''}, "
+            f"{p.threads} thread{'s' * (p.threads != 1)} on {p.device}"
+        )
+        plans.add_row(
+            row.family,
+            str(row.batch_size),
+            f"{row.parameters / 1e6:.2f} M",
+            how,
+            f"{p.images_per_second:,.0f}",
+            f"{row.seconds_per_epoch:,.0f}",
+        )
     out.print(plans)
-    out.print("images/s: training steps on the study's images at the family's middle configuration, without "
-              "augmentation or data loading; s/epoch adds validation.", highlight=False)
+    out.print(
+        "images/s: training steps on the study's images at the family's middle configuration, without "
+        "augmentation or data loading; s/epoch adds validation.",
+        highlight=False,
+    )
 
 
 @app.command()

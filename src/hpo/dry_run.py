@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from hpo.config import Study
 from hpo.config.trial import TrialConfig
 from hpo.errors import StudyError
+from hpo.study import Study
 
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # fp32 tensors per parameter beyond weight and gradient
 
@@ -24,8 +24,8 @@ class Cost:
     """One configuration's size: per image unless said otherwise."""
 
     params: int
-    flops: float              # forward pass; a training step costs ~3x
-    activation_bytes: int     # outputs of the network's layers, which a training step keeps for backward
+    flops: float  # forward pass; a training step costs ~3x
+    activation_bytes: int  # outputs of the network's layers, which a training step keeps for backward
     batch_size: int
     optimizer_states: int
 
@@ -64,17 +64,22 @@ def measure_cost(config: TrialConfig, shape: tuple[int, int, int], classes: int)
             handle.remove()
     o = config.optimizer
     states = OPTIMIZER_STATES.get(o.name, 2) if o.name != "sgd" or o.momentum > 0 else 0
-    return Cost(sum(p.numel() for p in model.parameters()), flops.get_total_flops() / 2, activations // 2,
-                config.batch_size, states)
+    return Cost(
+        sum(p.numel() for p in model.parameters()),
+        flops.get_total_flops() / 2,
+        activations // 2,
+        config.batch_size,
+        states,
+    )
 
 
 @dataclass
 class FamilyCost:
     family: str
     smallest: Cost
-    largest: Cost              # by training memory
-    configurations: int        # corner configurations built
-    plan: Any = None           # hpo.train.plan.ExecutionPlan of its middle configuration
+    largest: Cost  # by training memory
+    configurations: int  # corner configurations built
+    plan: Any = None  # hpo.train.plan.ExecutionPlan of its middle configuration
     seconds_per_epoch: float = math.nan
 
 
@@ -105,7 +110,9 @@ def memory_cap(study: Study) -> tuple[int | None, str]:
         return None, ""
 
 
-def size_families(study: Study, shape: tuple[int, int, int], classes: int) -> tuple[dict[str, list[Cost]], list[StudyError]]:
+def size_families(
+    study: Study, shape: tuple[int, int, int], classes: int
+) -> tuple[dict[str, list[Cost]], list[StudyError]]:
     """Every corner of every family, sized; and the errors: a network the input is too small for, or whose
     training memory exceeds the cap, located where the space allows it."""
     doc = study.space_doc
@@ -126,21 +133,27 @@ def size_families(study: Study, shape: tuple[int, int, int], classes: int) -> tu
             if isinstance(known, Exception):
                 raise known
             o = config.optimizer
-            cost = replace(known, batch_size=config.batch_size,
-                           optimizer_states=OPTIMIZER_STATES.get(o.name, 2) if o.name != "sgd" or o.momentum > 0 else 0)
+            cost = replace(
+                known,
+                batch_size=config.batch_size,
+                optimizer_states=OPTIMIZER_STATES.get(o.name, 2) if o.name != "sgd" or o.momentum > 0 else 0,
+            )
         except (RuntimeError, ValueError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            message = (f"the {'x'.join(map(str, shape))} input is too small for this {config.model.name} "
-                       f"network ({reason})")
+            message = (
+                f"the {'x'.join(map(str, shape))} input is too small for this {config.model.name} network ({reason})"
+            )
             error = doc.error(where, message) if doc is not None else StudyError(message)
             errors.setdefault((config.model.name, reason), error)  # once per cause: where it first shows
             continue
         costs.setdefault(config.model.name, []).append(cost)
         if cap is not None and cost.training_bytes > cap:
-            message = (f"a {config.model.name} here needs ~{_bytes(cost.training_bytes)} to train at batch "
-                       f"{cost.batch_size} ({cost.params / 1e6:.1f} M parameters, "
-                       f"{_bytes(cost.activation_bytes)} of activations per image): over {cap_what} "
-                       f"({_bytes(cap)})")
+            message = (
+                f"a {config.model.name} here needs ~{_bytes(cost.training_bytes)} to train at batch "
+                f"{cost.batch_size} ({cost.params / 1e6:.1f} M parameters, "
+                f"{_bytes(cost.activation_bytes)} of activations per image): over {cap_what} "
+                f"({_bytes(cap)})"
+            )
             error = doc.error(where, message) if doc is not None else StudyError(message)
             errors.setdefault((error.file, error.line), error)
     return costs, list(errors.values())
@@ -156,8 +169,12 @@ def plan_study(study: Study, data, *, measure: bool = True) -> StudyPlan:
     if errors:
         raise StudyErrors(errors)
     cap, cap_what = memory_cap(study)
-    families = [FamilyCost(name, min(group, key=lambda c: c.training_bytes),
-                           max(group, key=lambda c: c.training_bytes), len(group)) for name, group in costs.items()]
+    families = [
+        FamilyCost(
+            name, min(group, key=lambda c: c.training_bytes), max(group, key=lambda c: c.training_bytes), len(group)
+        )
+        for name, group in costs.items()
+    ]
     if measure:
         for family in families:
             config = study.space.representatives().get(family.family)
@@ -201,8 +218,7 @@ def quick_plan(study: Study, config: TrialConfig, data):
     def build():
         return create_model(config.model, shape[0], data.num_classes, data.mean, data.std)
 
-    m = measure(build, x, y, plan, loss=lambda logits, t: loss_fn(logits, t, multilabel=multilabel), warmup=1,
-                steps=1)
+    m = measure(build, x, y, plan, loss=lambda logits, t: loss_fn(logits, t, multilabel=multilabel), warmup=1, steps=1)
     return replace(plan, images_per_second=n / m.seconds_per_step, source="estimate")
 
 
@@ -222,9 +238,11 @@ def budget_notes(study: Study, families: list[FamilyCost], data) -> list[str]:
         else:
             fits = f"does NOT fit the {c.budget.time / 60:.0f} min search: ASHA will stop it early, or lower max_epochs"
         retrain = epochs * f.seconds_per_epoch * (len(data.y_train) + len(data.y_val)) / len(data.y_train)
-        notes.append(f"{f.family}: a full {epochs}-epoch trial ~{trial / 60:.1f} min ({fits}); "
-                     f"its final retrain on train+val ~{retrain / 60:.1f} min at a trial's threads "
-                     f"(less with the machine's {os.cpu_count()} cores)")
+        notes.append(
+            f"{f.family}: a full {epochs}-epoch trial ~{trial / 60:.1f} min ({fits}); "
+            f"its final retrain on train+val ~{retrain / 60:.1f} min at a trial's threads "
+            f"(less with the machine's {os.cpu_count()} cores)"
+        )
     return notes
 
 

@@ -16,8 +16,9 @@ class StudyError(HpoError):
     the trip from a Ray worker back to the driver.
     """
 
-    def __init__(self, message: str, *, file: str | Path | None = None, line: int | None = None,
-                 path: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, file: str | Path | None = None, line: int | None = None, path: str | None = None
+    ) -> None:
         self.message = message
         self.file = str(file) if file is not None else None
         self.line = line
@@ -57,4 +58,3 @@ class RunRefused(HpoError):
 
 class DataError(HpoError):
     """A dataset cannot be found or read; the message says what to do."""
-

@@ -30,8 +30,11 @@ class Prediction:
 
     def as_dict(self) -> dict[str, Any]:
         if self.multilabel:
-            return {"image": self.image, "threshold": self.threshold,
-                    "labels": [{"label": c, "score": round(p, 6)} for c, p in self.top]}
+            return {
+                "image": self.image,
+                "threshold": self.threshold,
+                "labels": [{"label": c, "score": round(p, 6)} for c, p in self.top],
+            }
         return {"image": self.image, "predictions": [{"class": c, "probability": round(p, 6)} for c, p in self.top]}
 
     def describe(self) -> str:
@@ -72,8 +75,10 @@ def load_exported_model(model_dir: Path, shown: str) -> Any:
     flavor = mlflow.models.Model.load(model_dir).flavors.get("pytorch")
     data = model_dir / flavor["model_data"] if flavor and flavor.get("model_data") else None
     if data is None or (data / "model.pth").exists() or not (data / "model.pt2").is_file():
-        raise HpoError(f"model {shown!r} is not a torch.export program (.pt2); hpo does not load pickled "
-                       "models, since unpickling can run arbitrary code")
+        raise HpoError(
+            f"model {shown!r} is not a torch.export program (.pt2); hpo does not load pickled "
+            "models, since unpickling can run arbitrary code"
+        )
     if flavor.get("code"):
         raise HpoError(f"model {shown!r} ships Python code ({flavor['code']}); hpo does not import a model's code")
     with _pickle_refused():
@@ -97,8 +102,10 @@ class Predictor:
         meta = info.metadata or {}
         missing = {"classes", "channels", "image_size", "background"} - set(meta)
         if missing:
-            raise HpoError(f"model {model_uri!r} lacks hpo's preprocessing metadata ({', '.join(sorted(missing))}); "
-                           "was it logged by hpo?")
+            raise HpoError(
+                f"model {model_uri!r} lacks hpo's preprocessing metadata ({', '.join(sorted(missing))}); "
+                "was it logged by hpo?"
+            )
         self.classes: list[str] = meta["classes"]
         self.multilabel = meta.get("task") == "multilabel"
         self.channels: int = int(meta["channels"])
@@ -123,8 +130,9 @@ class Predictor:
             pixels = pixels[:, :, None]
         h, w = self.size
         if self.background in ("dark", "light"):  # the model knows objects on a plain background
-            border = np.concatenate([pixels[0].ravel(), pixels[-1].ravel(), pixels[:, 0].ravel(),
-                                     pixels[:, -1].ravel()])
+            border = np.concatenate(
+                [pixels[0].ravel(), pixels[-1].ravel(), pixels[:, 0].ravel(), pixels[:, -1].ravel()]
+            )
             if (border.mean() > 0.5) == (self.background == "dark"):
                 pixels = 1.0 - pixels  # a light background where the model knows dark ones (or the reverse)
         if pixels.shape[:2] != (h, w):
@@ -148,11 +156,11 @@ class Predictor:
         mask = pixels.max(axis=2) > FOREGROUND
         if mask.any():
             rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-            pixels = pixels[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+            pixels = pixels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         side = max(pixels.shape[:2])
         square = np.zeros((side, side, pixels.shape[2]), dtype=np.float32)
         top, left = (side - pixels.shape[0]) // 2, (side - pixels.shape[1]) // 2
-        square[top: top + pixels.shape[0], left: left + pixels.shape[1]] = pixels
+        square[top : top + pixels.shape[0], left : left + pixels.shape[1]] = pixels
         return self._resize(square)
 
     def predict(self, paths: list[str | Path], top_k: int = 3, threshold: float = 0.5) -> list[Prediction]:

@@ -14,9 +14,9 @@ from rich.table import Table
 from hpo.backends import backend_class
 from hpo.backends.base import BackendSummary, RunContext
 from hpo.backends.search import STATUSES, SearchFailed, SearchOutcome
-from hpo.config import Study
+from hpo.engine.run_dir import StudyDir, first_stage
 from hpo.errors import HpoError, RunRefused
-from hpo.resume import StudyDir, first_stage
+from hpo.study import Study
 
 __all__ = ["SearchFailed", "StudyOutcome", "run_study"]
 
@@ -65,22 +65,29 @@ def _check_database_drivers(*uris: str | None) -> None:
     import importlib.util
 
     if any(u and u.startswith("postgresql") for u in uris) and importlib.util.find_spec("psycopg") is None:
-        raise HpoError("a postgresql:// URI needs the PostgreSQL driver: pip install -e \".[postgres]\" "
-                       "(psycopg)")
+        raise HpoError('a postgresql:// URI needs the PostgreSQL driver: pip install -e ".[postgres]" (psycopg)')
 
 
-def run_study(study: Study, *, address: str | None = None, tracking_uri: str | None = None,
-              console: Console | None = None, live: bool = True, points: list[dict] | None = None,
-              fresh: bool = False, warm_start: str | None = None) -> StudyOutcome:
+def run_study(
+    study: Study,
+    *,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    console: Console | None = None,
+    live: bool = True,
+    points: list[dict] | None = None,
+    fresh: bool = False,
+    warm_start: str | None = None,
+) -> StudyOutcome:
     """Run ``study`` through its stages (search -> recheck -> finalize). If an earlier run of the same
-    study was killed, continue it (``fresh=True`` starts over instead): see :mod:`hpo.resume`.
+    study was killed, continue it (``fresh=True`` starts over instead): see :mod:`hpo.engine.run_dir`.
     ``warm_start`` names a study whose earlier runs' best configurations to evaluate first (overrides
     the study's ``warm_start.from``)."""
     import ray
 
-    from hpo.backends.ray_tune import start_ray
     from hpo.config.study import parse_deadline
     from hpo.data import load_data
+    from hpo.engine.ray_tune import start_ray
     from hpo.security import redact
     from hpo.tracking import Tracker, default_tracking_uri
 
@@ -89,10 +96,15 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     _check_database_drivers(tracking_uri or c.tracking.uri, c.tracking.optuna_storage)
     start = time.time()
     until = parse_deadline(c.budget.until).timestamp() if c.budget.until else None
-    if until is not None and until - start < MIN_DEADLINE_LEAD and (
-            fresh or StudyDir.latest_unfinished(Path(c.output_dir) / c.name) is None):
-        raise RunRefused(f"budget.until {c.budget.until!r} is {until - start:.0f} s away: too close for even one "
-                         "trial and the final stage; move it later")
+    if (
+        until is not None
+        and until - start < MIN_DEADLINE_LEAD
+        and (fresh or StudyDir.latest_unfinished(Path(c.output_dir) / c.name) is None)
+    ):
+        raise RunRefused(
+            f"budget.until {c.budget.until!r} is {until - start:.0f} s away: too close for even one "
+            "trial and the final stage; move it later"
+        )
     run_dir, resumed = StudyDir.open(Path(c.output_dir), c.name, study.fingerprint(), fresh=fresh)
     if not resumed and run_dir.state.stage != first_stage(c.backends):
         run_dir.advance(first_stage(c.backends))
@@ -101,11 +113,15 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     if deadline is not None and run_dir.state.deadline is None:
         run_dir.advance(run_dir.state.stage, deadline=deadline)
     if resumed:
-        console.print(f"[bold]resuming[/] {run_dir.path}: attempt {run_dir.state.attempts}, continuing "
-                      f"from the {run_dir.state.stage} stage (`hpo run --fresh` starts over)")
+        console.print(
+            f"[bold]resuming[/] {run_dir.path}: attempt {run_dir.state.attempts}, continuing "
+            f"from the {run_dir.state.stage} stage (`hpo run --fresh` starts over)"
+        )
     if deadline is not None:
-        console.print(f"[bold]deadline[/] {time.strftime('%a %H:%M', time.localtime(deadline))} "
-                      f"(in {(deadline - start) / 60:.1f} min): the search ends in time for the final stage")
+        console.print(
+            f"[bold]deadline[/] {time.strftime('%a %H:%M', time.localtime(deadline))} "
+            f"(in {(deadline - start) / 60:.1f} min): the search ends in time for the final stage"
+        )
 
     uri = default_tracking_uri(tracking_uri or c.tracking.uri)
 
@@ -139,8 +155,21 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     try:
         console.print(f"[bold]tracking[/] {redact(uri)}  experiment {c.tracking.experiment or c.name}")
         warm_from = warm_start or (c.warm_start.source if c.warm_start else None)
-        run = RunContext(study, data, tracker, run_dir, resumed, console, live, points, warm_from, deadline,
-                         start, data_seconds, ray_seconds)
+        run = RunContext(
+            study,
+            data,
+            tracker,
+            run_dir,
+            resumed,
+            console,
+            live,
+            points,
+            warm_from,
+            deadline,
+            start,
+            data_seconds,
+            ray_seconds,
+        )
         results = {}
         for name in c.backends:
             results[name] = backend_class(name)(run).run()
@@ -168,9 +197,15 @@ def print_comparison(console: Console, study: Study, rows: list[BackendSummary])
     for col in ("backend", "test accuracy", f"best {metric}", "trials", "epochs", "search", "wall time"):
         table.add_column(col, justify="left" if col == "backend" else "right")
     for r in rows:
-        table.add_row(r.backend, "-" if r.test_accuracy is None else f"{r.test_accuracy:.4f}",
-                      "-" if r.best_value is None else f"{r.best_value:.4f}", str(r.trials), str(r.trial_epochs),
-                      f"{r.search_seconds / 60:.1f} min", f"{r.wall_seconds / 60:.1f} min")
+        table.add_row(
+            r.backend,
+            "-" if r.test_accuracy is None else f"{r.test_accuracy:.4f}",
+            "-" if r.best_value is None else f"{r.best_value:.4f}",
+            str(r.trials),
+            str(r.trial_epochs),
+            f"{r.search_seconds / 60:.1f} min",
+            f"{r.wall_seconds / 60:.1f} min",
+        )
     console.print(table)
 
 
@@ -195,15 +230,20 @@ def _print_search(console: Console, study: Study, search: SearchOutcome, outcome
     table = Table(title=f"study {study.name}: summary", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    counts = ", ".join(f"{sum(r.status == s for r in search.records)} {s}"
-                       for s in STATUSES if any(r.status == s for r in search.records))
+    counts = ", ".join(
+        f"{sum(r.status == s for r in search.records)} {s}"
+        for s in STATUSES
+        if any(r.status == s for r in search.records)
+    )
     table.add_row("trials", f"{len(search.records)} ({counts})")
     table.add_row("best trial", f"#{w.number}: {c.objective.metric} {value:.4f} at epoch {epoch}")
     table.add_row("best params", "\n".join(f"{k} = {v}" for k, v in w.params.items()))
     f = search.final
     if f is not None:
-        table.add_row("test accuracy", f"{f.test_accuracy:.4f} (loss {f.test_loss:.4f}), retrained "
-                                       f"{f.epochs} epochs on {c.final.retrain_on}")
+        table.add_row(
+            "test accuracy",
+            f"{f.test_accuracy:.4f} (loss {f.test_loss:.4f}), retrained {f.epochs} epochs on {c.final.retrain_on}",
+        )
         if f.registered_name:
             table.add_row("model", f"models:/{f.registered_name}/{f.registered_version} ({f.promotion})")
         table.add_row("final run", f.run_id)

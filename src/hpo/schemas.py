@@ -42,9 +42,10 @@ def study_schema() -> dict[str, Any]:
     assert not clash, f"study and search-space schemas both define {sorted(clash)}"
     schema["$defs"].update(defs)
     schema["$defs"]["SearchSpace"] = {
-        **root, "title": "SearchSpace",
+        **root,
+        "title": "SearchSpace",
         "description": "A search space written inline: the trial configuration, where any leaf may be a "
-                       "distribution (extends works only in search-space files).",
+        "distribution (extends works only in search-space files).",
     }
     schema["properties"]["search_space"] = {
         "title": "Search Space",
@@ -52,8 +53,12 @@ def study_schema() -> dict[str, Any]:
         "anyOf": [{"type": "string", "minLength": 1}, {"$ref": "#/$defs/SearchSpace"}],
     }
     schema.pop("title")
-    return {"$schema": DRAFT, "title": "hpo study",
-            "description": "A study file of hpo (hpo validate checks it in full).", **schema}
+    return {
+        "$schema": DRAFT,
+        "title": "hpo study",
+        "description": "A study file of hpo (hpo validate checks it in full).",
+        **schema,
+    }
 
 
 def space_schema() -> dict[str, Any]:
@@ -61,16 +66,25 @@ def space_schema() -> dict[str, Any]:
     (``{float: [low, high]}``, ``{int: ...}``, ``{categorical: [...]}``), an object with a ``name`` may be
     ``{one_of: {branch: {...}}}``, and the top level may say ``extends: other.yaml``."""
     defs, root = _space_parts()
-    extends = {"type": "string", "minLength": 1,
-               "description": "another search-space file (relative to this one), deep-merged under this one"}
-    return {"$schema": DRAFT, "title": "hpo search space",
-            "description": "A search-space file of hpo: the trial configuration, where any leaf may be a "
-                           "distribution (hpo validate checks it in full).",
-            "type": "object", "properties": {EXTENDS: extends, **root["properties"]},
-            "additionalProperties": False, "$defs": defs}
+    extends = {
+        "type": "string",
+        "minLength": 1,
+        "description": "another search-space file (relative to this one), deep-merged under this one",
+    }
+    return {
+        "$schema": DRAFT,
+        "title": "hpo search space",
+        "description": "A search-space file of hpo: the trial configuration, where any leaf may be a "
+        "distribution (hpo validate checks it in full).",
+        "type": "object",
+        "properties": {EXTENDS: extends, **root["properties"]},
+        "additionalProperties": False,
+        "$defs": defs,
+    }
 
 
 # ---------------------------------------------------------------------------------------- the space
+
 
 def _space_parts() -> tuple[dict[str, Any], dict[str, Any]]:
     """The space's definitions and its root object, derived from TrialConfig's schema: every object
@@ -123,11 +137,21 @@ def _one_of(branches: dict[str, str]) -> dict[str, Any]:
         # `name` is the branch's own: the parser refuses it inside a branch.
         return {"anyOf": [{**_ref(_space_name(ref)), "not": {"required": [SELECTOR]}}, {"type": "null"}]}
 
-    return {"type": "object", "required": ["one_of"], "additionalProperties": False, "properties": {"one_of": {
-        "description": "a conditional: each trial takes one branch and samples only its parameters; the "
-                       f"branch's name becomes `{SELECTOR}`",
-        "type": "object", "minProperties": 1, "additionalProperties": False,
-        "properties": {name: branch(ref) for name, ref in branches.items()}}}}
+    return {
+        "type": "object",
+        "required": ["one_of"],
+        "additionalProperties": False,
+        "properties": {
+            "one_of": {
+                "description": "a conditional: each trial takes one branch and samples only its parameters; the "
+                f"branch's name becomes `{SELECTOR}`",
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": False,
+                "properties": {name: branch(ref) for name, ref in branches.items()},
+            }
+        },
+    }
 
 
 def _space_leaf(value: dict[str, Any]) -> dict[str, Any]:
@@ -156,15 +180,25 @@ def _distributions() -> dict[str, Any]:
     def numeric(kind: str, number: str, what: str) -> dict[str, Any]:
         modifiers = {
             "log": {"type": "boolean", "default": False, "description": "sample on a log scale (low > 0)"},
-            "step": {"type": number, "exclusiveMinimum": 0,
-                     "description": "sample only low, low + step, low + 2 step, ... (not with log)"},
+            "step": {
+                "type": number,
+                "exclusiveMinimum": 0,
+                "description": "sample only low, low + step, low + 2 step, ... (not with log)",
+            },
         }
         return {
             "description": f"{what} on [low, high], both ends included",
-            "type": "object", "required": [kind], "additionalProperties": False,
+            "type": "object",
+            "required": [kind],
+            "additionalProperties": False,
             "properties": {
-                kind: {"type": "array", "items": {"type": number}, "minItems": 2, "maxItems": 2,
-                       "description": "[low, high]"},
+                kind: {
+                    "type": "array",
+                    "items": {"type": number},
+                    "minItems": 2,
+                    "maxItems": 2,
+                    "description": "[low, high]",
+                },
                 **{m: modifiers[m] for m in MODIFIERS[kind]},
             },
             # the parser's rules across keys: log needs low > 0, and takes no step
@@ -177,7 +211,9 @@ def _distributions() -> dict[str, Any]:
         "Float": numeric("float", "number", "a real number"),
         "Int": numeric("int", "integer", "an integer"),
         "Categorical": {
-            "description": "one of the listed values", "type": "object", "required": ["categorical"],
+            "description": "one of the listed values",
+            "type": "object",
+            "required": ["categorical"],
             "additionalProperties": False,
             "properties": {"categorical": {"type": "array", "minItems": 1, "uniqueItems": True, "items": plain}},
         },

@@ -18,8 +18,11 @@ _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)(?P<s
 # at the start of the text, after whitespace or as a query / fragment parameter. The word must end there
 # or be followed by a non-lowercase letter, so "tokenizer=bpe" and "secretary=..." stay as they are.
 _SECRET_WORDS = r"token|secret|passw(?:or)?d|pwd|api[_-]?key|access[_-]?key|signature|credential"
-_PARAM = re.compile(rf"(?P<head>(?:^|(?<=[?&;#\s]))[\w.-]*?(?:{_SECRET_WORDS})s?(?-i:(?![a-z]))[\w.-]*=)"
-                    r"(?P<secret>\"[^\"]*\"|'[^']*'|[^&;#\s'\"]+)", re.IGNORECASE)
+_PARAM = re.compile(
+    rf"(?P<head>(?:^|(?<=[?&;#\s]))[\w.-]*?(?:{_SECRET_WORDS})s?(?-i:(?![a-z]))[\w.-]*=)"
+    r"(?P<secret>\"[^\"]*\"|'[^']*'|[^&;#\s'\"]+)",
+    re.IGNORECASE,
+)
 
 
 def redact(text_or_uri: str) -> str:

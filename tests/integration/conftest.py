@@ -48,8 +48,8 @@ def smoke_runs(smoke_run):
 @pytest.fixture(scope="session")
 def smoke_data(data_dir):
     """The smoke study's splits, exactly as the run saw them."""
-    from hpo.config import load_study
     from hpo.data import load_data
+    from hpo.study import load_study
 
     study = load_study(REPO_ROOT / "studies" / "smoke.yaml")
     return load_data(study.config.dataset.model_copy(update={"data_dir": str(data_dir)}), study.config.seed)

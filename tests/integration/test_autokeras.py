@@ -38,8 +38,15 @@ final: {{export: [], register_as: {name}}}
 
 def _write_study(work: Path, name: str, backends: str, keras_backend: str = "torch", epochs: int = 1) -> Path:
     path = work / f"{name}.yaml"
-    path.write_text(STUDY.format(name=name, space=REPO_ROOT / "search_spaces" / "smoke.yaml", backends=backends,
-                                 keras_backend=keras_backend, epochs=epochs))
+    path.write_text(
+        STUDY.format(
+            name=name,
+            space=REPO_ROOT / "search_spaces" / "smoke.yaml",
+            backends=backends,
+            keras_backend=keras_backend,
+            epochs=epochs,
+        )
+    )
     return path
 
 
@@ -53,8 +60,11 @@ def _runs(work: Path, name: str):
 
 
 def _children(runs, parent, kind):
-    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-            and r.data.tags.get("hpo.kind") == kind]
+    return [
+        r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.data.tags.get("hpo.kind") == kind
+    ]
 
 
 def _keras_accuracy(model_path: str, x_test: np.ndarray, y_test: np.ndarray, keras_backend: str) -> float:
@@ -70,9 +80,13 @@ def _keras_accuracy(model_path: str, x_test: np.ndarray, y_test: np.ndarray, ker
     folder = Path(model_path).parent
     np.save(folder / "x.npy", x_test)
     np.save(folder / "y.npy", y_test)
-    out = subprocess.run([sys.executable, "-c", code, model_path, str(folder / "x.npy"), str(folder / "y.npy")],
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "KERAS_BACKEND": keras_backend})
+    out = subprocess.run(
+        [sys.executable, "-c", code, model_path, str(folder / "x.npy"), str(folder / "y.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KERAS_BACKEND": keras_backend},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -87,8 +101,8 @@ def both_backends(tmp_path_factory, data_dir):
 
 
 def test_the_baseline_runs_beside_the_search_and_is_tracked_the_same_way(both_backends, data_dir):
-    from hpo.config import load_study
     from hpo.data import load_data
+    from hpo.study import load_study
 
     work, study_file, result = both_backends
     assert "backends side by side" in result.stderr
@@ -110,8 +124,11 @@ def test_the_baseline_runs_beside_the_search_and_is_tracked_the_same_way(both_ba
     # the final run: test metrics, confusion matrix, the exported model
     (final,) = _children(runs, baseline, "final")
     artifacts = {a.path for a in client.list_artifacts(final.info.run_id, "evaluation")}
-    assert {"evaluation/confusion_matrix.png", "evaluation/confusion_matrix.csv",
-            "evaluation/per_class_metrics.csv"} <= artifacts
+    assert {
+        "evaluation/confusion_matrix.png",
+        "evaluation/confusion_matrix.csv",
+        "evaluation/per_class_metrics.csv",
+    } <= artifacts
     assert int(final.data.params["final.train_images"]) == 800  # retrained on train+val, like the search's final
     test_accuracy = final.data.metrics["test_accuracy"]
     assert baseline.data.metrics["test_accuracy"] == test_accuracy
@@ -120,8 +137,15 @@ def test_the_baseline_runs_beside_the_search_and_is_tracked_the_same_way(both_ba
     assert cm.sum() == 300 and np.isclose(np.trace(cm) / cm.sum(), test_accuracy)
 
     # the same columns as the search's parent, comparable in the MLflow UI
-    for metric in ("test_accuracy", "test_loss", "wall_seconds", "search_seconds", "trial_epochs",
-                   "best_val_accuracy", "trials_completed"):
+    for metric in (
+        "test_accuracy",
+        "test_loss",
+        "wall_seconds",
+        "search_seconds",
+        "trial_epochs",
+        "best_val_accuracy",
+        "trials_completed",
+    ):
         assert metric in search.data.metrics and metric in baseline.data.metrics, metric
     assert search.data.params["budget.trials"] == baseline.data.params["budget.trials"]
 
@@ -132,8 +156,9 @@ def test_the_baseline_runs_beside_the_search_and_is_tracked_the_same_way(both_ba
         assert json.loads(Path(client.download_artifacts(run.info.run_id, artifact)).read_text()) == expected
     tags = {k: v for k, v in baseline.data.tags.items() if k.startswith("hpo.split.")}
     assert tags and tags == {k: v for k, v in search.data.tags.items() if k.startswith("hpo.split.")}
-    assert {k.replace("split_seen", "split"): v for k, v in baseline.data.tags.items()
-            if k.startswith("hpo.split_seen.")} == tags
+    assert {
+        k.replace("split_seen", "split"): v for k, v in baseline.data.tags.items() if k.startswith("hpo.split_seen.")
+    } == tags
     assert expected["train"]["count"] == 640 and expected["val"]["count"] == 160 and expected["test"]["count"] == 300
 
     # the logged model, reloaded in a fresh process, scores what the final run logged
@@ -153,8 +178,10 @@ def test_hpo_report_puts_both_side_by_side(both_backends):
     assert (work / "report" / "backends_over_time.png").stat().st_size > 10_000
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                    reason='the tensorflow extra is not installed (pip install -e ".[tensorflow]")')
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None,
+    reason='the tensorflow extra is not installed (pip install -e ".[tensorflow]")',
+)
 def test_the_baseline_on_the_tensorflow_backend(tmp_path, data_dir):
     study = _write_study(tmp_path, "ak-tf", "[autokeras]", keras_backend="tensorflow")
     result = run_hpo(["run", str(study)], tmp_path, data_dir)
@@ -179,11 +206,25 @@ def test_a_killed_baseline_continues_where_it_stopped(tmp_path, data_dir):
     from hpo.testing import hpo_env, wait_ended
 
     study = tmp_path / "ak-resume.yaml"
-    study.write_text(STUDY.format(name="ak-resume", space=REPO_ROOT / "search_spaces" / "smoke.yaml",
-                                  backends="[autokeras]", keras_backend="torch", epochs=2)
-                     .replace("max_trials: 1", "max_trials: 2").replace("time: 5m", "time: 45s"))
-    driver = subprocess.Popen([sys.executable, "-m", "hpo.cli", "run", str(study)], cwd=tmp_path,
-                              env=hpo_env(data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    study.write_text(
+        STUDY.format(
+            name="ak-resume",
+            space=REPO_ROOT / "search_spaces" / "smoke.yaml",
+            backends="[autokeras]",
+            keras_backend="torch",
+            epochs=2,
+        )
+        .replace("max_trials: 1", "max_trials: 2")
+        .replace("time: 5m", "time: 45s")
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "hpo.cli", "run", str(study)],
+        cwd=tmp_path,
+        env=hpo_env(data_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     events, stopped = None, False
     while time.time() < deadline:
@@ -200,8 +241,9 @@ def test_a_killed_baseline_continues_where_it_stopped(tmp_path, data_dir):
         assert driver.poll() is None, driver.stderr.read()[-3000:]
         time.sleep(0.2)
     assert events is not None, "AutoKeras never finished its first model"
-    workers = [p for p in psutil.Process(driver.pid).children(recursive=True)
-               if "_autokeras_worker" in " ".join(p.cmdline())]
+    workers = [
+        p for p in psutil.Process(driver.pid).children(recursive=True) if "_autokeras_worker" in " ".join(p.cmdline())
+    ]
     assert len(workers) == 1
     driver.send_signal(signal.SIGKILL)
     driver.wait()

@@ -26,9 +26,17 @@ def test_two_studies_share_one_sqlite_store(tmp_path, data_dir):
 
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HPO_DATA_DIR": str(data_dir)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    procs = {name: subprocess.Popen([sys.executable, "-m", "hpo.cli", "run", f"studies/{name}.yaml"], cwd=tmp_path,
-                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for name in ("twin-a", "twin-b")}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "hpo.cli", "run", f"studies/{name}.yaml"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("twin-a", "twin-b")
+    }
     outputs = {name: proc.communicate(timeout=600)[0] for name, proc in procs.items()}
     for name, proc in procs.items():
         assert proc.returncode == 0, outputs[name]

@@ -19,8 +19,10 @@ def test_search_and_finalize_end_before_a_deadline_two_minutes_away(tmp_path, da
 
     deadline = datetime.now().astimezone() + timedelta(minutes=2)
     smoke = (REPO_ROOT / "studies" / "smoke.yaml").read_text()
-    study = smoke.replace("budget: {trials: 4, time: 5m, max_epochs: 2}",
-                          f'budget: {{trials: 500, max_epochs: 2, until: "{deadline.isoformat(timespec="seconds")}"}}')
+    study = smoke.replace(
+        "budget: {trials: 4, time: 5m, max_epochs: 2}",
+        f'budget: {{trials: 500, max_epochs: 2, until: "{deadline.isoformat(timespec="seconds")}"}}',
+    )
     assert study != smoke
     (tmp_path / "studies").mkdir()
     (tmp_path / "search_spaces").mkdir()

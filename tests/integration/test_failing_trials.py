@@ -31,9 +31,14 @@ def test_diverging_trials_fail_with_their_error_and_the_study_completes(tmp_path
     import mlflow
 
     (tmp_path / "study.yaml").write_text(STUDY.format(data=data_dir))
-    result = subprocess.run([sys.executable, "-m", "hpo.cli", "run", "study.yaml"], cwd=tmp_path,
-                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "hpo.cli", "run", "study.yaml"],
+        cwd=tmp_path,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("failing")

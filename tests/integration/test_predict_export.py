@@ -13,8 +13,7 @@ from hpo.testing import run_hpo
 pytestmark = pytest.mark.integration
 
 
-def test_predict_agrees_with_the_model_on_100_real_test_images(tmp_path, smoke_run, smoke_model, smoke_data,
-                                                                data_dir):
+def test_predict_agrees_with_the_model_on_100_real_test_images(tmp_path, smoke_run, smoke_model, smoke_data, data_dir):
     from PIL import Image
 
     images = smoke_data.x_test[:100]
@@ -24,8 +23,20 @@ def test_predict_agrees_with_the_model_on_100_real_test_images(tmp_path, smoke_r
         Image.fromarray(image[0]).save(paths[-1])
     with torch.no_grad():
         expected = smoke_model(torch.as_tensor(images, dtype=torch.float32) / 255.0).argmax(1).numpy()
-    result = run_hpo(["predict", "models:/smoke@champion", *map(str, paths), "--json", "--top-k", "2",
-                      "--tracking-uri", smoke_run.uri], smoke_run.work, data_dir)
+    result = run_hpo(
+        [
+            "predict",
+            "models:/smoke@champion",
+            *map(str, paths),
+            "--json",
+            "--top-k",
+            "2",
+            "--tracking-uri",
+            smoke_run.uri,
+        ],
+        smoke_run.work,
+        data_dir,
+    )
     assert result.returncode == 0, result.stderr
     answers = json.loads(result.stdout)
     assert [a["image"] for a in answers] == [str(p) for p in paths]
@@ -43,14 +54,15 @@ def test_predict_handles_a_photo_like_image(tmp_path, smoke_run, smoke_model, sm
     trouser = smoke_data.classes.index("Trouser")
     confident = np.flatnonzero((smoke_data.y_test == trouser) & (probs[:, trouser].numpy() > 0.9))
     assert len(confident), "the smoke model should recognise some trousers"
-    garment = 255 - smoke_data.x_test[confident[0], 0]          # dark garment on white
+    garment = 255 - smoke_data.x_test[confident[0], 0]  # dark garment on white
     big = Image.fromarray(garment).resize((112, 112), Image.Resampling.BICUBIC)
     canvas = Image.new("L", (400, 300), 255)
     canvas.paste(big, (40, 150))
     photo = tmp_path / "photo.jpg"
     canvas.convert("RGB").save(photo, quality=95)
-    result = run_hpo(["predict", "models:/smoke@champion", str(photo), "--tracking-uri", smoke_run.uri],
-                     smoke_run.work, data_dir)
+    result = run_hpo(
+        ["predict", "models:/smoke@champion", str(photo), "--tracking-uri", smoke_run.uri], smoke_run.work, data_dir
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("  ")[1].startswith("Trouser"), result.stdout
 
@@ -59,16 +71,19 @@ def test_predict_rejects_missing_files_and_models(tmp_path, smoke_run, data_dir)
     missing = run_hpo(["predict", "models:/smoke@champion", str(tmp_path / "nope.png")], smoke_run.work, data_dir)
     assert missing.returncode == 2 and "no such file" in missing.stderr
     (tmp_path / "x.png").write_bytes(b"not an image")
-    unknown = run_hpo(["predict", "models:/nosuchmodel/1", str(tmp_path / "x.png"), "--tracking-uri",
-                       smoke_run.uri], smoke_run.work, data_dir)
+    unknown = run_hpo(
+        ["predict", "models:/nosuchmodel/1", str(tmp_path / "x.png"), "--tracking-uri", smoke_run.uri],
+        smoke_run.work,
+        data_dir,
+    )
     assert unknown.returncode == 1 and "cannot load model" in unknown.stderr
 
 
 def test_onnx_export_matches_pytorch_top1_on_256_test_images(smoke_runs, smoke_model, data_dir):
     import onnxruntime as ort
 
-    from hpo.config import load_study
     from hpo.data import load_data
+    from hpo.study import load_study
     from hpo.testing import REPO_ROOT
 
     client, by_kind = smoke_runs

@@ -42,14 +42,23 @@ def cluster():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+    }
     sessions: set[int] = set()
 
     def ray_start(*args: str) -> None:
-        proc = subprocess.Popen([RAY, "start", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
-                                env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+        proc = subprocess.Popen(
+            [RAY, "start", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         sessions.add(proc.pid)  # a new session's id is its leader's pid
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out
@@ -68,8 +77,9 @@ def cluster():
                 except ProcessLookupError:
                     pass
             time.sleep(0.5)
-        assert not [p for p in _sessions_processes(sessions) if Path(f"/proc/{p}/status").read_text().find(
-            "State:\tZ") < 0], "Ray processes survived teardown"
+        assert not [
+            p for p in _sessions_processes(sessions) if Path(f"/proc/{p}/status").read_text().find("State:\tZ") < 0
+        ], "Ray processes survived teardown"
 
 
 def test_the_smoke_study_runs_across_a_three_node_cluster(tmp_path, data_dir, cluster):
@@ -83,8 +93,12 @@ def test_the_smoke_study_runs_across_a_three_node_cluster(tmp_path, data_dir, cl
     (tmp_path / "studies" / "smoke.yaml").write_text(smoke)
     (tmp_path / "search_spaces" / "smoke.yaml").write_text((REPO_ROOT / "search_spaces" / "smoke.yaml").read_text())
 
-    result = run_hpo(["run", "studies/smoke.yaml", "--address", address], tmp_path, data_dir,
-                     env={k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})
+    result = run_hpo(
+        ["run", "studies/smoke.yaml", "--address", address],
+        tmp_path,
+        data_dir,
+        env={k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")},
+    )
     assert result.returncode == 0, result.stderr
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")

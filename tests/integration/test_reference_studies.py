@@ -46,6 +46,7 @@ def _one_point_per_family(space) -> list[dict]:
             value = family if name == "model.name" else p.corners()[0]
             flat[name] = value
             return value
+
         space.sample(suggest)
         points.append(flat)
     return points
@@ -54,8 +55,8 @@ def _one_point_per_family(space) -> list[dict]:
 def _run(path: Path, work: Path, monkeypatch):
     import ray
 
-    from hpo.config import load_study
     from hpo.runner import run_study
+    from hpo.study import load_study
 
     monkeypatch.chdir(work)
     study = load_study(path)
@@ -121,8 +122,12 @@ def test_apparel_multilabel_logs_per_label_metrics(tmp_path, monkeypatch):
         assert 0.0 <= metrics[f"test_roc_auc.{name}"] <= 1.0
     assert 0.0 <= metrics["test_subset_accuracy"] <= metrics["test_accuracy"] <= 1.0
     assert metrics["test_hamming_loss"] == pytest.approx(1 - metrics["test_accuracy"], abs=1e-6)
-    rows = np.genfromtxt(client.download_artifacts(final.info.run_id, "evaluation/per_label_metrics.csv"),
-                         delimiter=",", dtype=str, skip_header=1)
+    rows = np.genfromtxt(
+        client.download_artifacts(final.info.run_id, "evaluation/per_label_metrics.csv"),
+        delimiter=",",
+        dtype=str,
+        skip_header=1,
+    )
     assert [r[0] for r in rows] == labels
     artifacts = {a.path for a in client.list_artifacts(final.info.run_id, "evaluation")}
     assert {"evaluation/roc_curves.png", "evaluation/per_label.png"} <= artifacts

@@ -20,8 +20,11 @@ def chromium() -> str | None:
 def test_report_renders_in_headless_chromium(smoke_run, data_dir, tmp_path):
     from PIL import Image
 
-    result = run_hpo(["report", str(REPO_ROOT / "studies" / "smoke.yaml"), "--out", str(tmp_path / "report")],
-                     smoke_run.work, data_dir)
+    result = run_hpo(
+        ["report", str(REPO_ROOT / "studies" / "smoke.yaml"), "--out", str(tmp_path / "report")],
+        smoke_run.work,
+        data_dir,
+    )
     assert result.returncode == 0, result.stderr
     html_path, md_path = (tmp_path / "report" / "report.html"), (tmp_path / "report" / "report.md")
     html = html_path.read_text()
@@ -35,11 +38,26 @@ def test_report_renders_in_headless_chromium(smoke_run, data_dir, tmp_path):
             pytest.fail("chromium is not installed; .ci/run installs it")
         pytest.skip("no chromium here (apt-get install chromium)")
     shot = tmp_path / "report.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2000",
-                    f"--screenshot={shot}", html_path.as_uri()],
-                   capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,2000",
+            f"--screenshot={shot}",
+            html_path.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     with Image.open(shot) as image:
         image = image.convert("L")
         assert image.size == (1200, 2000)

@@ -40,8 +40,14 @@ TERMINAL = {"completed", "early_stopped", "pruned", "stopped", "failed", "infeas
 def _start(work: Path) -> subprocess.Popen:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([sys.executable, "-m", "hpo.cli", "run", "study.yaml"], cwd=work, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo.cli", "run", "study.yaml"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _kill_driver_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
@@ -86,17 +92,21 @@ def _live_final_run(work: Path) -> bool:
         return False
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
-            return bool(conn.execute(
-                "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid where t.key = 'hpo.kind' "
-                "and t.value = 'final' and r.status = 'RUNNING' and r.lifecycle_stage = 'active'").fetchone()[0])
+            return bool(
+                conn.execute(
+                    "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid where t.key = 'hpo.kind' "
+                    "and t.value = 'final' and r.status = 'RUNNING' and r.lifecycle_stage = 'active'"
+                ).fetchone()[0]
+            )
     except sqlite3.OperationalError:  # locked or tables not there yet
         return False
 
 
 def test_a_killed_study_continues_where_it_stopped(tmp_path, data_dir):
-    import mlflow
     import optuna
     from mlflow.entities import ViewType
+
+    import mlflow
 
     (tmp_path / "study.yaml").write_text(STUDY.format(data=data_dir))
 
@@ -116,8 +126,9 @@ def test_a_killed_study_continues_where_it_stopped(tmp_path, data_dir):
     # 2. Between search and finalize (the winner's re-check).
     _kill_driver_when(_start(tmp_path), lambda: _state(tmp_path).get("stage") == "recheck")
     # 3. Mid-finalize: the final run exists and is retraining.
-    _kill_driver_when(_start(tmp_path), lambda: _state(tmp_path).get("stage") == "finalize"
-                      and _live_final_run(tmp_path))
+    _kill_driver_when(
+        _start(tmp_path), lambda: _state(tmp_path).get("stage") == "finalize" and _live_final_run(tmp_path)
+    )
 
     last = _start(tmp_path)
     output, _ = last.communicate(timeout=600)

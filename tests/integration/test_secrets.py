@@ -55,16 +55,20 @@ def test_a_password_in_the_tracking_uri_is_never_printed_or_stored(tmp_path, dat
         assert _files_containing(tmp_path, secret.encode()) == [str(tmp_path / "study.yaml")]  # the user's own
 
     client = mlflow.MlflowClient(tracking_uri=store)
-    study_run = client.search_runs([client.get_experiment_by_name("secretive").experiment_id],
-                                   "tags.`hpo.kind` = 'study'")[0]
+    study_run = client.search_runs(
+        [client.get_experiment_by_name("secretive").experiment_id], "tags.`hpo.kind` = 'study'"
+    )[0]
     logged = mlflow.artifacts.load_text(f"{study_run.info.artifact_uri}/study.resolved.yaml")
     assert "postgresql://hpo:***@db.invalid:5432/mlflow?sslmode=require&token=***" in logged
 
 
 def test_an_unreachable_server_with_credentials_fails_without_showing_them(tmp_path, data_dir):
     (tmp_path / "study.yaml").write_text(STUDY.format(data=data_dir, uri=f"http://hpo:{PASSWORD}@127.0.0.1:9/"))
-    result = run_hpo(["run", "study.yaml"], tmp_path, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-                                                            "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"})
+    result = run_hpo(
+        ["run", "study.yaml"],
+        tmp_path,
+        env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"},
+    )
     assert result.returncode == 1, result.stderr
     assert "127.0.0.1:9" in result.stderr and "hpo:***@" in result.stderr
     assert PASSWORD not in result.stdout + result.stderr
@@ -75,7 +79,7 @@ def test_in_process_ray_serves_no_dashboard_and_binds_its_head_to_loopback():
     gRPC services listen on the node's address by Ray's design and are guarded by its token auth."""
     import ray
 
-    from hpo.backends.ray_tune import start_ray
+    from hpo.engine.ray_tune import start_ray
 
     start_ray(None, num_cpus=1)
     try:

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.integration
 def test_trials_map_the_dataset_from_the_object_store(fashion_subset):
     import ray
 
-    from hpo.backends.ray_tune import start_ray
+    from hpo.engine.ray_tune import start_ray
     from hpo.testing import probe_shared_arrays
 
     start_ray(None, num_cpus=2)

@@ -11,17 +11,25 @@ from hpo.testing import REPO_ROOT, run_hpo
 
 pytestmark = pytest.mark.integration
 
-POINT = {"model.name": "cnn", "model.cnn.depth": 2, "model.cnn.width": 24,
-         "model.cnn.batchnorm": "after_activation", "model.cnn.dropout.placement": "head",
-         "optimizer.lr": 0.05, "augment.hflip": 0.25}
+POINT = {
+    "model.name": "cnn",
+    "model.cnn.depth": 2,
+    "model.cnn.width": 24,
+    "model.cnn.batchnorm": "after_activation",
+    "model.cnn.dropout.placement": "head",
+    "optimizer.lr": 0.05,
+    "augment.hflip": 0.25,
+}
 
 
 def test_start_with_configurations_run_first_as_written(tmp_path, data_dir):
     smoke = (REPO_ROOT / "studies" / "smoke.yaml").read_text()
-    study = (smoke.replace("budget: {trials: 4, time: 5m, max_epochs: 2}", "budget: {trials: 3, max_epochs: 1}")
-                  .replace("grace_period: 1, ", "")
-                  .replace("final: {", "final: {enabled: false, ")
-             + f"start_with:\n  - {json.dumps(POINT)}\n")
+    study = (
+        smoke.replace("budget: {trials: 4, time: 5m, max_epochs: 2}", "budget: {trials: 3, max_epochs: 1}")
+        .replace("grace_period: 1, ", "")
+        .replace("final: {", "final: {enabled: false, ")
+        + f"start_with:\n  - {json.dumps(POINT)}\n"
+    )
     (tmp_path / "studies").mkdir()
     (tmp_path / "search_spaces").mkdir()
     (tmp_path / "studies" / "smoke.yaml").write_text(study)

@@ -64,8 +64,17 @@ def postgres():
         assert done.returncode == 0, f"{tool} failed: {done.stdout}{done.stderr}"
 
     pg("initdb", "-D", str(root / "data"), "-U", "hpo", "--auth=trust")
-    pg("pg_ctl", "-D", str(root / "data"), "-l", str(root / "log"), "-w", "start",
-       "-o", f"-h 127.0.0.1 -p {port} -k {root}")
+    pg(
+        "pg_ctl",
+        "-D",
+        str(root / "data"),
+        "-l",
+        str(root / "log"),
+        "-w",
+        "start",
+        "-o",
+        f"-h 127.0.0.1 -p {port} -k {root}",
+    )
     try:
         for db in ("mlflow", "optuna"):
             pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "hpo", db)
@@ -76,12 +85,14 @@ def postgres():
 
 
 def test_mlflow_and_optuna_on_postgres_and_a_warm_started_second_study(tmp_path, data_dir, postgres):
-    import mlflow
     import optuna
+
+    import mlflow
 
     for name, seed, trials, extra in (("first", 0, 4, ""), ("second", 7, 3, "warm_start: {from: first, top_k: 2}")):
         (tmp_path / f"{name}.yaml").write_text(
-            STUDY.format(name=name, seed=seed, trials=trials, data=data_dir, pg=postgres, extra=extra))
+            STUDY.format(name=name, seed=seed, trials=trials, data=data_dir, pg=postgres, extra=extra)
+        )
     first = run_hpo(["run", "first.yaml"], tmp_path)
     assert first.returncode == 0, first.stderr
     second = run_hpo(["run", "second.yaml"], tmp_path)
@@ -107,7 +118,7 @@ def test_mlflow_and_optuna_on_postgres_and_a_warm_started_second_study(tmp_path,
     studies = {r.data.tags["hpo.study"]: r for r in runs if r.data.tags.get("hpo.kind") == "study"}
     assert set(studies) == {"first", "second"} and all(r.info.status == "FINISHED" for r in studies.values())
     assert sum(r.data.tags.get("hpo.kind") == "trial" for r in runs) == 7
-    assert studies["second"].data.tags["hpo.warm_start"] == "first"
+    assert studies["second"].data.tags["hpo.stages.warm_start"] == "first"
     assert studies["second"].data.metrics["warm_start_points"] == 2
     versions = client.search_model_versions("name = 'nightly'")
     assert len(versions) == 2

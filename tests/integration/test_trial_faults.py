@@ -51,8 +51,13 @@ def _kill_trial_process(run_root, lr: float, stop: threading.Event, killed: list
             except (OSError, ValueError):
                 continue
             for t in trials:
-                if (t["params"]["optimizer.lr"] == lr and t["status"] == "running" and t["attempts"] == 1
-                        and t["worker_pid"] and t["history"]):
+                if (
+                    t["params"]["optimizer.lr"] == lr
+                    and t["status"] == "running"
+                    and t["attempts"] == 1
+                    and t["worker_pid"]
+                    and t["history"]
+                ):
                     os.kill(t["worker_pid"], signal.SIGKILL)
                     killed.append(t["worker_pid"])
                     return
@@ -60,11 +65,11 @@ def _kill_trial_process(run_root, lr: float, stop: threading.Event, killed: list
 
 
 def test_each_fault_is_recorded_and_the_study_goes_on(tmp_path, data_dir, monkeypatch):
-    import mlflow
     import ray
 
-    from hpo.config import load_study
+    import mlflow
     from hpo.runner import run_study
+    from hpo.study import load_study
     from hpo.testing.faults import FAULTS_ENV
 
     monkeypatch.chdir(tmp_path)
@@ -72,15 +77,33 @@ def test_each_fault_is_recorded_and_the_study_goes_on(tmp_path, data_dir, monkey
     (tmp_path / "study.yaml").write_text(STUDY.format(data=data_dir))
     study = load_study(tmp_path / "study.yaml")
     faults = {"0.02": f"once:{tmp_path / 'raised-once'}", "0.03": "always"}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             runtime_env={"worker_process_setup_hook": "hpo.testing.faults.install",
-                          "env_vars": {FAULTS_ENV: json.dumps(faults)}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        runtime_env={
+            "worker_process_setup_hook": "hpo.testing.faults.install",
+            "env_vars": {FAULTS_ENV: json.dumps(faults)},
+        },
+    )
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_trial_process, args=(tmp_path / "runs" / "faults", 0.04, stop, killed))
     killer.start()
     try:
-        outcome = run_study(study, console=Console(file=io.StringIO()), live=False, points=[
-            point(0.05), point(10.0, batch=16, batchnorm="none"), point(0.05, width=256, batch=1000), point(0.02), point(0.03), point(0.04)])
+        outcome = run_study(
+            study,
+            console=Console(file=io.StringIO()),
+            live=False,
+            points=[
+                point(0.05),
+                point(10.0, batch=16, batchnorm="none"),
+                point(0.05, width=256, batch=1000),
+                point(0.02),
+                point(0.03),
+                point(0.04),
+            ],
+        )
     finally:
         stop.set()
         killer.join()
@@ -100,8 +123,12 @@ def test_each_fault_is_recorded_and_the_study_goes_on(tmp_path, data_dir, monkey
     assert dead.retry_errors[0].startswith("TrialProcessDied: the trial's process died"), dead.retry_errors
 
     client = mlflow.MlflowClient(tracking_uri=outcome.tracking_uri)
-    runs = {r.info.run_id: r for r in client.search_runs(
-        [client.get_experiment_by_name("faults").experiment_id], "tags.`hpo.kind` = 'trial'")}
+    runs = {
+        r.info.run_id: r
+        for r in client.search_runs(
+            [client.get_experiment_by_name("faults").experiment_id], "tags.`hpo.kind` = 'trial'"
+        )
+    }
     assert len(runs) == 6  # retried attempts replaced their run: one live run per trial
     for record in outcome.records:
         run = runs[record.run_id]

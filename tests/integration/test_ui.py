@@ -65,8 +65,14 @@ def serving(args: list[str], cwd: Path, log: Path, ready: str, timeout: float = 
     server's root and the address the command told the user to open; stop the group afterwards, whatever
     happened."""
     with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "hpo.cli", *args], cwd=cwd, env=hpo_env(),
-                                   stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hpo.cli", *args],
+            cwd=cwd,
+            env=hpo_env(),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + timeout
         found = None
@@ -103,9 +109,19 @@ class Chromium:
     ended by NUL, commands on the browser's descriptor 3, answers on 4): the standard library suffices, and
     the test can wait for the React app to render and read where it landed."""
 
-    FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-extensions", "--remote-debugging-pipe", "--window-size=1400,1000")
+    FLAGS = (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--remote-debugging-pipe",
+        "--window-size=1400,1000",
+    )
 
     def __init__(self, executable: str, profile: Path) -> None:
         commands_read, self._commands = map(_above_4, os.pipe())
@@ -114,16 +130,20 @@ class Chromium:
         self._id = 0
         wire = f'exec "$@" 3<&{commands_read} 4>&{answers_write} {commands_read}<&- {answers_write}>&-'
         # bash, not sh: dash cannot name descriptors above 9
-        self.process = subprocess.Popen(["bash", "-c", wire, "bash", executable, *self.FLAGS,
-                                         f"--user-data-dir={profile}", "about:blank"],
-                                        pass_fds=(commands_read, answers_write), stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            ["bash", "-c", wire, "bash", executable, *self.FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            pass_fds=(commands_read, answers_write),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         os.close(commands_read)
         os.close(answers_write)
         try:
             page = next(t for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
-            self._session = self.send("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True},
-                                      session=False)["sessionId"]
+            self._session = self.send(
+                "Target.attachToTarget", {"targetId": page["targetId"], "flatten": True}, session=False
+            )["sessionId"]
         except BaseException:
             self.close()
             raise
@@ -140,8 +160,9 @@ class Chromium:
         raw, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(raw)
 
-    def send(self, method: str, params: dict[str, Any] | None = None, *, session: bool = True,
-             timeout: float = 60) -> dict[str, Any]:
+    def send(
+        self, method: str, params: dict[str, Any] | None = None, *, session: bool = True, timeout: float = 60
+    ) -> dict[str, Any]:
         self._id += 1
         message: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
         if session and hasattr(self, "_session"):
@@ -219,7 +240,10 @@ def test_ui_lands_on_the_training_runs_with_the_trials_listed(smoke_run, smoke_r
         return "/overview" in page["url"] or "Token Usage" in page["text"]
 
     ui = ["ui", str(SMOKE), "--port", str(free_port())]
-    with serving(ui, work, tmp_path / "ui.log", "/health") as (base, told), Chromium(browser, tmp_path / "profile") as page:
+    with (
+        serving(ui, work, tmp_path / "ui.log", "/health") as (base, told),
+        Chromium(browser, tmp_path / "profile") as page,
+    ):
         # The control, in the same fresh browser: the experiment's plain address (where the UI's list of
         # experiments links) opens on MLflow's GenAI overview, whatever the experiment's tags say.
         plain = page.open(f"{base}/#/experiments/{experiment}", until=overview)
@@ -230,8 +254,9 @@ def test_ui_lands_on_the_training_runs_with_the_trials_listed(smoke_run, smoke_r
         def missing(page: dict[str, str]) -> list[str]:  # a run's name is a cell of its own: recheck-trial-001-...
             return [name for name in trials if not re.search(rf"(^|\s){name}(\s|$)", page["text"])]
 
-        landed = page.open(told if "#/experiments/" in told else f"{base}/#/experiments/{experiment}",
-                           until=lambda p: not missing(p))
+        landed = page.open(
+            told if "#/experiments/" in told else f"{base}/#/experiments/{experiment}", until=lambda p: not missing(p)
+        )
         shot = page.screenshot(tmp_path / "told.png")
         assert re.search(rf"#/experiments/{experiment}/runs\b", landed["url"]), (told, landed["url"], shot)
         assert not overview(landed) and "workflowType=genai" not in landed["url"], (landed["url"], shot)
@@ -245,7 +270,8 @@ def test_the_ui_address_of_a_study(smoke_run, smoke_runs, tmp_path):
     experiment = client.get_experiment_by_name("smoke").experiment_id
     assert study_address("http://127.0.0.1:5000", smoke_run.uri, "smoke", "val_loss", "min") == (
         f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?workflowType=machine_learning"
-        "&orderByKey=metrics.%60val_loss%60&orderByAsc=true")
+        "&orderByKey=metrics.%60val_loss%60&orderByAsc=true"
+    )
     # a study not in the store, or no store yet (not created by looking): the server's root
     assert study_address("http://h:1", smoke_run.uri, "never-ran", "val_accuracy", "max") == "http://h:1"
     missing = tmp_path / "mlflow" / "mlflow.db"
@@ -265,8 +291,9 @@ def _optuna_dashboard() -> None:
 def test_dashboard_serves_the_latest_run_with_its_trials(smoke_run, tmp_path):
     _optuna_dashboard()
     folders = sorted(p.name for p in (smoke_run.work / "runs" / "smoke").iterdir() if (p / "state.json").is_file())
-    with serving(["dashboard", str(SMOKE), "--port", str(free_port())], smoke_run.work, tmp_path / "dashboard.log",
-                 "/api/meta") as (base, _):
+    with serving(
+        ["dashboard", str(SMOKE), "--port", str(free_port())], smoke_run.work, tmp_path / "dashboard.log", "/api/meta"
+    ) as (base, _):
         summaries = get_json(f"{base}/api/studies")["study_summaries"]
         (study,) = [s for s in summaries if s["study_name"] == f"smoke/{folders[-1]}"]
         assert study["directions"] == ["maximize"]

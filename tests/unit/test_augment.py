@@ -134,7 +134,7 @@ def test_cutmix_labels_follow_the_area_pasted():
         assert (from_partner | from_self).all()  # every pixel is one image's or the other's
         assert share == pytest.approx(from_partner.float().mean().item(), abs=1e-6)
         rows, cols = torch.nonzero(from_partner, as_tuple=True)
-        assert from_partner[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # one rectangle
+        assert from_partner[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()  # one rectangle
         shares.append(share)
     assert 0.35 < sum(shares) / len(shares) < 0.65  # Beta(1, 1): half the area on average
 
@@ -143,7 +143,8 @@ def test_mixup_labels_follow_the_weights_of_the_blend():
     x = _noise(128, 1)
     targets = torch.nn.functional.one_hot(torch.arange(128), 128).float()
     out, mixed = BatchAugment(AugmentConfig(mixup=1.0, mixup_alpha=0.4), torch.Generator().manual_seed(4), 1)(
-        x, targets)
+        x, targets
+    )
     for i in range(128):
         j, share = _partner_and_share(out, mixed, i)
         assert torch.allclose(out[i], (1 - share) * x[i] + share * x[j], atol=1e-5)
@@ -156,8 +157,14 @@ def test_the_trainer_learns_with_every_augmentation_on(fashion_subset):
 
     d = fashion_subset
     data = TrainData.from_arrays(d.x_train, d.y_train, d.x_val, d.y_val, d.num_classes, d.mean, d.std)
-    config = TrialConfig.model_validate({
-        "model": {"depth": 3, "width": 16}, "batch_size": 32, "optimizer": {"name": "adamw", "lr": 0.003},
-        "augment": {name: 0.2 for name in EVERY + MIXING}, "label_smoothing": 0.05})
+    config = TrialConfig.model_validate(
+        {
+            "model": {"depth": 3, "width": 16},
+            "batch_size": 32,
+            "optimizer": {"name": "adamw", "lr": 0.003},
+            "augment": dict.fromkeys(EVERY + MIXING, 0.2),
+            "label_smoothing": 0.05,
+        }
+    )
     result = train(config, data, epochs=3, threads=1)
     assert result.history[-1].val_accuracy > 0.6  # chance: 0.1

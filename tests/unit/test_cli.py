@@ -10,16 +10,16 @@ HEAVY = ("torch", "ray", "mlflow", "optuna", "torchvision")
 
 
 def hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpo.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([sys.executable, "-m", "hpo.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 def bad_studies(tmp_path: Path, repo_root: Path) -> dict[str, Path]:
     good = (repo_root / "studies" / "smoke.yaml").read_text()
     space = (repo_root / "search_spaces" / "smoke.yaml").read_text()
     (tmp_path / "space.yaml").write_text(space)
-    (tmp_path / "inverted.yaml").write_text(space.replace("lr: {float: [0.001, 0.3], log: true}",
-                                                          "lr: {float: [0.3, 0.001], log: true}"))
+    (tmp_path / "inverted.yaml").write_text(
+        space.replace("lr: {float: [0.001, 0.3], log: true}", "lr: {float: [0.3, 0.001], log: true}")
+    )
     good = good.replace("../search_spaces/smoke.yaml", "space.yaml")
     files = {
         "unknown_key": good.replace("max_epochs: 2", "max_epochs: 2, trails: 3"),
@@ -33,11 +33,17 @@ def bad_studies(tmp_path: Path, repo_root: Path) -> dict[str, Path]:
     return paths
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("unknown_key", r"unknown_key.yaml:11: budget.trails: unknown key 'trails' (did you mean 'trials'?)"),
-    ("inverted_range", r"inverted.yaml:13: optimizer.lr.float: `low <= high` must hold, but got (low=0.3, high=0.001)"),
-    ("missing_space", r"missing_space.yaml:9: search_space: search-space file not found: missing.yaml"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("unknown_key", r"unknown_key.yaml:11: budget.trails: unknown key 'trails' (did you mean 'trials'?)"),
+        (
+            "inverted_range",
+            r"inverted.yaml:13: optimizer.lr.float: `low <= high` must hold, but got (low=0.3, high=0.001)",
+        ),
+        ("missing_space", r"missing_space.yaml:9: search_space: search-space file not found: missing.yaml"),
+    ],
+)
 @pytest.mark.parametrize("verb", ["validate", "run"])
 def test_bad_studies_exit_2_with_location_and_write_nothing(tmp_path, repo_root, case, expected, verb):
     work = tmp_path / "work"
@@ -61,11 +67,13 @@ def test_validate_prints_the_resolved_study_and_space(repo_root):
 
 
 def test_validate_and_help_do_not_import_heavy_packages(repo_root):
-    code = ("import sys; from typer.testing import CliRunner; from hpo.cli import app; "
-            "r = CliRunner().invoke(app, ['validate', 'studies/fashion_mnist.yaml']); "
-            "assert r.exit_code == 0, r.output; "
-            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0; "
-            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    code = (
+        "import sys; from typer.testing import CliRunner; from hpo.cli import app; "
+        "r = CliRunner().invoke(app, ['validate', 'studies/fashion_mnist.yaml']); "
+        "assert r.exit_code == 0, r.output; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0; "
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
@@ -89,8 +97,13 @@ def test_ui_serves_the_store_on_loopback(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "ui", "--port", str(port), "--tracking-uri", uri],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo.cli", "ui", "--port", str(port), "--tracking-uri", uri],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 90
         status = None
@@ -114,14 +127,21 @@ def test_ui_serves_the_store_on_loopback(tmp_path):
 def test_hpo_validate_prints_the_install_command_for_a_missing_backend_extra(tmp_path, repo_root):
     """In a process where AutoKeras cannot be found, ``hpo validate`` refuses the study, and the command
     to run reaches the terminal whole (its brackets are not taken for markup)."""
-    study = (repo_root / "studies" / "smoke.yaml").read_text().replace(
-        "../search_spaces/smoke.yaml", str(repo_root / "search_spaces" / "smoke.yaml"))
+    study = (
+        (repo_root / "studies" / "smoke.yaml")
+        .read_text()
+        .replace("../search_spaces/smoke.yaml", str(repo_root / "search_spaces" / "smoke.yaml"))
+    )
     (tmp_path / "ak.yaml").write_text(study + "backends: [search, autokeras]\n")
-    code = ("import importlib.util, sys; real = importlib.util.find_spec; "
-            "importlib.util.find_spec = lambda n, *a: None if n == 'autokeras' else real(n, *a); "
-            "sys.argv = ['hpo', 'validate', 'ak.yaml']; from hpo.cli import main; main()")
+    code = (
+        "import importlib.util, sys; real = importlib.util.find_spec; "
+        "importlib.util.find_spec = lambda n, *a: None if n == 'autokeras' else real(n, *a); "
+        "sys.argv = ['hpo', 'validate', 'ak.yaml']; from hpo.cli import main; main()"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert 'ak.yaml:15: backends: the autokeras backend on Keras\' torch backend needs autokeras: ' \
-           'pip install -e ".[autokeras]"' in result.stderr
+    assert (
+        "ak.yaml:15: backends: the autokeras backend on Keras' torch backend needs autokeras: "
+        'pip install -e ".[autokeras]"' in result.stderr
+    )
     assert "nothing was run" in result.stderr

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from hpo.config import load_study
 from hpo.errors import StudyError, StudyErrors
+from hpo.study import load_study
 from hpo.testing import REPO_ROOT
 
 STUDY = """\
@@ -72,8 +72,9 @@ def test_unknown_key_suggests_the_close_one(tmp_path):
 def test_cross_field_check_points_at_the_field(tmp_path):
     with pytest.raises(StudyErrors) as info:
         load_study(write(tmp_path, STUDY.format(trials=2, grace=5)))
-    assert messages(info) == [(f"{tmp_path / 'study.yaml'}:5: scheduler.grace_period: "
-                               f"must be <= budget.max_epochs (2) (got 5)")]
+    assert messages(info) == [
+        (f"{tmp_path / 'study.yaml'}:5: scheduler.grace_period: must be <= budget.max_epochs (2) (got 5)")
+    ]
 
 
 def test_missing_search_space_file(tmp_path):
@@ -89,20 +90,35 @@ def test_unknown_dataset_lists_the_known_ones(tmp_path):
     assert "dataset.name: unknown dataset 'fashion_mnst'; known: fashion_mnist" in messages(info)[0]
 
 
-@pytest.mark.parametrize("space, line, field, message", [
-    ("optimizer:\n  lr: {float: [0.1, 0.01]}\n", 2, "optimizer.lr.float",
-     "`low <= high` must hold, but got (low=0.1, high=0.01)"),
-    ("optimizer:\n  lr: {float: [0.0, 0.1], log: true}\n", 2, "optimizer.lr.float", "a log scale needs `low > 0`"),
-    ("augment:\n  hflip: {float: [0.0, 1.5]}\n", 2, "augment.hflip", "must be <= 1.0 (got 1.5)"),
-    ("model:\n  one_of:\n    cnn:\n      dpeth: 3\n", 4, "model.one_of.cnn.dpeth",
-     "unknown key 'dpeth' (did you mean 'depth'?)"),
-    ("model:\n  one_of:\n    cnn:\n      batchnorm: {categorical: [none, sideways]}\n", 4,
-     "model.one_of.cnn.batchnorm", "must be one of"),
-    ("batch_size: {int: [1, 64]}\n", 1, "batch_size", "must be >= 2 (got 1)"),
-    ("lr: {float: [0.1, 1]}\n", 1, "lr", "unknown key 'lr'"),
-    ("optimizer:\n  lr: {float: [0.1, 1], q: 2}\n", 2, "optimizer.lr.q", "unknown key 'q'"),
-    ("batch_size: {categorical: []}\n", 1, "batch_size.categorical", "non-empty list"),
-])
+@pytest.mark.parametrize(
+    "space, line, field, message",
+    [
+        (
+            "optimizer:\n  lr: {float: [0.1, 0.01]}\n",
+            2,
+            "optimizer.lr.float",
+            "`low <= high` must hold, but got (low=0.1, high=0.01)",
+        ),
+        ("optimizer:\n  lr: {float: [0.0, 0.1], log: true}\n", 2, "optimizer.lr.float", "a log scale needs `low > 0`"),
+        ("augment:\n  hflip: {float: [0.0, 1.5]}\n", 2, "augment.hflip", "must be <= 1.0 (got 1.5)"),
+        (
+            "model:\n  one_of:\n    cnn:\n      dpeth: 3\n",
+            4,
+            "model.one_of.cnn.dpeth",
+            "unknown key 'dpeth' (did you mean 'depth'?)",
+        ),
+        (
+            "model:\n  one_of:\n    cnn:\n      batchnorm: {categorical: [none, sideways]}\n",
+            4,
+            "model.one_of.cnn.batchnorm",
+            "must be one of",
+        ),
+        ("batch_size: {int: [1, 64]}\n", 1, "batch_size", "must be >= 2 (got 1)"),
+        ("lr: {float: [0.1, 1]}\n", 1, "lr", "unknown key 'lr'"),
+        ("optimizer:\n  lr: {float: [0.1, 1], q: 2}\n", 2, "optimizer.lr.q", "unknown key 'q'"),
+        ("batch_size: {categorical: []}\n", 1, "batch_size.categorical", "non-empty list"),
+    ],
+)
 def test_search_space_errors_name_the_line_in_the_space_file(tmp_path, space, line, field, message):
     with pytest.raises(StudyErrors) as info:
         load_study(write(tmp_path, space=space))
@@ -126,8 +142,10 @@ def test_a_search_budget_must_leave_time_for_one_epoch(tmp_path, time, ok):
         return
     with pytest.raises(StudyErrors) as info:
         load_study(write(tmp_path, study))
-    assert f"budget.time: must be at least 10s, or left out: a shorter search stops every trial before its first " \
-           f"epoch (got {time!r})" in messages(info)[0]
+    assert (
+        f"budget.time: must be at least 10s, or left out: a shorter search stops every trial before its first "
+        f"epoch (got {time!r})" in messages(info)[0]
+    )
 
 
 def _hide(monkeypatch, *packages: str) -> None:
@@ -145,13 +163,21 @@ def test_the_backends_a_study_may_name_are_the_registered_ones():
     assert set(NAMES) == set(BACKENDS)
 
 
-@pytest.mark.parametrize("line, hidden, where, command", [
-    ("backends: [search, autokeras]\n", ("autokeras",), "6: backends", 'pip install -e ".[autokeras]"'),
-    ("backends: [autokeras]\nautokeras: {keras_backend: tensorflow}\n", ("tensorflow",),
-     "7: autokeras.keras_backend", 'pip install -e ".[tensorflow]"'),
-])
-def test_a_backend_whose_extra_is_missing_fails_validation_with_the_install_command(tmp_path, monkeypatch, line,
-                                                                                    hidden, where, command):
+@pytest.mark.parametrize(
+    "line, hidden, where, command",
+    [
+        ("backends: [search, autokeras]\n", ("autokeras",), "6: backends", 'pip install -e ".[autokeras]"'),
+        (
+            "backends: [autokeras]\nautokeras: {keras_backend: tensorflow}\n",
+            ("tensorflow",),
+            "7: autokeras.keras_backend",
+            'pip install -e ".[tensorflow]"',
+        ),
+    ],
+)
+def test_a_backend_whose_extra_is_missing_fails_validation_with_the_install_command(
+    tmp_path, monkeypatch, line, hidden, where, command
+):
     _hide(monkeypatch, *hidden)
     with pytest.raises(StudyErrors) as info:
         load_study(write(tmp_path, STUDY.format(trials=2, grace=1) + line))
@@ -166,8 +192,9 @@ def test_a_backend_named_twice_is_an_error(tmp_path):
     assert messages(info) == [f"{tmp_path / 'study.yaml'}:6: backends: names a backend twice: search"]
 
 
-@pytest.mark.skipif(__import__("importlib.util").util.find_spec("autokeras") is None,
-                    reason='the autokeras extra is not installed')
+@pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("autokeras") is None, reason="the autokeras extra is not installed"
+)
 def test_with_the_extra_installed_an_autokeras_study_validates(tmp_path):
     study = load_study(write(tmp_path, STUDY.format(trials=2, grace=1) + "backends: [search, autokeras]\n"))
     assert study.config.backends == ["search", "autokeras"]
@@ -178,9 +205,13 @@ def test_start_with_points_must_lie_in_the_space(tmp_path):
     good = "start_with:\n  - {model.name: cnn, model.cnn.depth: 3, optimizer.lr: 0.05}\n"
     study = load_study(write(tmp_path, STUDY.format(trials=2, grace=1) + good))
     assert study.config.start_with == [{"model.name": "cnn", "model.cnn.depth": 3, "optimizer.lr": 0.05}]
-    bad = ("start_with:\n  - {model.name: cnn, model.cnn.depth: 3, optimizer.lr: 0.05}\n"
-           "  - {model.name: cnn, model.cnn.depth: 9, optimizer.lr: 0.05, batch_size: 64}\n")
+    bad = (
+        "start_with:\n  - {model.name: cnn, model.cnn.depth: 3, optimizer.lr: 0.05}\n"
+        "  - {model.name: cnn, model.cnn.depth: 9, optimizer.lr: 0.05, batch_size: 64}\n"
+    )
     with pytest.raises(StudyErrors) as info:
         load_study(write(tmp_path, STUDY.format(trials=2, grace=1) + bad))
-    assert messages(info) == [f"{tmp_path / 'study.yaml'}:8: start_with.1: not a point of the search space: "
-                              "model.cnn.depth=9 outside int [2, 3]; batch_size not in this space"]
+    assert messages(info) == [
+        f"{tmp_path / 'study.yaml'}:8: start_with.1: not a point of the search space: "
+        "model.cnn.depth=9 outside int [2, 3]; batch_size not in this space"
+    ]

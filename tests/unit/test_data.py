@@ -36,8 +36,9 @@ def test_loads_files_written_in_the_original_layout(tmp_path, rng):
     write_idx(raw / (FILES["y_train"] + ".gz"), y_train)
     write_idx(raw / FILES["x_test"], rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8))
     write_idx(raw / FILES["y_test"], y_test)
-    data = load_data(DatasetConfig(name="fashion_mnist", data_dir=str(tmp_path), validation_split=0.2,
-                                   download=False), seed=0)
+    data = load_data(
+        DatasetConfig(name="fashion_mnist", data_dir=str(tmp_path), validation_split=0.2, download=False), seed=0
+    )
     assert data.x_train.shape == (240, 1, 28, 28) and data.x_train.dtype == np.uint8
     assert data.x_val.shape == (60, 1, 28, 28)
     assert data.x_test.shape == (50, 1, 28, 28)
@@ -58,8 +59,9 @@ def test_not_found_offline_says_what_to_do(tmp_path, monkeypatch):
 
 
 def test_split_is_stratified_disjoint_and_seeded(data_dir):
-    config = DatasetConfig(name="fashion_mnist", data_dir=str(data_dir), validation_split=0.1,
-                           subset={"train": 5000, "test": 500})
+    config = DatasetConfig(
+        name="fashion_mnist", data_dir=str(data_dir), validation_split=0.1, subset={"train": 5000, "test": 500}
+    )
     a, b = load_data(config, seed=3), load_data(config, seed=3)
     assert np.array_equal(a.val_index, b.val_index) and np.array_equal(a.train_index, b.train_index)
     assert not set(a.train_index) & set(a.val_index)

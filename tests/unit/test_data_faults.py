@@ -21,10 +21,12 @@ from hpo.testing import run_hpo, write_idx
 
 def arrays(rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A valid small dataset: 100 training and 20 test images, every class present."""
-    return {"x_train": rng.integers(0, 256, size=(100, 28, 28), dtype=np.uint8),
-            "y_train": np.arange(100, dtype=np.uint8) % 10,
-            "x_test": rng.integers(0, 256, size=(20, 28, 28), dtype=np.uint8),
-            "y_test": np.arange(20, dtype=np.uint8) % 10}
+    return {
+        "x_train": rng.integers(0, 256, size=(100, 28, 28), dtype=np.uint8),
+        "y_train": np.arange(100, dtype=np.uint8) % 10,
+        "x_test": rng.integers(0, 256, size=(20, 28, 28), dtype=np.uint8),
+        "y_test": np.arange(20, dtype=np.uint8) % 10,
+    }
 
 
 def write_dataset(root: Path, data: dict[str, np.ndarray], gz: bool = True) -> dict[str, Path]:
@@ -36,6 +38,7 @@ def load(root: Path):
 
 
 # -------------------------------------------------------------------------------- one file, read_idx
+
 
 def _truncated_gz(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -78,17 +81,20 @@ def _empty(path: Path) -> None:
     path.write_bytes(b"")
 
 
-@pytest.mark.parametrize("damage, message", [
-    (_truncated_gz, r"cannot read \(.*\); the file is truncated or corrupt"),
-    (_flipped_gz_byte, r"cannot read \(.*\); the file is truncated or corrupt"),
-    (_not_gzip, r"cannot read \(Not a gzipped file"),
-    (_wrong_magic, r"not an IDX file of unsigned bytes \(bad magic number: expected 000008\.\., found 00000b03\)"),
-    (_foreign_file, r"not an IDX file of unsigned bytes \(bad magic number: expected 000008\.\., found 3c68746d\)"),
-    (_truncated_header, r"truncated header \(9 bytes, 3 dimensions need 16\)"),
-    (_truncated_data, r"holds 77,400 bytes of data, but its header promises 78,400 for shape \(100, 28, 28\)"),
-    (_absurd_shape, r"holds 10 bytes of data, but its header promises 79,228,162,458,924,105,385,300,197,375"),
-    (_empty, r"the file is empty \(an interrupted download\?\)"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_truncated_gz, r"cannot read \(.*\); the file is truncated or corrupt"),
+        (_flipped_gz_byte, r"cannot read \(.*\); the file is truncated or corrupt"),
+        (_not_gzip, r"cannot read \(Not a gzipped file"),
+        (_wrong_magic, r"not an IDX file of unsigned bytes \(bad magic number: expected 000008\.\., found 00000b03\)"),
+        (_foreign_file, r"not an IDX file of unsigned bytes \(bad magic number: expected 000008\.\., found 3c68746d\)"),
+        (_truncated_header, r"truncated header \(9 bytes, 3 dimensions need 16\)"),
+        (_truncated_data, r"holds 77,400 bytes of data, but its header promises 78,400 for shape \(100, 28, 28\)"),
+        (_absurd_shape, r"holds 10 bytes of data, but its header promises 79,228,162,458,924,105,385,300,197,375"),
+        (_empty, r"the file is empty \(an interrupted download\?\)"),
+    ],
+)
 def test_a_damaged_idx_file_names_itself_and_the_fault(tmp_path, rng, damage: Callable[[Path], None], message):
     path = write_dataset(tmp_path, arrays(rng))["x_train"]
     damage(path)
@@ -100,22 +106,32 @@ def test_a_damaged_idx_file_names_itself_and_the_fault(tmp_path, rng, damage: Ca
 
 # ------------------------------------------------------------------------ files that do not fit together
 
+
 def test_images_and_labels_of_different_counts_name_both_files(tmp_path, rng):
     data = arrays(rng)
     data["y_train"] = data["y_train"][:99]
     files = write_dataset(tmp_path, data)
     with pytest.raises(DataError) as info:
         load(tmp_path)
-    assert str(info.value) == (f"{files['x_train']} holds 100 images but {files['y_train']} holds 99 labels; "
-                               "one of them is truncated or from another set")
+    assert str(info.value) == (
+        f"{files['x_train']} holds 100 images but {files['y_train']} holds 99 labels; "
+        "one of them is truncated or from another set"
+    )
 
 
-@pytest.mark.parametrize("key, array, message", [
-    ("x_train", np.zeros((100, 32, 32), np.uint8), r"expected images of 28x28 \(shape N x 28 x 28\), got shape \(100, 32, 32\)"),
-    ("x_test", np.zeros((20, 784), np.uint8), r"expected images of 28x28 .* got shape \(20, 784\)"),
-    ("y_train", np.zeros((100, 1), np.uint8), r"expected one label per image \(shape N\), got shape \(100, 1\)"),
-    ("y_test", np.full(20, 10, np.uint8), r"labels must be 0\.\.9, found 10"),
-])
+@pytest.mark.parametrize(
+    "key, array, message",
+    [
+        (
+            "x_train",
+            np.zeros((100, 32, 32), np.uint8),
+            r"expected images of 28x28 \(shape N x 28 x 28\), got shape \(100, 32, 32\)",
+        ),
+        ("x_test", np.zeros((20, 784), np.uint8), r"expected images of 28x28 .* got shape \(20, 784\)"),
+        ("y_train", np.zeros((100, 1), np.uint8), r"expected one label per image \(shape N\), got shape \(100, 1\)"),
+        ("y_test", np.full(20, 10, np.uint8), r"labels must be 0\.\.9, found 10"),
+    ],
+)
 def test_wrong_shapes_and_labels_name_the_file(tmp_path, rng, key, array, message):
     data = arrays(rng)
     data[key] = array
@@ -125,8 +141,15 @@ def test_wrong_shapes_and_labels_name_the_file(tmp_path, rng, key, array, messag
 
 
 def test_an_empty_dataset_is_an_error(tmp_path):
-    files = write_dataset(tmp_path, {"x_train": np.zeros((0, 28, 28), np.uint8), "y_train": np.zeros(0, np.uint8),
-                                     "x_test": np.zeros((0, 28, 28), np.uint8), "y_test": np.zeros(0, np.uint8)})
+    files = write_dataset(
+        tmp_path,
+        {
+            "x_train": np.zeros((0, 28, 28), np.uint8),
+            "y_train": np.zeros(0, np.uint8),
+            "x_test": np.zeros((0, 28, 28), np.uint8),
+            "y_test": np.zeros(0, np.uint8),
+        },
+    )
     with pytest.raises(DataError, match=rf"^{files['y_train']}: holds no examples"):
         load(tmp_path)
 

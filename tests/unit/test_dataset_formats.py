@@ -10,8 +10,15 @@ from hpo.config.study import DatasetConfig
 from hpo.data import DATASETS, load_data
 from hpo.errors import DataError
 from hpo.testing import write_idx
-from hpo.testing.datasets import (APPAREL_CATEGORIES, APPAREL_COLOURS, pattern_images, write_apparel_csv,
-                                  write_cifar, write_image_folder, write_tiny_imagenet)
+from hpo.testing.datasets import (
+    APPAREL_CATEGORIES,
+    APPAREL_COLOURS,
+    pattern_images,
+    write_apparel_csv,
+    write_cifar,
+    write_image_folder,
+    write_tiny_imagenet,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -29,13 +36,19 @@ def _load(name: str, data_dir, **extra):
 
 def test_mnist_reads_the_four_idx_files(tmp_path):
     rng = np.random.default_rng(0)
-    x_train, x_test = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), rng.integers(0, 256, (12, 28, 28),
-                                                                                       dtype=np.uint8)
+    x_train, x_test = (
+        rng.integers(0, 256, (30, 28, 28), dtype=np.uint8),
+        rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
+    )
     y_train, y_test = np.arange(30) % 10, np.arange(12) % 10
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for stem, array in (("train-images-idx3-ubyte", x_train), ("train-labels-idx1-ubyte", y_train),
-                        ("t10k-images-idx3-ubyte", x_test), ("t10k-labels-idx1-ubyte", y_test)):
+    for stem, array in (
+        ("train-images-idx3-ubyte", x_train),
+        ("train-labels-idx1-ubyte", y_train),
+        ("t10k-images-idx3-ubyte", x_test),
+        ("t10k-labels-idx1-ubyte", y_test),
+    ):
         write_idx(raw / (stem + ".gz"), array)
     source = _load("mnist", tmp_path)
     assert source.x_train.shape == (30, 1, 28, 28) and source.x_test.shape == (12, 1, 28, 28)
@@ -73,12 +86,13 @@ def test_tiny_imagenet_reads_its_folders_and_downsamples(tmp_path, size):
     side = size or 64
     assert source.x_train.shape == (12, 3, side, side) and source.x_test.shape == (6, 3, side, side)
     assert source.classes == ["thing 0", "thing 1", "thing 2"]
-    assert np.array_equal(np.bincount(source.y_train), [4, 4, 4]) and np.array_equal(np.bincount(source.y_test),
-                                                                                       [2, 2, 2])
+    assert np.array_equal(np.bincount(source.y_train), [4, 4, 4]) and np.array_equal(
+        np.bincount(source.y_test), [2, 2, 2]
+    )
     # JPEG is lossy: the class's bright square is where it was drawn (class 1: top row, second quarter)
     q = side // 4
-    square = source.x_train[4:8, 1, :q, q:2 * q].astype(float)
-    assert square.mean() > 200 and source.x_train[4:8, 1, 2 * q:, 2 * q:].mean() < 100
+    square = source.x_train[4:8, 1, :q, q : 2 * q].astype(float)
+    assert square.mean() > 200 and source.x_train[4:8, 1, 2 * q :, 2 * q :].mean() < 100
     # a second load reads the decoded cache
     assert list((tmp_path / "cache" / "decoded").glob("*.npy"))
     again = _load("tiny_imagenet", tmp_path, image_size=size)
@@ -86,8 +100,9 @@ def test_tiny_imagenet_reads_its_folders_and_downsamples(tmp_path, size):
 
 
 def test_image_folder_with_train_and_test_parts(tmp_path):
-    write_image_folder(tmp_path, classes=["cat", "dog", "owl"], per_class=4, test_per_class=2, split=True,
-                       channels=1, size=20)
+    write_image_folder(
+        tmp_path, classes=["cat", "dog", "owl"], per_class=4, test_per_class=2, split=True, channels=1, size=20
+    )
     source = _load("image_folder", tmp_path)
     assert source.classes == ["cat", "dog", "owl"]
     assert source.x_train.shape == (12, 1, 20, 20) and source.x_test.shape == (6, 1, 20, 20)
@@ -111,8 +126,9 @@ def test_a_changed_image_is_decoded_again(tmp_path):
     os.replace(tmp_path / "other" / "z" / "z_0.png", target)  # new pixels, same name
     second = _load("image_folder", tmp_path / "data", test_split=0.34)
     assert len(list((tmp_path / "cache" / "decoded").glob("*.npy"))) == 2
-    assert not np.array_equal(np.concatenate([first.x_train, first.x_test]),
-                              np.concatenate([second.x_train, second.x_test]))
+    assert not np.array_equal(
+        np.concatenate([first.x_train, first.x_test]), np.concatenate([second.x_train, second.x_test])
+    )
 
 
 def test_image_folder_needs_class_folders(tmp_path):
@@ -124,8 +140,11 @@ def test_image_folder_needs_class_folders(tmp_path):
 def test_multilabel_csv_expands_value_columns_and_keeps_binary_ones(tmp_path):
     _, rows = write_apparel_csv(tmp_path, per_combination=5, size=24)
     source = _load("multilabel_csv", tmp_path, test_split=0.2)
-    expected = ([f"category={c}" for c in sorted(APPAREL_CATEGORIES)] +
-                [f"colour={c}" for c in sorted(APPAREL_COLOURS)] + ["sale"])
+    expected = (
+        [f"category={c}" for c in sorted(APPAREL_CATEGORIES)]
+        + [f"colour={c}" for c in sorted(APPAREL_COLOURS)]
+        + ["sale"]
+    )
     assert source.classes == expected
     assert source.x_train.shape == (24, 3, 24, 24) and source.x_test.shape == (6, 3, 24, 24)
     assert source.y_train.shape == (24, 6) and source.y_train.dtype == np.uint8
@@ -136,8 +155,9 @@ def test_multilabel_csv_expands_value_columns_and_keeps_binary_ones(tmp_path):
 
 def test_multilabel_data_splits_by_label_combination(tmp_path):
     write_apparel_csv(tmp_path, per_combination=8, size=16)
-    config = DatasetConfig(name="multilabel_csv", data_dir=str(tmp_path), validation_split=0.25,
-                           label_columns=["category", "colour"])
+    config = DatasetConfig(
+        name="multilabel_csv", data_dir=str(tmp_path), validation_split=0.25, label_columns=["category", "colour"]
+    )
     data = load_data(config, seed=0)
     assert data.multilabel and data.num_classes == 5
     assert len(data.y_train) + len(data.y_val) + len(data.y_test) == 48

@@ -67,8 +67,7 @@ def has_credentials(text: str) -> bool:
 
 
 def k8s_docs() -> list[tuple[Path, dict]]:
-    return [(p, d) for p in sorted(K8S.rglob("*.yaml")) if p.name != "kustomization.yaml"
-            for d in load_all(p)]
+    return [(p, d) for p in sorted(K8S.rglob("*.yaml")) if p.name != "kustomization.yaml" for d in load_all(p)]
 
 
 def k8s_doc(kind: str, name: str | None = None) -> dict:
@@ -79,11 +78,16 @@ def k8s_doc(kind: str, name: str | None = None) -> dict:
 
 # --- 1. YAML ---------------------------------------------------------------------------------------------
 
+
 def test_yaml_files_exist_and_parse():
     files = yaml_files()
     names = {p.relative_to(ROOT).as_posix() for p in files}
-    assert {"docker/compose.yaml", "mlflow/compose.yaml", "deploy/k8s/kustomization.yaml",
-            "docker/.hadolint.yaml"} <= names
+    assert {
+        "docker/compose.yaml",
+        "mlflow/compose.yaml",
+        "deploy/k8s/kustomization.yaml",
+        "docker/.hadolint.yaml",
+    } <= names
     for path in files:
         try:
             load_all(path)
@@ -92,6 +96,7 @@ def test_yaml_files_exist_and_parse():
 
 
 # --- 2. Kubernetes --------------------------------------------------------------------------------------
+
 
 def _validate(doc: dict, where: str) -> None:
     import kubernetes_validate
@@ -105,8 +110,7 @@ def _validate(doc: dict, where: str) -> None:
 
 def _pod_template(template: dict, where: str) -> dict:
     """Validate an embedded pod template (in a CRD) as the `template` of a core/v1 PodTemplate."""
-    _validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"},
-               "template": template}, where)
+    _validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template}, where)
     return template["spec"]
 
 
@@ -133,29 +137,67 @@ def test_validation_rejects_a_typo():  # the schemas are strict: the check above
 def _all_pod_specs() -> dict[str, dict]:
     cluster, job = k8s_doc("RayCluster"), k8s_doc("RayJob")
     cron = k8s_doc("CronJob")
-    specs = {"RayCluster head": cluster["spec"]["headGroupSpec"]["template"],
-             "RayJob submitter": job["spec"]["submitterPodTemplate"],
-             "CronJob": cron["spec"]["jobTemplate"]["spec"]["template"]}
+    specs = {
+        "RayCluster head": cluster["spec"]["headGroupSpec"]["template"],
+        "RayJob submitter": job["spec"]["submitterPodTemplate"],
+        "CronJob": cron["spec"]["jobTemplate"]["spec"]["template"],
+    }
     for group in cluster["spec"]["workerGroupSpecs"]:
         specs[f"RayCluster worker group {group['groupName']}"] = group["template"]
     return {where: _pod_template(t, where) for where, t in specs.items()}
 
 
 def _str_map(value, where: str) -> None:
-    assert isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()), \
+    assert isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()), (
         f"{where}: KubeRay wants a map of strings (quote numbers and booleans): {value!r}"
+    )
 
 
-RAYCLUSTER_SPEC = {"rayVersion", "headGroupSpec", "workerGroupSpecs", "enableInTreeAutoscaling",
-                   "autoscalerOptions", "suspend", "headServiceAnnotations", "gcsFaultToleranceOptions",
-                   "managedBy"}
+RAYCLUSTER_SPEC = {
+    "rayVersion",
+    "headGroupSpec",
+    "workerGroupSpecs",
+    "enableInTreeAutoscaling",
+    "autoscalerOptions",
+    "suspend",
+    "headServiceAnnotations",
+    "gcsFaultToleranceOptions",
+    "managedBy",
+}
 HEAD_GROUP = {"rayStartParams", "template", "serviceType", "headService", "enableIngress", "suspend"}
-WORKER_GROUP = {"groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams", "template",
-                "scaleStrategy", "numOfHosts", "idleTimeoutSeconds", "suspend"}
-RAYJOB_SPEC = {"entrypoint", "rayClusterSpec", "clusterSelector", "submissionMode", "submitterPodTemplate",
-               "submitterConfig", "activeDeadlineSeconds", "backoffLimit", "shutdownAfterJobFinishes",
-               "ttlSecondsAfterFinished", "runtimeEnvYAML", "jobId", "metadata", "entrypointNumCpus",
-               "entrypointNumGpus", "entrypointResources", "suspend", "managedBy", "deletionStrategy"}
+WORKER_GROUP = {
+    "groupName",
+    "replicas",
+    "minReplicas",
+    "maxReplicas",
+    "rayStartParams",
+    "template",
+    "scaleStrategy",
+    "numOfHosts",
+    "idleTimeoutSeconds",
+    "suspend",
+}
+RAYJOB_SPEC = {
+    "entrypoint",
+    "rayClusterSpec",
+    "clusterSelector",
+    "submissionMode",
+    "submitterPodTemplate",
+    "submitterConfig",
+    "activeDeadlineSeconds",
+    "backoffLimit",
+    "shutdownAfterJobFinishes",
+    "ttlSecondsAfterFinished",
+    "runtimeEnvYAML",
+    "jobId",
+    "metadata",
+    "entrypointNumCpus",
+    "entrypointNumGpus",
+    "entrypointResources",
+    "suspend",
+    "managedBy",
+    "deletionStrategy",
+}
 
 
 def test_raycluster_structure():
@@ -210,8 +252,9 @@ def test_every_pod_is_non_root_with_resources_and_no_literal_secrets():
                 assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{where}: resources.{kind}"
             for env in c.get("env", []):
                 if SECRET_NAME.search(env["name"]):
-                    assert "value" not in env and "secretKeyRef" in env["valueFrom"], \
+                    assert "value" not in env and "secretKeyRef" in env["valueFrom"], (
                         f"{where}: {env['name']} must come from a Secret"
+                    )
     for path, doc in k8s_docs():
         assert not has_credentials(yaml.safe_dump(doc)), f"{path}: a password in a URL"
 
@@ -243,8 +286,14 @@ def test_the_nightly_study_in_the_configmap_is_valid(tmp_path):
     (tmp_path / "studies" / "fashion_mnist.yaml").write_text(study)
     shutil.copytree(ROOT / "search_spaces", tmp_path / "search_spaces")  # as in the image: /work
     hpo = tool("hpo", "-e .")
-    result = subprocess.run([hpo, "validate", "studies/fashion_mnist.yaml"], check=False, capture_output=True,
-                            text=True, cwd=tmp_path, timeout=60)
+    result = subprocess.run(
+        [hpo, "validate", "studies/fashion_mnist.yaml"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -264,6 +313,7 @@ def test_kustomization_lists_the_manifests_and_builds():
 
 
 # --- 3. Dockerfiles ------------------------------------------------------------------------------------
+
 
 def _instructions(path: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs: comments dropped, continuation lines joined."""
@@ -304,25 +354,31 @@ def test_dockerfile_rules(name):
     stages = _stages(path)
     aliases = {args.split()[-1] for s in stages for word, args in s[:1] if " AS " in args.upper()}
     final = stages[-1]
-    assert "builder" in aliases and any(w == "COPY" and "--from=builder" in a for w, a in final), \
+    assert "builder" in aliases and any(w == "COPY" and "--from=builder" in a for w, a in final), (
         f"{path.name}: multi-stage: the runtime stage copies from a builder stage"
+    )
     for stage in stages:
         image = stage[0][1].split()[0]
         if image in aliases:
             continue
-        assert re.search(r":[\w.-]*\d[\w.-]*(@sha256:[0-9a-f]{64})?$", image) and ":latest" not in image, \
+        assert re.search(r":[\w.-]*\d[\w.-]*(@sha256:[0-9a-f]{64})?$", image) and ":latest" not in image, (
             f"{path.name}: base image {image} is not pinned to a version tag"
+        )
     users = [args for word, args in final if word == "USER"]
-    assert users and re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1]), \
+    assert users and re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1]), (
         f"{path.name}: the final stage needs a numeric non-root USER (got {users})"
+    )
     assert any(word == "HEALTHCHECK" for word, _ in final), f"{path.name}: say HEALTHCHECK (or NONE, and why)"
     for stage in stages:
         for word, args in stage:
             if word == "RUN" and "pip install" in args:
                 for command in re.split(r"&&|;", args):
                     if "pip install" in command and "-c /tmp/constraints.txt" not in command:
-                        packages = [a for a in command.split("pip install", 1)[1].split()
-                                    if not a.startswith("-") and "://" not in a]
+                        packages = [
+                            a
+                            for a in command.split("pip install", 1)[1].split()
+                            if not a.startswith("-") and "://" not in a
+                        ]
                         assert all("==" in p for p in packages), f"{path.name}: unpinned in {command!r}"
     ignore = path.with_name(path.name + ".dockerignore")
     assert ignore.is_file(), f"{ignore.name}: BuildKit's per-Dockerfile ignore file"
@@ -332,8 +388,9 @@ def test_dockerfile_rules(name):
             if word == "COPY" and "--from=" not in args:
                 sources = [a for a in args.split() if not a.startswith("--")][:-1]
                 for src in sources:
-                    assert any(src == inc or src.startswith(inc + "/") for inc in included), \
+                    assert any(src == inc or src.startswith(inc + "/") for inc in included), (
                         f"{path.name}: COPY {src} is excluded by {ignore.name}"
+                    )
 
 
 @pytest.mark.parametrize("name", ["cpu", "cuda"])
@@ -350,7 +407,9 @@ def test_hpo_images(name):
     if name == "cpu":
         assert "--index-url https://download.pytorch.org/whl/cpu" in text
     else:
-        assert re.search(r"^FROM nvidia/cuda:13\.0\.\d+-\w+-ubuntu[\d.]+$", text, re.MULTILINE), "CUDA 13.0 (torch 2.13.0)"
+        assert re.search(r"^FROM nvidia/cuda:13\.0\.\d+-\w+-ubuntu[\d.]+$", text, re.MULTILINE), (
+            "CUDA 13.0 (torch 2.13.0)"
+        )
 
 
 def test_cpu_and_cuda_images_run_the_same_python():  # Ray refuses nodes of different patch releases
@@ -377,11 +436,13 @@ def test_constraints_pin_every_runtime_dependency_within_pyproject():
     for dep in map(Requirement, deps):
         name = dep.name.lower()
         assert name in pins, f"docker/constraints.txt has no pin for {dep.name} (pyproject: {dep})"
-        assert dep.specifier.contains(pins[name], prereleases=True), \
+        assert dep.specifier.contains(pins[name], prereleases=True), (
             f"docker/constraints.txt: {name}=={pins[name]} is outside pyproject's {dep}"
+        )
 
 
 # --- 4. Compose ---------------------------------------------------------------------------------------
+
 
 def test_compose_files_validate_against_the_compose_spec():
     checker = tool("check-jsonschema", "check-jsonschema")
@@ -417,8 +478,9 @@ def test_compose_no_secrets_loopback_ports_pinned_images(path):
                 # Only from the caller's environment: required (${X:?...}) or empty by default (${X:-}).
                 assert re.fullmatch(r"\$\{\w+(:\?[^}]*|:-)\}", str(value)), f"{name}: {key}={value!r}"
         for port in service.get("ports", []):
-            assert re.match(r"(127\.0\.0\.1|\$\{\w+:-127\.0\.0\.1\}):", str(port)), \
+            assert re.match(r"(127\.0\.0\.1|\$\{\w+:-127\.0\.0\.1\}):", str(port)), (
                 f"{name}: port {port} must bind to 127.0.0.1 by default"
+            )
         image = service.get("image", "")
         assert re.search(r":[\w.-]*\d", image) and not image.endswith(":latest"), f"{name}: image {image!r}"
         build = service.get("build")
@@ -438,12 +500,19 @@ def test_postgres_init_creates_both_databases():
 
 # --- 5. Entrypoint and shell scripts ------------------------------------------------------------------
 
+
 def _entrypoint(*args: str, extra_path: Path | None = None, **env: str) -> subprocess.CompletedProcess:
     path = [str(extra_path)] if extra_path else []
     full = {k: v for k, v in os.environ.items() if not k.startswith(("HPO_WAIT", "HPO_RAY"))}
     full.update(env, PATH=os.pathsep.join([*path, str(Path(sys.executable).parent), "/usr/bin", "/bin"]))
-    return subprocess.run(["bash", str(DOCKER / "entrypoint.sh"), *args], check=False, capture_output=True,
-                          text=True, env=full, timeout=60)
+    return subprocess.run(
+        ["bash", str(DOCKER / "entrypoint.sh"), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=60,
+    )
 
 
 def test_entrypoint_execs_hpo():
@@ -484,8 +553,14 @@ def test_entrypoint_joins_ray_before_hpo(tmp_path):
     (tmp_path / "ray").chmod(0o755)
     result = _entrypoint("--help", extra_path=tmp_path, HPO_RAY_JOIN="ray-head:6379")
     assert result.returncode == 0, result.stderr
-    assert calls.read_text().split() == ["ray", "start", "--address=ray-head:6379", "--num-cpus=0",
-                                         "--num-gpus=0", "--disable-usage-stats"]
+    assert calls.read_text().split() == [
+        "ray",
+        "start",
+        "--address=ray-head:6379",
+        "--num-cpus=0",
+        "--num-gpus=0",
+        "--disable-usage-stats",
+    ]
 
 
 def test_shellcheck():

@@ -16,8 +16,14 @@ def cpu_flags() -> set[str]:
 
 def doctor(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HPO_PLAN_CACHE": str(cache), "COLUMNS": "160"}
-    return subprocess.run([sys.executable, "-m", "hpo.cli", "doctor", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "hpo.cli", "doctor", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def test_doctor_lists_the_instruction_sets_this_cpu_has(tmp_path):
@@ -38,17 +44,24 @@ def test_doctor_plans_each_model_family_of_a_study(tmp_path, data_dir):
         "    cnn: {depth: {int: [2, 4]}, width: {categorical: [16, 32]}}\n"
         "    mobilenet: {variant: mobilenet_v3_small}\n"
         "optimizer: {lr: {float: [0.01, 0.1], log: true}}\n"
-        "batch_size: 64\n")
+        "batch_size: 64\n"
+    )
     (tmp_path / "study.yaml").write_text(
         "name: doctor\n"
         f"dataset: {{name: fashion_mnist, data_dir: {data_dir}, subset: {{train: 600, test: 100}}}}\n"
         "search_space: space.yaml\n"
-        "budget: {trials: 2, max_epochs: 3}\n")
+        "budget: {trials: 2, max_epochs: 3}\n"
+    )
     result = doctor("study.yaml", cwd=tmp_path, cache=tmp_path / "plans.json")
     assert result.returncode == 0, result.stderr
-    rows = {m.group(1): m.groups() for m in re.finditer(
-        r"│ (cnn|mobilenet)\s*│\s*64 │\s*([\d.]+) M │ (fp32|bf16) (contiguous|channels_last), 1 thread on cpu\s*│"
-        r"\s*([\d,]+) │\s*([\d,]+) │", result.stdout)}
+    rows = {
+        m.group(1): m.groups()
+        for m in re.finditer(
+            r"│ (cnn|mobilenet)\s*│\s*64 │\s*([\d.]+) M │ (fp32|bf16) (contiguous|channels_last), 1 thread on cpu\s*│"
+            r"\s*([\d,]+) │\s*([\d,]+) │",
+            result.stdout,
+        )
+    }
     assert set(rows) == {"cnn", "mobilenet"}, result.stdout
     for family, (_, params, precision, _, rate, seconds) in rows.items():
         assert float(params) > 0 and int(rate.replace(",", "")) > 0

@@ -7,18 +7,23 @@ import torch
 from hpo.config.trial import TrialConfig
 from hpo.train import TrainData, evaluate, train
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")]
 
 
 def test_trainer_runs_on_cuda_with_its_measured_plan(fashion_subset):
     d = fashion_subset
     data = TrainData.from_arrays(d.x_train, d.y_train, d.x_val, d.y_val, d.num_classes, d.mean, d.std)
-    config = TrialConfig.model_validate({"model": {"depth": 3, "width": 32}, "batch_size": 256,
-                                         "augment": {"hflip": 0.5, "translate": 0.5, "rotate": 0.3}})
+    config = TrialConfig.model_validate(
+        {
+            "model": {"depth": 3, "width": 32},
+            "batch_size": 256,
+            "augment": {"hflip": 0.5, "translate": 0.5, "rotate": 0.3},
+        }
+    )
     seen = []
-    result = train(config, data, epochs=3, seed=0, device="cuda",
-                   report=lambda e, m: seen.append(next(m.parameters()).device.type))
+    result = train(
+        config, data, epochs=3, seed=0, device="cuda", report=lambda e, m: seen.append(next(m.parameters()).device.type)
+    )
     assert seen == ["cuda"] * 3
     conv = next(m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=result.plan.memory_format)
@@ -42,8 +47,13 @@ def test_fractional_gpus_share_one_card(tmp_path, data_dir):
     """Four trials at 0.25 GPU each run side by side on one card."""
     from hpo.testing import REPO_ROOT, run_hpo
 
-    study = (REPO_ROOT / "studies" / "smoke.yaml").read_text().replace(
-        "resources: {cpus_per_trial: 1, max_concurrent: 1}", "resources: {cpus_per_trial: 1, gpus_per_trial: 0.25}")
+    study = (
+        (REPO_ROOT / "studies" / "smoke.yaml")
+        .read_text()
+        .replace(
+            "resources: {cpus_per_trial: 1, max_concurrent: 1}", "resources: {cpus_per_trial: 1, gpus_per_trial: 0.25}"
+        )
+    )
     study = study.replace("../search_spaces/smoke.yaml", str(REPO_ROOT / "search_spaces" / "smoke.yaml"))
     (tmp_path / "gpu.yaml").write_text(study)
     result = run_hpo(["run", "gpu.yaml"], tmp_path, data_dir)

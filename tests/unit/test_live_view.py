@@ -5,16 +5,23 @@ import io
 
 from rich.console import Console
 
-from hpo.backends.live import LiveView
-from hpo.backends.records import TrialRecord
 from hpo.config.trial import TrialConfig
+from hpo.engine.live import LiveView
+from hpo.engine.records import TrialRecord
 
 
 def test_log_lines_show_starts_epochs_and_ends():
     out = io.StringIO()
     record = TrialRecord("t1", 1, {"model.name": "cnn", "model.cnn.depth": 4}, TrialConfig())
-    view = LiveView([record], trials=3, time_budget=600, max_epochs=10, metric="val_accuracy", mode="max",
-                    console=Console(file=out, force_terminal=False, width=200))
+    view = LiveView(
+        [record],
+        trials=3,
+        time_budget=600,
+        max_epochs=10,
+        metric="val_accuracy",
+        mode="max",
+        console=Console(file=out, force_terminal=False, width=200),
+    )
     with view:
         view.trial_changed(record)
         for epoch, acc in ((1, 0.85), (2, 0.83)):

@@ -19,8 +19,9 @@ def test_every_config_schema_has_a_builder():
 @pytest.mark.parametrize("batchnorm, dropout", list(itertools.product(BATCHNORM, DROPOUT)))
 def test_cnn_builds_and_trains_a_step_for_every_placement(batchnorm, dropout):
     torch.manual_seed(0)
-    config = CNNConfig(depth=3, width=8, batchnorm=batchnorm, dropout={"placement": dropout, "rate": 0.3},
-                       head_width=16)
+    config = CNNConfig(
+        depth=3, width=8, batchnorm=batchnorm, dropout={"placement": dropout, "rate": 0.3}, head_width=16
+    )
     model = create_model(config, in_channels=1, num_classes=10)
     has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     has_dropout = any(isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d)) for m in model.modules())
@@ -55,17 +56,20 @@ def test_classifier_normalises_inside_the_model():
 def test_unknown_family_lists_the_registered_ones():
     class Fake:
         name = "transformer"
+
     with pytest.raises(KeyError, match="registered: alexnet, cnn, densenet"):
         create_model(Fake(), 1, 10)
 
 
 # ---------------------------------------------------------------------------------------------- the zoo
 ZOO_DEFAULTS = {"timm": {"model": "resnet10t"}}  # timm takes any model name; a small one here
-VARIANTS = [("resnet", v) for v in ("resnet18", "resnet34", "resnet50")] + \
-    [("vgg", v) for v in ("vgg11_bn", "vgg16_bn")] + \
-    [("mobilenet", v) for v in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")] + \
-    [("efficientnet", v) for v in ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2")] + \
-    [("densenet", "densenet121"), ("inception", "inception_v3")]
+VARIANTS = (
+    [("resnet", v) for v in ("resnet18", "resnet34", "resnet50")]
+    + [("vgg", v) for v in ("vgg11_bn", "vgg16_bn")]
+    + [("mobilenet", v) for v in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")]
+    + [("efficientnet", v) for v in ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2")]
+    + [("densenet", "densenet121"), ("inception", "inception_v3")]
+)
 
 
 def _family_config(family: str, **extra):
@@ -86,8 +90,9 @@ def test_every_family_builds_for_small_inputs_and_trains_a_step(family, channels
     x = rng.integers(0, 256, (8, channels, size, size), dtype=np.uint8)
     y = np.arange(8) % 5
     data = TrainData.from_arrays(x, y, x[:4], y[:4], 5, (0.5,) * channels, (0.25,) * channels)
-    config = TrialConfig.model_validate({"model": _family_config(family).model_dump(), "batch_size": 4,
-                                         "optimizer": {"name": "sgd", "lr": 0.01}})
+    config = TrialConfig.model_validate(
+        {"model": _family_config(family).model_dump(), "batch_size": 4, "optimizer": {"name": "sgd", "lr": 0.01}}
+    )
     model = create_model(config.model, channels, 5)
     before = [p.detach().clone() for p in model.parameters()]
     result = train(config, data, epochs=1, threads=1, model=model)
@@ -150,8 +155,14 @@ def _offline_env(tmp_path):
     """An empty weights cache and no way out: every HTTP(S) request goes to a closed local port."""
     import os
 
-    return {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "HF_HOME": str(tmp_path / "hf"),
-            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+    return {
+        **os.environ,
+        "TORCH_HOME": str(tmp_path / "torch"),
+        "HF_HOME": str(tmp_path / "hf"),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "",
+    }
 
 
 def test_pretrained_offline_fails_validation_naming_the_missing_weights(tmp_path):
@@ -160,20 +171,33 @@ def test_pretrained_offline_fails_validation_naming_the_missing_weights(tmp_path
 
     (tmp_path / "space.yaml").write_text(PRETRAINED_SPACE)
     (tmp_path / "study.yaml").write_text(PRETRAINED_STUDY)
-    result = subprocess.run([sys.executable, "-m", "hpo.cli", "validate", "study.yaml"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120, env=_offline_env(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "hpo.cli", "validate", "study.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_offline_env(tmp_path),
+    )
     assert result.returncode == 2
     expected = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    assert (f"space.yaml:4: model.one_of.resnet.pretrained: pretrained weights for resnet18 are not cached "
-            f"({expected}) and https://download.pytorch.org/models/resnet18-f37072fd.pth cannot be reached") \
-        in result.stderr.replace("\n", "")
+    assert (
+        f"space.yaml:4: model.one_of.resnet.pretrained: pretrained weights for resnet18 are not cached "
+        f"({expected}) and https://download.pytorch.org/models/resnet18-f37072fd.pth cannot be reached"
+    ) in result.stderr.replace("\n", "")
     assert "nothing was run" in result.stderr
 
     # the same file in the cache: the study validates (offline still)
     expected.parent.mkdir(parents=True)
     expected.write_bytes(b"weights")
-    result = subprocess.run([sys.executable, "-m", "hpo.cli", "validate", "study.yaml"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120, env=_offline_env(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "hpo.cli", "validate", "study.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_offline_env(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -205,9 +229,14 @@ def test_a_frozen_backbone_unfreezes_its_last_stage_on_schedule():
     x = rng.integers(0, 256, (32, 3, 32, 32), dtype=np.uint8)
     y = np.arange(32) % 4
     data = TrainData.from_arrays(x, y, None, None, 4, (0.5,) * 3, (0.25,) * 3)
-    config = TrialConfig.model_validate({
-        "model": {"name": "resnet"}, "batch_size": 8, "optimizer": {"name": "sgd", "lr": 0.05},
-        "transfer": {"freeze_backbone": True, "unfreeze_last": 1, "unfreeze_after": 1, "backbone_lr_mult": 0.1}})
+    config = TrialConfig.model_validate(
+        {
+            "model": {"name": "resnet"},
+            "batch_size": 8,
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "transfer": {"freeze_backbone": True, "unfreeze_last": 1, "unfreeze_after": 1, "backbone_lr_mult": 0.1},
+        }
+    )
     model = create_model(config.model, 3, 4)
     stages, head = backbone_parts(model)
     snapshots = [[{n: p.detach().clone() for n, p in part.named_parameters()} for part in [*stages, head]]]

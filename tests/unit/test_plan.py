@@ -47,11 +47,13 @@ def fresh_process_cache():
 
 def timings(table: dict[tuple[str, bool], float], loss: float = 2.0, losses: dict | None = None, calls=None):
     """A measure function answering step times (and losses) from a table keyed by (precision, layout)."""
+
     def fake(plan: ExecutionPlan) -> Measurement:
         if calls is not None:
             calls.append(plan)
         key = (plan.precision, plan.channels_last)
         return Measurement(table[key], (losses or {}).get(key, loss), table[key])
+
     return fake
 
 
@@ -75,16 +77,34 @@ def test_chooser_takes_the_fastest_candidate_given_measured_step_times(batch):
     x, y = batch
     config = cnn()
     fastest_bf16 = {("fp32", False): 0.30, ("fp32", True): 0.25, ("bf16", False): 0.20, ("bf16", True): 0.10}
-    plan = choose_plan(builder(config), x, y, model_name="cnn", device=CPU, threads=1, machine=ZEN4,
-                       cache=PlanCache(path=None), measure_fn=timings(fastest_bf16))
+    plan = choose_plan(
+        builder(config),
+        x,
+        y,
+        model_name="cnn",
+        device=CPU,
+        threads=1,
+        machine=ZEN4,
+        cache=PlanCache(path=None),
+        measure_fn=timings(fastest_bf16),
+    )
     assert (plan.precision, plan.channels_last, plan.source) == ("bf16", True, "measured")
     assert plan.images_per_second == pytest.approx(128 / 0.10)
 
     plan_module._PROCESS_PLANS.clear()
     calls: list[ExecutionPlan] = []
     fastest_fp32 = {("fp32", False): 0.20, ("fp32", True): 0.25}
-    plan = choose_plan(builder(config), x, y, model_name="cnn", device=CPU, threads=1, machine=AVX2,
-                       cache=PlanCache(path=None), measure_fn=timings(fastest_fp32, calls=calls))
+    plan = choose_plan(
+        builder(config),
+        x,
+        y,
+        model_name="cnn",
+        device=CPU,
+        threads=1,
+        machine=AVX2,
+        cache=PlanCache(path=None),
+        measure_fn=timings(fastest_fp32, calls=calls),
+    )
     assert (plan.precision, plan.channels_last) == ("fp32", False)
     assert {c.precision for c in calls} == {"fp32"}  # bf16 was not even measured without native support
 
@@ -93,13 +113,31 @@ def test_numerics_guard_refuses_a_faster_candidate_whose_loss_drifts(batch):
     x, y = batch
     table = {("fp32", False): 0.30, ("fp32", True): 0.25, ("bf16", False): 0.20, ("bf16", True): 0.10}
     drifted = {("bf16", True): 3.5, ("bf16", False): 2.02}  # fp32 ends at 2.0
-    plan = choose_plan(builder(cnn()), x, y, model_name="cnn", device=CPU, threads=1, machine=ZEN4,
-                       cache=PlanCache(path=None), measure_fn=timings(table, losses=drifted))
+    plan = choose_plan(
+        builder(cnn()),
+        x,
+        y,
+        model_name="cnn",
+        device=CPU,
+        threads=1,
+        machine=ZEN4,
+        cache=PlanCache(path=None),
+        measure_fn=timings(table, losses=drifted),
+    )
     assert (plan.precision, plan.channels_last) == ("bf16", False)  # the fastest within tolerance
     nan = {("bf16", True): float("nan"), ("bf16", False): float("inf")}
     plan_module._PROCESS_PLANS.clear()
-    plan = choose_plan(builder(cnn()), x, y, model_name="cnn", device=CPU, threads=1, machine=ZEN4,
-                       cache=PlanCache(path=None), measure_fn=timings(table, losses=nan))
+    plan = choose_plan(
+        builder(cnn()),
+        x,
+        y,
+        model_name="cnn",
+        device=CPU,
+        threads=1,
+        machine=ZEN4,
+        cache=PlanCache(path=None),
+        measure_fn=timings(table, losses=nan),
+    )
     assert (plan.precision, plan.channels_last) == ("fp32", True)
 
 
@@ -108,8 +146,7 @@ def test_the_measured_plan_ends_its_steps_at_fp32s_loss(batch):
     to within tolerance of fp32's loss, and the loss went down."""
     x, y = batch
     config = cnn()
-    plan = choose_plan(builder(config), x, y, model_name="cnn", device=CPU, threads=1,
-                       cache=PlanCache(path=None))
+    plan = choose_plan(builder(config), x, y, model_name="cnn", device=CPU, threads=1, cache=PlanCache(path=None))
     assert plan.source == "measured" and plan.images_per_second > 0
     assert plan.precision in ("fp32", "bf16" if describe_machine().bf16_native else "fp32")
     chosen = measure(builder(config), x, y, plan, steps=6)
@@ -124,26 +161,70 @@ def test_a_decided_plan_is_reused_without_measuring_again(batch, tmp_path):
     path = tmp_path / "plans.json"
     calls: list[ExecutionPlan] = []
     table = {("fp32", False): 0.20, ("fp32", True): 0.10}
-    first = choose_plan(builder(cnn()), x, y, model_name="cnn", device=CPU, threads=1, machine=AVX2,
-                        cache=PlanCache(path=path), measure_fn=timings(table, calls=calls))
+    first = choose_plan(
+        builder(cnn()),
+        x,
+        y,
+        model_name="cnn",
+        device=CPU,
+        threads=1,
+        machine=AVX2,
+        cache=PlanCache(path=path),
+        measure_fn=timings(table, calls=calls),
+    )
     assert len(calls) == 2 and path.is_file()
     plan_module._PROCESS_PLANS.clear()  # as a new process would: from the file
-    again = choose_plan(builder(cnn(depth=4)), x, y, model_name="cnn", device=CPU, threads=1, machine=AVX2,
-                        cache=PlanCache(path=path), measure_fn=timings(table, calls=calls))
+    again = choose_plan(
+        builder(cnn(depth=4)),
+        x,
+        y,
+        model_name="cnn",
+        device=CPU,
+        threads=1,
+        machine=AVX2,
+        cache=PlanCache(path=path),
+        measure_fn=timings(table, calls=calls),
+    )
     assert len(calls) == 2  # not measured again
     assert again.source == "cache" and (again.precision, again.channels_last) == (first.precision, True)
     # another batch size, thread count or machine is another decision
-    choose_plan(builder(cnn()), x[:64], y[:64], model_name="cnn", device=CPU, threads=1, machine=AVX2,
-                cache=PlanCache(path=path), measure_fn=timings(table, calls=calls))
-    choose_plan(builder(cnn()), x, y, model_name="cnn", device=CPU, threads=1, machine=ZEN4,
-                cache=PlanCache(path=path), measure_fn=timings({**table, ("bf16", False): 1, ("bf16", True): 1},
-                                                               calls=calls))
+    choose_plan(
+        builder(cnn()),
+        x[:64],
+        y[:64],
+        model_name="cnn",
+        device=CPU,
+        threads=1,
+        machine=AVX2,
+        cache=PlanCache(path=path),
+        measure_fn=timings(table, calls=calls),
+    )
+    choose_plan(
+        builder(cnn()),
+        x,
+        y,
+        model_name="cnn",
+        device=CPU,
+        threads=1,
+        machine=ZEN4,
+        cache=PlanCache(path=path),
+        measure_fn=timings({**table, ("bf16", False): 1, ("bf16", True): 1}, calls=calls),
+    )
     assert len(calls) == 2 + 2 + 4
     # plans handed down by the driver (the run folder's) win over measuring
     plan_module._PROCESS_PLANS.clear()
     known = {first.key: replace(first, channels_last=False).to_dict()}
-    handed = choose_plan(builder(cnn()), x, y, model_name="cnn", device=CPU, threads=1, machine=AVX2,
-                         cache=PlanCache(path=None, known=known), measure_fn=timings(table, calls=calls))
+    handed = choose_plan(
+        builder(cnn()),
+        x,
+        y,
+        model_name="cnn",
+        device=CPU,
+        threads=1,
+        machine=AVX2,
+        cache=PlanCache(path=None, known=known),
+        measure_fn=timings(table, calls=calls),
+    )
     assert len(calls) == 8 and handed.channels_last is False
 
 
@@ -155,18 +236,47 @@ def test_a_run_too_short_to_repay_measuring_takes_the_hardwares_default(batch, t
 
     cache = PlanCache(path=tmp_path / "plans.json")
     for machine, expected in ((AVX2, ("fp32", False)), (ZEN4, ("bf16", True))):
-        plan = choose_plan(builder(cnn()), x, y, model_name="cnn", device=CPU, threads=2, machine=machine,
-                           cache=cache, expected_steps=30, measure_fn=never)
+        plan = choose_plan(
+            builder(cnn()),
+            x,
+            y,
+            model_name="cnn",
+            device=CPU,
+            threads=2,
+            machine=machine,
+            cache=cache,
+            expected_steps=30,
+            measure_fn=never,
+        )
         assert (plan.precision, plan.channels_last, plan.threads, plan.source) == (*expected, 2, "default")
     assert not (tmp_path / "plans.json").exists()  # not a decision: the next long run measures
     calls: list[ExecutionPlan] = []
-    long = choose_plan(builder(cnn()), x, y, model_name="cnn", device=CPU, threads=1, machine=AVX2, cache=cache,
-                       expected_steps=5000, measure_fn=timings({("fp32", False): 0.2, ("fp32", True): 0.1},
-                                                              calls=calls))
+    long = choose_plan(
+        builder(cnn()),
+        x,
+        y,
+        model_name="cnn",
+        device=CPU,
+        threads=1,
+        machine=AVX2,
+        cache=cache,
+        expected_steps=5000,
+        measure_fn=timings({("fp32", False): 0.2, ("fp32", True): 0.1}, calls=calls),
+    )
     assert len(calls) == 2 and long.source == "measured"
     for gpu, expected in ((T4, ("fp16", True)), (H100, ("bf16", True))):
-        plan = choose_plan(builder(cnn()), x, y, model_name="cnn", device=CUDA, threads=1, machine=gpu,
-                           cache=PlanCache(path=None), expected_steps=1, measure_fn=never)
+        plan = choose_plan(
+            builder(cnn()),
+            x,
+            y,
+            model_name="cnn",
+            device=CUDA,
+            threads=1,
+            machine=gpu,
+            cache=PlanCache(path=None),
+            expected_steps=1,
+            measure_fn=never,
+        )
         assert (plan.precision, plan.channels_last) == expected
 
 
@@ -177,14 +287,33 @@ def test_overrides_are_honoured(batch, fashion_subset):
         raise AssertionError("a fixed plan is not measured")
 
     fixed = Preferences(precision="fp32", channels_last=False, compile=False)
-    plan = choose_plan(builder(cnn()), x, y, model_name="cnn", device=CPU, threads=1, prefs=fixed,
-                       machine=ZEN4, cache=PlanCache(path=None), measure_fn=never)
+    plan = choose_plan(
+        builder(cnn()),
+        x,
+        y,
+        model_name="cnn",
+        device=CPU,
+        threads=1,
+        prefs=fixed,
+        machine=ZEN4,
+        cache=PlanCache(path=None),
+        measure_fn=never,
+    )
     assert (plan.precision, plan.channels_last, plan.compile, plan.source) == ("fp32", False, False, "override")
     # precision fixed, layout measured
     calls: list[ExecutionPlan] = []
-    choose_plan(builder(cnn()), x, y, model_name="cnn", device=CPU, threads=1, prefs=Preferences(precision="bf16"),
-                machine=ZEN4, cache=PlanCache(path=None),
-                measure_fn=timings({("bf16", False): 0.1, ("bf16", True): 0.2}, calls=calls))
+    choose_plan(
+        builder(cnn()),
+        x,
+        y,
+        model_name="cnn",
+        device=CPU,
+        threads=1,
+        prefs=Preferences(precision="bf16"),
+        machine=ZEN4,
+        cache=PlanCache(path=None),
+        measure_fn=timings({("bf16", False): 0.1, ("bf16", True): 0.2}, calls=calls),
+    )
     assert {(c.precision, c.channels_last) for c in calls} == {("bf16", False), ("bf16", True)}
 
     # and through the trainer: what the study's resources say is what trains
@@ -214,7 +343,15 @@ def test_an_avx2_dispatch_is_not_native_bf16_whatever_the_cpu():
     """ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 make any x86 CPU dispatch like an AVX2-only one:
     the plan must then see no native bf16."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    out = subprocess.run([sys.executable, "-c", "from hpo.train.plan import describe_machine as d; m = d(); "
-                          "print(m.cpu_capability, m.bf16_native)"], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from hpo.train.plan import describe_machine as d; m = d(); print(m.cpu_capability, m.bf16_native)",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert out == ["AVX2", "False"]

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hpo.finalize import background_kind
 from hpo.predict import Predictor
+from hpo.stages.finalize import background_kind
 from hpo.testing import run_hpo
 
 
@@ -35,19 +35,31 @@ def log_model(tmp_path, *, logits, classes, size, background, task="multiclass")
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    metadata = {"classes": classes, "task": task, "channels": 1, "image_size": [size, size],
-                "background": background, "mean": [0.5], "std": [0.25]}
+    metadata = {
+        "classes": classes,
+        "task": task,
+        "channels": 1,
+        "image_size": [size, size],
+        "background": background,
+        "mean": [0.5],
+        "std": [0.25],
+    }
     experiment = mlflow.create_experiment("predict", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.pytorch.log_model(Constant(logits, size * size).eval(), name="model", serialization_format="pt2",
-                                 input_example=np.zeros((2, 1, size, size), np.float32), metadata=metadata)
+        mlflow.pytorch.log_model(
+            Constant(logits, size * size).eval(),
+            name="model",
+            serialization_format="pt2",
+            input_example=np.zeros((2, 1, size, size), np.float32),
+            metadata=metadata,
+        )
     return uri, f"runs:/{run.info.run_id}/model"
 
 
 def digit(size: int, *, light_on_dark: bool) -> np.ndarray:
     """A bar-shaped 'digit' in the middle of a plain background (uint8, H x W)."""
     image = np.zeros((size, size), np.uint8)
-    image[size // 4: 3 * size // 4, size // 2 - 2: size // 2 + 2] = 255
+    image[size // 4 : 3 * size // 4, size // 2 - 2 : size // 2 + 2] = 255
     return image if light_on_dark else 255 - image
 
 
@@ -59,15 +71,23 @@ def test_a_multilabel_model_answers_every_label_above_the_threshold(tmp_path):
     shown = run_hpo(["predict", model, str(tmp_path / "shirt.png"), "--tracking-uri", uri], tmp_path, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert "category=shirt 88.1%  colour=blue 62.2%" in shown.stdout and "colour=red" not in shown.stdout
-    as_json = run_hpo(["predict", model, str(tmp_path / "shirt.png"), "--tracking-uri", uri, "--json",
-                       "--threshold", "0.25"], tmp_path, timeout=120)
+    as_json = run_hpo(
+        ["predict", model, str(tmp_path / "shirt.png"), "--tracking-uri", uri, "--json", "--threshold", "0.25"],
+        tmp_path,
+        timeout=120,
+    )
     (answer,) = json.loads(as_json.stdout)
     assert answer["threshold"] == 0.25
     assert [(x["label"], x["score"]) for x in answer["labels"]] == [
-        ("category=shirt", pytest.approx(0.880797, abs=1e-5)), ("colour=blue", pytest.approx(0.622459, abs=1e-5)),
-        ("colour=red", pytest.approx(0.268941, abs=1e-5))]  # sigmoid per label: they need not sum to 1
-    none = run_hpo(["predict", model, str(tmp_path / "shirt.png"), "--tracking-uri", uri, "--threshold", "0.95"],
-                   tmp_path, timeout=120)
+        ("category=shirt", pytest.approx(0.880797, abs=1e-5)),
+        ("colour=blue", pytest.approx(0.622459, abs=1e-5)),
+        ("colour=red", pytest.approx(0.268941, abs=1e-5)),
+    ]  # sigmoid per label: they need not sum to 1
+    none = run_hpo(
+        ["predict", model, str(tmp_path / "shirt.png"), "--tracking-uri", uri, "--threshold", "0.95"],
+        tmp_path,
+        timeout=120,
+    )
     assert "no label scores 95% or more" in none.stdout
 
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from hpo.resume import ResumeConflict, StudyDir
+from hpo.engine.run_dir import ResumeConflict, StudyDir
 from hpo.testing import run_hpo
 
 
@@ -41,10 +41,18 @@ def test_a_changed_study_does_not_continue_an_old_run(tmp_path):
 
 def test_a_running_study_is_not_joined_but_fresh_starts_beside_it(tmp_path):
     # Another process holds the run: a child that opens it and waits.
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from hpo.resume import StudyDir; "
-        f"StudyDir.open(Path({str(tmp_path)!r}), 's', 'fp1'); print('ready', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from hpo.engine.run_dir import StudyDir; "
+                f"StudyDir.open(Path({str(tmp_path)!r}), 's', 'fp1'); print('ready', flush=True); time.sleep(60)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(ResumeConflict, match=r"is running now \(pid \d+"):
@@ -74,7 +82,7 @@ def test_damaged_or_newer_state_files_do_not_block_the_study(tmp_path):
 
 
 def test_the_champion_goes_back_to_its_holder_when_a_redone_final_stage_had_taken_it(tmp_path):
-    from hpo.finalize import CHAMPION, ChampionGuard
+    from hpo.stages.finalize import CHAMPION, ChampionGuard
     from hpo.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "guard")
@@ -87,7 +95,7 @@ def test_the_champion_goes_back_to_its_holder_when_a_redone_final_stage_had_take
     client.set_registered_model_alias("m", CHAMPION, "1")
     before = guard.current()
     client.set_registered_model_alias("m", CHAMPION, "2")  # the half-finished stage promoted v2 ...
-    tracker.delete_run(runs[1])                             # ... and is discarded on resume
+    tracker.delete_run(runs[1])  # ... and is discarded on resume
     assert guard.current() is None
     guard.restore(before)
     assert guard.current() == "1"
@@ -97,7 +105,8 @@ def test_a_deadline_too_close_refuses_the_run_and_leaves_nothing(tmp_path):
     soon = (datetime.now().astimezone() + timedelta(seconds=20)).isoformat(timespec="seconds")
     (tmp_path / "study.yaml").write_text(
         "name: late\ndataset: {name: fashion_mnist}\nsearch_space: {model: {name: cnn}}\n"
-        f'budget: {{trials: 2, max_epochs: 1, until: "{soon}"}}\n')
+        f'budget: {{trials: 2, max_epochs: 1, until: "{soon}"}}\n'
+    )
     result = run_hpo(["run", "study.yaml"], tmp_path)
     assert result.returncode == 2, result.stderr
     assert "budget.until" in result.stderr and "too close" in result.stderr

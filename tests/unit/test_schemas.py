@@ -38,13 +38,20 @@ def check_jsonschema(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("kind", KINDS)
 def test_committed_schema_is_what_hpo_schema_prints(kind):
     schema, options, _ = KINDS[kind]
-    result = subprocess.run([sys.executable, "-m", "hpo.cli", "schema", *options], check=False,
-                            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "hpo.cli", "schema", *options],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
     assert result.returncode == 0, result.stderr
     command = " ".join(["hpo schema", *options, ">", schema.relative_to(REPO_ROOT).as_posix()])
     assert schema.exists(), f"{schema.relative_to(REPO_ROOT)} is missing: run `{command}` and commit it"
-    assert result.stdout == schema.read_text(), \
+    assert result.stdout == schema.read_text(), (
         f"{schema.relative_to(REPO_ROOT)} is out of date: run `{command}` and commit it"
+    )
 
 
 def test_committed_schemas_are_json_schemas():
@@ -70,25 +77,30 @@ def test_every_shipped_file_names_its_schema_for_editors(kind):
         assert (path.parent / expected).resolve() == schema.resolve()
 
 
-STUDY = ("name: s\ndataset: {name: fashion_mnist}\nsearch_space: {model: {depth: {int: [2, 3]}}}\n"
-         "budget: {trials: 2, max_epochs: 1}\n")
+STUDY = (
+    "name: s\ndataset: {name: fashion_mnist}\nsearch_space: {model: {depth: {int: [2, 3]}}}\n"
+    "budget: {trials: 2, max_epochs: 1}\n"
+)
 
 
-@pytest.mark.parametrize("kind, text, expected", [
-    ("study", STUDY + "budgets: {trials: 3}\n", "Additional properties are not allowed ('budgets' was unexpected)"),
-    ("study", STUDY.replace("max_epochs: 1", "max_epochs: 1, time: soon"), "$.budget.time"),
-    ("study", STUDY.replace("max_epochs: 1", "max_epochs: 1, time: 5"), "$.budget.time"),  # below 10 s
-    ("study", STUDY.replace("fashion_mnist", "fashion_mnst"), "'fashion_mnst' is not one of"),
-    ("study", STUDY.replace("{model:", "{extends: base.yaml, model:"), "$.search_space"),  # only in files
-    ("space", "optimizer: {lr: {floaty: [0.01, 0.1]}}\n", "$.optimizer"),
-    ("space", "optimzer: {lr: 0.1}\n", "Additional properties are not allowed ('optimzer' was unexpected)"),
-    ("space", "model: {one_of: {cnn: {name: cnn, depth: 3}}}\n", "$.model"),  # the branch names itself
-    ("space", "model: {one_of: {cnnn: {depth: 3}}}\n", "$.model"),
-    ("space", "model: {depth: {int: [1, 20]}}\n", "$.model"),  # CNNConfig.depth: at most 12
-    ("space", "optimizer: {lr: {float: [0.0, 1.0], log: true}}\n", "$.optimizer"),  # log needs low > 0
-    ("space", "optimizer: {lr: {float: [0.1, 1.0], step: 0.1, log: true}}\n", "$.optimizer"),
-    ("space", "batch_size: {float: [32, 64]}\n", "$.batch_size"),  # an integer field
-])
+@pytest.mark.parametrize(
+    "kind, text, expected",
+    [
+        ("study", STUDY + "budgets: {trials: 3}\n", "Additional properties are not allowed ('budgets' was unexpected)"),
+        ("study", STUDY.replace("max_epochs: 1", "max_epochs: 1, time: soon"), "$.budget.time"),
+        ("study", STUDY.replace("max_epochs: 1", "max_epochs: 1, time: 5"), "$.budget.time"),  # below 10 s
+        ("study", STUDY.replace("fashion_mnist", "fashion_mnst"), "'fashion_mnst' is not one of"),
+        ("study", STUDY.replace("{model:", "{extends: base.yaml, model:"), "$.search_space"),  # only in files
+        ("space", "optimizer: {lr: {floaty: [0.01, 0.1]}}\n", "$.optimizer"),
+        ("space", "optimzer: {lr: 0.1}\n", "Additional properties are not allowed ('optimzer' was unexpected)"),
+        ("space", "model: {one_of: {cnn: {name: cnn, depth: 3}}}\n", "$.model"),  # the branch names itself
+        ("space", "model: {one_of: {cnnn: {depth: 3}}}\n", "$.model"),
+        ("space", "model: {depth: {int: [1, 20]}}\n", "$.model"),  # CNNConfig.depth: at most 12
+        ("space", "optimizer: {lr: {float: [0.0, 1.0], log: true}}\n", "$.optimizer"),  # log needs low > 0
+        ("space", "optimizer: {lr: {float: [0.1, 1.0], step: 0.1, log: true}}\n", "$.optimizer"),
+        ("space", "batch_size: {float: [32, 64]}\n", "$.batch_size"),  # an integer field
+    ],
+)
 def test_schema_refuses_a_wrong_file(tmp_path, kind, text, expected):
     path = tmp_path / "wrong.yaml"
     path.write_text(text)
@@ -106,7 +118,8 @@ def test_space_schema_accepts_the_whole_vocabulary(tmp_path):
         "optimizer: {one_of: {sgd: {lr: {float: [0.01, 0.1], log: true}}, adam: }}\n"
         "schedule: {one_of: {cosine: {}, step: {step_every: {int: [2, 4]}}}}\n"
         "early_stopping: {patience: {categorical: [null, 3]}}\n"
-        "augment: {translate_px: {int: [1, 7], step: 2}, hflip: {categorical: [0, 0.5]}}\n")
+        "augment: {translate_px: {int: [1, 7], step: 2}, hflip: {categorical: [0, 0.5]}}\n"
+    )
     result = check_jsonschema("--schemafile", str(KINDS["space"][0]), str(tmp_path / "space.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -121,7 +134,13 @@ def test_schema_vocabulary_is_the_parsers():
 
 
 def test_one_schema_at_a_time():
-    result = subprocess.run([sys.executable, "-m", "hpo.cli", "schema", "--space", "--trial"], check=False,
-                            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "hpo.cli", "schema", "--space", "--trial"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
     assert result.returncode == 2
     assert "give one" in result.stderr

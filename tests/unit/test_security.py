@@ -37,6 +37,7 @@ class Touch:
 
 # ------------------------------------------------------------------ (1) YAML tags never construct objects
 
+
 def test_python_object_apply_study_is_refused_and_its_command_never_runs(tmp_path, monkeypatch):
     """The CLI side; tests/unit/test_bad_input.py runs the same fixture through `validate` and `run`."""
     study = BAD_INPUT / "python_object_apply.yaml"
@@ -88,8 +89,10 @@ def unsafe_uses(source: str) -> list[tuple[int, str]]:
             if name in UNSAFE_CALLS:
                 found.append((node.lineno, f"{name}(): {UNSAFE_CALLS[name]}"))
             elif name == "torch.load":
-                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
-                           for k in node.keywords)
+                safe = any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
                 if not safe:
                     found.append((node.lineno, "torch.load() without weights_only=True unpickles arbitrary objects"))
         elif isinstance(node, ast.Attribute) and _dotted(node) in UNSAFE_NAMES:
@@ -99,26 +102,35 @@ def unsafe_uses(source: str) -> list[tuple[int, str]]:
             if (node.module or "").split(".")[0] in UNSAFE_MODULES or names & (set(UNSAFE_CALLS) | UNSAFE_NAMES):
                 found.append((node.lineno, f"from {node.module} import ...: a loader that runs code"))
         elif isinstance(node, ast.Import):
-            found += [(node.lineno, f"import {a.name}: a deserialiser that runs code")
-                      for a in node.names if a.name.split(".")[0] in UNSAFE_MODULES]
+            found += [
+                (node.lineno, f"import {a.name}: a deserialiser that runs code")
+                for a in node.names
+                if a.name.split(".")[0] in UNSAFE_MODULES
+            ]
     return found
 
 
 def test_the_guard_catches_what_it_looks_for():
-    source = ("import pickle\nfrom yaml import load\nx = eval('1')\nexec('y = 1')\nyaml.load(s)\n"
-              "yaml.unsafe_load(s)\npickle.load(f)\ntorch.load(p)\ntorch.load(p, weights_only=False)\n"
-              "torch.export.load(p)\nyaml.compose(s, Loader=yaml.Loader)\n")
+    source = (
+        "import pickle\nfrom yaml import load\nx = eval('1')\nexec('y = 1')\nyaml.load(s)\n"
+        "yaml.unsafe_load(s)\npickle.load(f)\ntorch.load(p)\ntorch.load(p, weights_only=False)\n"
+        "torch.export.load(p)\nyaml.compose(s, Loader=yaml.Loader)\n"
+    )
     assert {line for line, _ in unsafe_uses(source)} == {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}
     assert unsafe_uses("model.eval()\ntorch.load(p, weights_only=True)\nyaml.safe_dump(x)\n") == []
 
 
 def test_no_source_file_evaluates_config_or_unpickles():
-    problems = [f"{path.relative_to(REPO_ROOT)}:{line}: {why}"
-                for path in sorted(SRC.rglob("*.py")) for line, why in unsafe_uses(path.read_text())]
+    problems = [
+        f"{path.relative_to(REPO_ROOT)}:{line}: {why}"
+        for path in sorted(SRC.rglob("*.py"))
+        for line, why in unsafe_uses(path.read_text())
+    ]
     assert problems == [], "\n".join(problems)
 
 
 # ---------------------------------------------------------------------- (3) models load without pickle
+
 
 def _model_dir(root: Path, files: dict[str, bytes]) -> Path:
     """An MLflow model folder with a pytorch flavor whose ``data/`` holds ``files``."""
@@ -128,8 +140,9 @@ def _model_dir(root: Path, files: dict[str, bytes]) -> Path:
     (root / "data").mkdir()
     for name, blob in files.items():
         (root / "data" / name).write_bytes(blob)
-    model = mlflow.models.Model(metadata={"classes": ["a", "b"], "channels": 1, "image_size": [8, 8],
-                                          "background": "dark"})
+    model = mlflow.models.Model(
+        metadata={"classes": ["a", "b"], "channels": 1, "image_size": [8, 8], "background": "dark"}
+    )
     model.add_flavor("pytorch", model_data="data", pytorch_version=str(torch.__version__), code=None)
     model.save(str(root / "MLmodel"))
     return root
@@ -209,45 +222,58 @@ def test_a_plain_exported_model_loads_and_runs(tmp_path, pickle_allowed):
 
 # -------------------------------------------------------------------------------- (4) secrets masked
 
-@pytest.mark.parametrize("text, expected", [
-    # passwords in URIs
-    ("postgresql://user:secret@host/db", "postgresql://user:***@host/db"),
-    ("postgresql+psycopg2://mlflow:s3cr3t@db.internal:5432/mlflow?sslmode=require",
-     "postgresql+psycopg2://mlflow:***@db.internal:5432/mlflow?sslmode=require"),
-    ("mysql://root:p@ss:w0rd@localhost/x", "mysql://root:***@localhost/x"),  # unencoded '@' and ':'
-    ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),          # password without a user
-    ("https://alice:%40pw@mlflow.example.com", "https://alice:***@mlflow.example.com"),
-    # credentials in query strings and fragments, any case
-    ("https://mlflow.example.com/api?token=abc123", "https://mlflow.example.com/api?token=***"),
-    ("https://h/x?a=1&TOKEN=abc&b=2", "https://h/x?a=1&TOKEN=***&b=2"),
-    ("s3://bucket/key?access_key=AKIA123&secret=xyz", "s3://bucket/key?access_key=***&secret=***"),
-    ("https://h/?Password=pw&API_KEY=k1&apiKey=k2", "https://h/?Password=***&API_KEY=***&apiKey=***"),
-    ("https://h/?X-Amz-Security-Token=t&X-Amz-Signature=s&X-Amz-Credential=c&X-Amz-Date=20260101",
-     "https://h/?X-Amz-Security-Token=***&X-Amz-Signature=***&X-Amz-Credential=***&X-Amz-Date=20260101"),
-    ("https://h/#access_token=abc&state=1", "https://h/#access_token=***&state=1"),
-    ("https://h/?client_secret=s;x=1", "https://h/?client_secret=***;x=1"),
-    # both in one URI, and inside a longer message
-    ("http://u:pw@h/x?token=t", "http://u:***@h/x?token=***"),
-    ("cannot reach postgresql://u:pw@h/db (timeout); retry with ?password='a b'",
-     "cannot reach postgresql://u:***@h/db (timeout); retry with ?password=***"),
-    ("MLFLOW_TRACKING_TOKEN=abc hpo run", "MLFLOW_TRACKING_TOKEN=*** hpo run"),
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # passwords in URIs
+        ("postgresql://user:secret@host/db", "postgresql://user:***@host/db"),
+        (
+            "postgresql+psycopg2://mlflow:s3cr3t@db.internal:5432/mlflow?sslmode=require",
+            "postgresql+psycopg2://mlflow:***@db.internal:5432/mlflow?sslmode=require",
+        ),
+        ("mysql://root:p@ss:w0rd@localhost/x", "mysql://root:***@localhost/x"),  # unencoded '@' and ':'
+        ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),  # password without a user
+        ("https://alice:%40pw@mlflow.example.com", "https://alice:***@mlflow.example.com"),
+        # credentials in query strings and fragments, any case
+        ("https://mlflow.example.com/api?token=abc123", "https://mlflow.example.com/api?token=***"),
+        ("https://h/x?a=1&TOKEN=abc&b=2", "https://h/x?a=1&TOKEN=***&b=2"),
+        ("s3://bucket/key?access_key=AKIA123&secret=xyz", "s3://bucket/key?access_key=***&secret=***"),
+        ("https://h/?Password=pw&API_KEY=k1&apiKey=k2", "https://h/?Password=***&API_KEY=***&apiKey=***"),
+        (
+            "https://h/?X-Amz-Security-Token=t&X-Amz-Signature=s&X-Amz-Credential=c&X-Amz-Date=20260101",
+            "https://h/?X-Amz-Security-Token=***&X-Amz-Signature=***&X-Amz-Credential=***&X-Amz-Date=20260101",
+        ),
+        ("https://h/#access_token=abc&state=1", "https://h/#access_token=***&state=1"),
+        ("https://h/?client_secret=s;x=1", "https://h/?client_secret=***;x=1"),
+        # both in one URI, and inside a longer message
+        ("http://u:pw@h/x?token=t", "http://u:***@h/x?token=***"),
+        (
+            "cannot reach postgresql://u:pw@h/db (timeout); retry with ?password='a b'",
+            "cannot reach postgresql://u:***@h/db (timeout); retry with ?password=***",
+        ),
+        ("MLFLOW_TRACKING_TOKEN=abc hpo run", "MLFLOW_TRACKING_TOKEN=*** hpo run"),
+    ],
+)
 def test_redact_masks_secrets(text, expected):
     assert redact(text) == expected
 
 
-@pytest.mark.parametrize("text", [
-    "",
-    "sqlite:///mlflow/mlflow.db",
-    "file:///home/me/mlruns",
-    "http://127.0.0.1:5000",
-    "http://host:8080/x?a=b@c",               # a port is not a password
-    "https://alice@mlflow.example.com/",      # a user name alone is not secret
-    "models:/fashion-mnist@champion",
-    "https://h/?tokenizer=bpe&secretary=bob&page=2",  # names that merely contain a secret word
-    "budget.trials: must be >= 1 (got 0)",
-    "password: is required",                  # the word, but no value
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "sqlite:///mlflow/mlflow.db",
+        "file:///home/me/mlruns",
+        "http://127.0.0.1:5000",
+        "http://host:8080/x?a=b@c",  # a port is not a password
+        "https://alice@mlflow.example.com/",  # a user name alone is not secret
+        "models:/fashion-mnist@champion",
+        "https://h/?tokenizer=bpe&secretary=bob&page=2",  # names that merely contain a secret word
+        "budget.trials: must be >= 1 (got 0)",
+        "password: is required",  # the word, but no value
+    ],
+)
 def test_redact_leaves_other_strings_unchanged(text):
     assert redact(text) == text
 

@@ -129,7 +129,7 @@ def test_extends_deep_merges_with_the_extending_file_winning(tmp_path):
     assert doc.data == {
         "model": {"one_of": {"cnn": {"depth": {"int": [2, 6]}, "width": 64}}},  # branches merge key by key
         "optimizer": {"name": "sgd", "lr": {"categorical": [0.05, 0.1]}, "momentum": 0.9},  # a distribution
-        "augment": {"hflip": 0.5, "translate": {"float": [0.0, 0.5]}},                      # is replaced whole
+        "augment": {"hflip": 0.5, "translate": {"float": [0.0, 0.5]}},  # is replaced whole
         "batch_size": 64,
     }
     names = {p.name: p.param for p in parse_space(doc).params}
@@ -139,15 +139,19 @@ def test_extends_deep_merges_with_the_extending_file_winning(tmp_path):
 def test_extends_chains_and_errors_point_at_the_file_that_says_it(tmp_path):
     from hpo.space import load_space
 
-    write_spaces(tmp_path, **{
-        "a.yaml": "extends: b.yaml\nbatch_size: {int: [1, 64]}\n",        # batch_size >= 2: a's line 2
-        "b.yaml": "extends: c.yaml\noptimizer:\n  momentum: 0.9\n",
-        "c.yaml": "optimizer:\n  name: sgd\n  lr: {float: [0.1, 0.01]}\n",  # inverted: c's line 3
-    })
+    write_spaces(
+        tmp_path,
+        **{
+            "a.yaml": "extends: b.yaml\nbatch_size: {int: [1, 64]}\n",  # batch_size >= 2: a's line 2
+            "b.yaml": "extends: c.yaml\noptimizer:\n  momentum: 0.9\n",
+            "c.yaml": "optimizer:\n  name: sgd\n  lr: {float: [0.1, 0.01]}\n",  # inverted: c's line 3
+        },
+    )
     with pytest.raises(StudyErrors) as info:
         parse_space(load_space(tmp_path / "a.yaml"))
     assert [str(e) for e in info.value.errors] == [
-        f"{tmp_path / 'c.yaml'}:3: optimizer.lr.float: `low <= high` must hold, but got (low=0.1, high=0.01)"]
+        f"{tmp_path / 'c.yaml'}:3: optimizer.lr.float: `low <= high` must hold, but got (low=0.1, high=0.01)"
+    ]
     write_spaces(tmp_path, **{"c.yaml": "optimizer:\n  name: sgd\n  lr: 0.1\n"})
     with pytest.raises(StudyErrors) as info:
         parse_space(load_space(tmp_path / "a.yaml"))
@@ -163,11 +167,19 @@ def test_extends_cycles_show_the_chain(tmp_path):
 
 
 def test_a_study_logs_the_resolved_space(tmp_path):
-    from hpo.config import load_study
+    from hpo.study import load_study
 
-    write_spaces(tmp_path, **{"base/base.yaml": BASE, "spaces/child.yaml": CHILD, "study.yaml": (
-        "name: t\ndataset: {name: fashion_mnist}\nsearch_space: spaces/child.yaml\n"
-        "budget: {trials: 2, max_epochs: 2}\n")})
+    write_spaces(
+        tmp_path,
+        **{
+            "base/base.yaml": BASE,
+            "spaces/child.yaml": CHILD,
+            "study.yaml": (
+                "name: t\ndataset: {name: fashion_mnist}\nsearch_space: spaces/child.yaml\n"
+                "budget: {trials: 2, max_epochs: 2}\n"
+            ),
+        },
+    )
     study = load_study(tmp_path / "study.yaml")
     assert "extends" not in study.resolved()["search_space"]
     assert study.resolved()["search_space"]["optimizer"]["momentum"] == 0.9

@@ -42,15 +42,25 @@ def test_training_on_streamed_images_matches_training_in_memory(folder):
     from hpo.config.trial import TrialConfig
     from hpo.train import TrainData, predict_logits, train
 
-    config = TrialConfig.model_validate({"model": {"depth": 2, "width": 8}, "batch_size": 16,
-                                         "optimizer": {"name": "sgd", "lr": 0.05}, "augment": {"hflip": 0.5}})
+    config = TrialConfig.model_validate(
+        {
+            "model": {"depth": 2, "width": 8},
+            "batch_size": 16,
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "augment": {"hflip": 0.5},
+        }
+    )
     results = []
     for data in _both(folder):
-        wrapped = TrainData.from_arrays(data.x_train, data.y_train, data.x_val, data.y_val, data.num_classes,
-                                        data.mean, data.std)
+        wrapped = TrainData.from_arrays(
+            data.x_train, data.y_train, data.x_val, data.y_val, data.num_classes, data.mean, data.std
+        )
         result = train(config, wrapped, epochs=2, seed=3, threads=1)
-        logits = predict_logits(result.model, data.x_test if isinstance(data.x_test, FileImages)
-                                else torch.as_tensor(data.x_test), plan=result.plan)
+        logits = predict_logits(
+            result.model,
+            data.x_test if isinstance(data.x_test, FileImages) else torch.as_tensor(data.x_test),
+            plan=result.plan,
+        )
         results.append((result.history, logits))
     (memory, memory_logits), (streamed, streamed_logits) = results
     for a, b in zip(memory, streamed):
@@ -59,13 +69,16 @@ def test_training_on_streamed_images_matches_training_in_memory(folder):
 
 
 def test_streaming_is_refused_where_it_cannot_work(tmp_path):
-    from hpo.config import load_study
     from hpo.errors import StudyErrors
+    from hpo.study import load_study
 
     (tmp_path / "space.yaml").write_text("model: {depth: 2}\n")
-    for dataset, says in (("{name: fashion_mnist, stream: true}", "streaming is for image files"),
-                          ("{name: image_folder, stream: true}", "need dataset.image_size")):
-        (tmp_path / "s.yaml").write_text(f"name: s\ndataset: {dataset}\nsearch_space: space.yaml\n"
-                                         "budget: {trials: 1, max_epochs: 1}\n")
+    for dataset, says in (
+        ("{name: fashion_mnist, stream: true}", "streaming is for image files"),
+        ("{name: image_folder, stream: true}", "need dataset.image_size"),
+    ):
+        (tmp_path / "s.yaml").write_text(
+            f"name: s\ndataset: {dataset}\nsearch_space: space.yaml\nbudget: {{trials: 1, max_epochs: 1}}\n"
+        )
         with pytest.raises(StudyErrors, match=says):
             load_study(tmp_path / "s.yaml")

@@ -29,8 +29,9 @@ def test_an_existing_experiment_is_tagged_where_it_lacks_the_tags(tmp_path):
     Tracker(uri, "first")  # creates the store
     client = MlflowClient(tracking_uri=uri)
     bare = client.create_experiment("bare")
-    guessed = client.create_experiment("guessed", tags={EXPERIMENT_KIND: "genai_development_inferred",
-                                                        EXPERIMENT_NOTE: "the team's own words"})
+    guessed = client.create_experiment(
+        "guessed", tags={EXPERIMENT_KIND: "genai_development_inferred", EXPERIMENT_NOTE: "the team's own words"}
+    )
     chosen = client.create_experiment("chosen", tags={EXPERIMENT_KIND: "genai_development"})
 
     trackers = {name: Tracker(uri, name) for name in ("bare", "guessed", "chosen")}
@@ -39,6 +40,6 @@ def test_an_existing_experiment_is_tagged_where_it_lacks_the_tags(tmp_path):
     assert tags["bare"][EXPERIMENT_KIND] == CUSTOM_MODEL_DEVELOPMENT
     assert tags["bare"][EXPERIMENT_NOTE] == EXPERIMENT_DESCRIPTION
     assert tags["guessed"][EXPERIMENT_KIND] == CUSTOM_MODEL_DEVELOPMENT  # the UI's guess is replaced
-    assert tags["guessed"][EXPERIMENT_NOTE] == "the team's own words"    # a description someone wrote stays
-    assert tags["chosen"][EXPERIMENT_KIND] == "genai_development"          # so does a kind someone chose
+    assert tags["guessed"][EXPERIMENT_NOTE] == "the team's own words"  # a description someone wrote stays
+    assert tags["chosen"][EXPERIMENT_KIND] == "genai_development"  # so does a kind someone chose
     assert tags["chosen"][EXPERIMENT_NOTE] == EXPERIMENT_DESCRIPTION

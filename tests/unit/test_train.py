@@ -1,4 +1,5 @@
 import math
+
 import numpy as np
 import pytest
 import torch
@@ -15,8 +16,12 @@ def train_data(fashion_subset):
 
 
 def small(**overrides) -> TrialConfig:
-    base = {"model": {"depth": 3, "width": 16}, "optimizer": {"name": "sgd", "lr": 0.05},
-            "batch_size": 64, "augment": {"hflip": 0.5, "translate": 0.5}}
+    base = {
+        "model": {"depth": 3, "width": 16},
+        "optimizer": {"name": "sgd", "lr": 0.05},
+        "batch_size": 64,
+        "augment": {"hflip": 0.5, "translate": 0.5},
+    }
     base.update(overrides)
     return TrialConfig.model_validate(base)
 
@@ -41,17 +46,23 @@ def test_adaptive_optimizers_learn(train_data, optimizer):
 
 def test_early_stopping_stops_and_says_so(train_data):
     # a learning rate of ~0 never improves: patience 1 ends the run after epoch 2
-    config = small(optimizer={"name": "sgd", "lr": 1e-9}, schedule={"name": "constant", "warmup_fraction": 0},
-                   early_stopping={"patience": 1, "min_delta": 0.05})
+    config = small(
+        optimizer={"name": "sgd", "lr": 1e-9},
+        schedule={"name": "constant", "warmup_fraction": 0},
+        early_stopping={"patience": 1, "min_delta": 0.05},
+    )
     result = train(config, train_data, epochs=5, seed=0, threads=2)
     assert result.stopped_early
     assert len(result.history) == 2 and result.history[-1].early_stop
 
 
 def test_divergence_raises_instead_of_reporting_nan(train_data):
-    config = small(optimizer={"name": "sgd", "lr": 10.0, "momentum": 0.99}, batch_size=16,
-                   schedule={"name": "constant", "warmup_fraction": 0},
-                   model={"depth": 2, "width": 8, "batchnorm": "none", "activation": "leaky_relu"})
+    config = small(
+        optimizer={"name": "sgd", "lr": 10.0, "momentum": 0.99},
+        batch_size=16,
+        schedule={"name": "constant", "warmup_fraction": 0},
+        model={"depth": 2, "width": 8, "batchnorm": "none", "activation": "leaky_relu"},
+    )
     with pytest.raises(FloatingPointError, match="training loss became nan"):
         train(config, train_data, epochs=2, seed=0, threads=2)
 
@@ -62,8 +73,9 @@ def test_schedules_warm_up_and_end_where_expected(name):
 
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=0.1, momentum=0.9)
-    sched = make_schedule(ScheduleConfig(name=name, warmup_fraction=0.2, step_every=2, gamma=0.5), opt, 0.1,
-                          epochs=4, steps_per_epoch=10)
+    sched = make_schedule(
+        ScheduleConfig(name=name, warmup_fraction=0.2, step_every=2, gamma=0.5), opt, 0.1, epochs=4, steps_per_epoch=10
+    )
     lrs = []
     for _ in range(40):
         lrs.append(opt.param_groups[0]["lr"])

@@ -47,8 +47,7 @@ def _plain(value):
 
 
 def _epoch_metrics(logs: dict | None) -> dict[str, float]:
-    names = {"loss": "train_loss", "accuracy": "train_accuracy", "val_loss": "val_loss",
-             "val_accuracy": "val_accuracy"}
+    names = {"loss": "train_loss", "accuracy": "train_accuracy", "val_loss": "val_loss", "val_accuracy": "val_accuracy"}
     return {names[k]: float(v) for k, v in (logs or {}).items() if k in names}
 
 
@@ -79,7 +78,8 @@ def logged_tuner(base: type, spec: dict, emit: Events) -> type:
             # every image at once and runs out of memory for its ResNet50 at 224 px. Two images suffice.
             model = self._try_build(trial.hyperparameters)
             pipeline, (kwargs["x"], kwargs["y"]), kwargs["validation_data"] = self._prepare_model_build(
-                trial.hyperparameters, **kwargs)
+                trial.hyperparameters, **kwargs
+            )
             pipeline.save(self._pipeline_path(trial.trial_id))
             keras.src.backend.compute_output_spec(model, tree.map_structure(lambda a: a[:2], kwargs["x"]))
             self.adapt(model, kwargs["x"])
@@ -102,8 +102,9 @@ def logged_tuner(base: type, spec: dict, emit: Events) -> type:
         def on_epoch_end(self, trial, model, epoch, logs=None):
             super().on_epoch_end(trial, model, epoch, logs)
             now = time.time()
-            emit("epoch", trial=trial.trial_id, epoch=epoch + 1, seconds=now - self._epoch_start,
-                 **_epoch_metrics(logs))
+            emit(
+                "epoch", trial=trial.trial_id, epoch=epoch + 1, seconds=now - self._epoch_start, **_epoch_metrics(logs)
+            )
             self._epoch_start = now
 
         def on_batch_end(self, trial, model, batch, logs=None):
@@ -115,8 +116,15 @@ def logged_tuner(base: type, spec: dict, emit: Events) -> type:
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
             best = trial.best_step + 1 if trial.best_step is not None else None
-            emit("trial_end", trial=trial.trial_id, status=str(trial.status), score=trial.score, best_epoch=best,
-                 stopped_by_deadline=self._out_of_time, message=(trial.message or "")[-2000:])
+            emit(
+                "trial_end",
+                trial=trial.trial_id,
+                status=str(trial.status),
+                score=trial.score,
+                best_epoch=best,
+                stopped_by_deadline=self._out_of_time,
+                message=(trial.message or "")[-2000:],
+            )
 
         def final_fit(self, **kwargs):
             best = self.oracle.get_best_trials(1)[0]
@@ -130,8 +138,14 @@ def logged_tuner(base: type, spec: dict, emit: Events) -> type:
                 kwargs["x"] = tree.map_structure(lambda a, b: np.concatenate([a, b]), kwargs["x"], x_val)
                 kwargs["y"] = tree.map_structure(lambda a, b: np.concatenate([a, b]), kwargs["y"], y_val)
             images = len(tree.flatten(kwargs["y"])[0])
-            emit("final_begin", trial=best.trial_id, epochs=kwargs["epochs"], retrain_on=spec["retrain_on"],
-                 images=images, params=dict(best.hyperparameters.values))
+            emit(
+                "final_begin",
+                trial=best.trial_id,
+                epochs=kwargs["epochs"],
+                retrain_on=spec["retrain_on"],
+                images=images,
+                params=dict(best.hyperparameters.values),
+            )
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), FinalEpochs()]
             return super().final_fit(**kwargs)
 
@@ -152,8 +166,12 @@ def logged_tuner(base: type, spec: dict, emit: Events) -> type:
 def tuner_class(name: str) -> type:
     import autokeras.tuners as tuners
 
-    return {"greedy": tuners.ImageClassifierTuner, "bayesian": tuners.BayesianOptimization,
-            "hyperband": tuners.Hyperband, "random": tuners.RandomSearch}[name]
+    return {
+        "greedy": tuners.ImageClassifierTuner,
+        "bayesian": tuners.BayesianOptimization,
+        "hyperband": tuners.Hyperband,
+        "random": tuners.RandomSearch,
+    }[name]
 
 
 def die_with_driver(driver: int | None, emit: Events) -> None:
@@ -197,18 +215,29 @@ def main(spec_path: str) -> None:
         return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).astype(np.float32)
 
     classifier = ak.ImageClassifier(
-        num_classes=int(spec["num_classes"]), max_trials=int(spec["max_trials"]), directory=spec["directory"],
-        project_name="autokeras", objective=spec["objective"], overwrite=False, seed=spec["seed"],
-        tuner=logged_tuner(tuner_class(spec["tuner"]), spec, emit))
+        num_classes=int(spec["num_classes"]),
+        max_trials=int(spec["max_trials"]),
+        directory=spec["directory"],
+        project_name="autokeras",
+        objective=spec["objective"],
+        overwrite=False,
+        seed=spec["seed"],
+        tuner=logged_tuner(tuner_class(spec["tuner"]), spec, emit),
+    )
     # A model too big for this machine (AutoKeras' ResNet50 at 224 px takes ~22 GB on a CPU) fails its
     # trial with an allocation error, which Keras Tuner records, instead of waking the OOM killer.
-    from hpo.backends.limits import memory_cap
+    from hpo.engine.limits import memory_cap
 
     on_gpu = keras.backend.backend() == "torch" and __import__("torch").cuda.is_available()
     with memory_cap(spec.get("memory_bytes"), None, "cuda" if on_gpu else "cpu"):
-        classifier.fit(nhwc(arrays["x_train"]), arrays["y_train"],
-                       validation_data=(nhwc(arrays["x_val"]), arrays["y_val"]),
-                       epochs=int(spec["epochs"]), batch_size=int(spec["batch_size"]), verbose=0)
+        classifier.fit(
+            nhwc(arrays["x_train"]),
+            arrays["y_train"],
+            validation_data=(nhwc(arrays["x_val"]), arrays["y_val"]),
+            epochs=int(spec["epochs"]),
+            batch_size=int(spec["batch_size"]),
+            verbose=0,
+        )
 
     model = classifier.export_model()
     pipeline = classifier.tuner.get_best_pipeline()
@@ -216,8 +245,12 @@ def main(spec_path: str) -> None:
     out = Path(spec["directory"])
     np.save(out / "test_probabilities.npy", np.asarray(probs, dtype=np.float32))
     model.save(out / "model.keras")
-    emit("done", probabilities=str(out / "test_probabilities.npy"), model=str(out / "model.keras"),
-         parameters=int(model.count_params()))
+    emit(
+        "done",
+        probabilities=str(out / "test_probabilities.npy"),
+        model=str(out / "model.keras"),
+        parameters=int(model.count_params()),
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from hpo.backends.base import BackendSummary, RunContext
+from hpo.engine.run_dir import BACKEND_STAGES, advance_past
 from hpo.errors import HpoError
-from hpo.resume import BACKEND_STAGES, advance_past
 
 KERAS_RANGE = ((3, 12), (3, 13))  # AutoKeras 3.0.0 breaks on Keras 3.13+
 INSTALL = {"torch": 'pip install -e ".[autokeras]"', "tensorflow": 'pip install -e ".[tensorflow]"'}
@@ -56,8 +56,10 @@ class Missing:
 
     def __str__(self) -> str:
         what = ", ".join(self.packages)
-        return (f"the autokeras backend on Keras' {self.keras_backend} backend needs {what}{self.detail}: "
-                f"{INSTALL[self.keras_backend]}")
+        return (
+            f"the autokeras backend on Keras' {self.keras_backend} backend needs {what}{self.detail}: "
+            f"{INSTALL[self.keras_backend]}"
+        )
 
 
 def missing_packages(keras_backend: str = "torch") -> Missing | None:
@@ -69,8 +71,9 @@ def missing_packages(keras_backend: str = "torch") -> Missing | None:
     version = importlib.metadata.version("keras")
     parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     if not KERAS_RANGE[0] <= parts < KERAS_RANGE[1]:
-        return Missing(["keras>=3.12,<3.13"], keras_backend, f" (found keras {version}, which AutoKeras 3.0.0 "
-                                                             "cannot run on)")
+        return Missing(
+            ["keras>=3.12,<3.13"], keras_backend, f" (found keras {version}, which AutoKeras 3.0.0 cannot run on)"
+        )
     return None
 
 
@@ -90,8 +93,17 @@ class BaselineResult:
     parameters: int
 
     def summary(self) -> BackendSummary:
-        return BackendSummary("autokeras", self.run_id, self.test_accuracy, self.test_loss, self.trials,
-                              self.trial_epochs, self.best_val_accuracy, self.search_seconds, self.wall_seconds)
+        return BackendSummary(
+            "autokeras",
+            self.run_id,
+            self.test_accuracy,
+            self.test_loss,
+            self.trials,
+            self.trial_epochs,
+            self.best_val_accuracy,
+            self.search_seconds,
+            self.wall_seconds,
+        )
 
 
 @dataclass
@@ -163,12 +175,19 @@ class AutoKerasBackend:
 
     def _start_parent(self) -> str:
         c = self.study.config
-        run_id = self.tracker.start_study(self.study, self.study.resolved(), name=f"{c.name}/autokeras",
-                                          kind="baseline", backend="autokeras")
+        run_id = self.tracker.start_study(
+            self.study, self.study.resolved(), name=f"{c.name}/autokeras", kind="baseline", backend="autokeras"
+        )
         a = c.autokeras
-        self.tracker.log_params(run_id, {"autokeras.tuner": a.tuner, "autokeras.max_trials": self.max_trials,
-                                         "autokeras.batch_size": a.batch_size,
-                                         "autokeras.keras_backend": a.keras_backend})
+        self.tracker.log_params(
+            run_id,
+            {
+                "autokeras.tuner": a.tuner,
+                "autokeras.max_trials": self.max_trials,
+                "autokeras.batch_size": a.batch_size,
+                "autokeras.keras_backend": a.keras_backend,
+            },
+        )
         self.tracker.log_split(run_id, self.data.split_record())
         return run_id
 
@@ -191,9 +210,13 @@ class AutoKerasBackend:
         runs it again) and an unfinished final run (the worker redoes the final fit)."""
         for old in self.tracker.child_runs(parent, "trial"):
             key = old.data.tags.get("hpo.trial_id", "")
-            trial = _Trial(key, int(old.data.tags.get("hpo.number", 0)), old.info.run_id, {},
-                           status="running" if old.info.status == "RUNNING" else
-                           old.data.tags.get("hpo.status", "completed"))
+            trial = _Trial(
+                key,
+                int(old.data.tags.get("hpo.number", 0)),
+                old.info.run_id,
+                {},
+                status="running" if old.info.status == "RUNNING" else old.data.tags.get("hpo.status", "completed"),
+            )
             for m in self.tracker.client.get_metric_history(old.info.run_id, "val_accuracy"):
                 trial.history.append({"epoch": m.step, "val_accuracy": m.value})
             self.trials[key] = trial
@@ -230,30 +253,60 @@ class AutoKerasBackend:
         if not data_file.exists():
             d = self.data
             tmp = self.folder / "data.tmp.npz"
-            np.savez(tmp, x_train=d.x_train, y_train=d.y_train, x_val=d.x_val, y_val=d.y_val, x_test=d.x_test,
-                     y_test=d.y_test, train_index=d.train_index, val_index=d.val_index, test_index=d.test_index)
+            np.savez(
+                tmp,
+                x_train=d.x_train,
+                y_train=d.y_train,
+                x_val=d.x_val,
+                y_val=d.y_val,
+                x_test=d.x_test,
+                y_test=d.y_test,
+                train_index=d.train_index,
+                val_index=d.val_index,
+                test_index=d.test_index,
+            )
             tmp.replace(data_file)
         events = self.folder / "events.jsonl"
         events.touch()
         offset = events.stat().st_size  # earlier attempts' events are in MLflow (see _adopt_children)
         state["offset"] = offset
         left = None if c.budget.time is None else max(0.0, c.budget.time - elapsed_before)
-        spec = {"data": str(data_file), "events": str(events), "directory": str(self.folder / "tuner"),
-                "tuner": c.autokeras.tuner, "max_trials": self.max_trials, "epochs": c.budget.max_epochs,
-                "batch_size": c.autokeras.batch_size, "seed": c.seed, "num_classes": self.data.num_classes,
-                "objective": c.objective.metric, "deadline": None if left is None else time.time() + left,
-                "retrain_on": c.final.retrain_on, "final_epochs": c.final.epochs,
-                "threads": os.cpu_count(), "driver_pid": os.getpid(), "memory_bytes": self.memory_cap()}
+        spec = {
+            "data": str(data_file),
+            "events": str(events),
+            "directory": str(self.folder / "tuner"),
+            "tuner": c.autokeras.tuner,
+            "max_trials": self.max_trials,
+            "epochs": c.budget.max_epochs,
+            "batch_size": c.autokeras.batch_size,
+            "seed": c.seed,
+            "num_classes": self.data.num_classes,
+            "objective": c.objective.metric,
+            "deadline": None if left is None else time.time() + left,
+            "retrain_on": c.final.retrain_on,
+            "final_epochs": c.final.epochs,
+            "threads": os.cpu_count(),
+            "driver_pid": os.getpid(),
+            "memory_bytes": self.memory_cap(),
+        }
         spec_file = self.folder / "spec.json"
         spec_file.write_text(json.dumps(spec, indent=1))
-        env = {**os.environ, "KERAS_BACKEND": c.autokeras.keras_backend, "PYTHONUNBUFFERED": "1",
-               "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = {
+            **os.environ,
+            "KERAS_BACKEND": c.autokeras.keras_backend,
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
         log = self.folder / "worker.log"
         begin = self._begin = time.time()
         self._elapsed_before = elapsed_before
         with log.open("a") as log_fh, self.console.status("autokeras: starting the worker") as status:
-            worker = subprocess.Popen([sys.executable, "-m", "hpo.backends._autokeras_worker", str(spec_file)],
-                                      stdout=log_fh, stderr=subprocess.STDOUT, env=env)
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "hpo.backends._autokeras_worker", str(spec_file)],
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
             try:
                 with events.open() as fh:
                     fh.seek(offset)
@@ -277,8 +330,9 @@ class AutoKerasBackend:
         self.run_dir.advance(self.run_dir.state.stage, baseline=state)
         if worker.returncode != 0 or self.done is None:
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
-            raise BaselineFailed(f"the AutoKeras worker exited with code {worker.returncode}; the end of its "
-                                 f"log ({log}):\n{tail}")
+            raise BaselineFailed(
+                f"the AutoKeras worker exited with code {worker.returncode}; the end of its log ({log}):\n{tail}"
+            )
 
     # ----------------------------------------------------------------------------------- events
     def _on_event(self, event: dict, status) -> None:
@@ -291,29 +345,49 @@ class AutoKerasBackend:
             # what the worker process itself read and trained on, digested there
             self.tracker.log_split(self.parent, {k: event[k] for k in ("train", "val", "test")}, seen=True)
         elif kind == "started":
-            self.tracker.set_tags(self.parent, {"hpo.keras": event["keras"], "hpo.autokeras": event["autokeras"],
-                                                "hpo.keras_backend": event["backend"]})
+            self.tracker.set_tags(
+                self.parent,
+                {
+                    "hpo.keras": event["keras"],
+                    "hpo.autokeras": event["autokeras"],
+                    "hpo.keras_backend": event["backend"],
+                },
+            )
         elif kind == "trial_begin":
             key = event["trial"]
             if key in self.trials:  # started again after a kill: the cut-off attempt goes
                 self.tracker.delete_run(self.trials.pop(key).run_id)
             number = max((t.number for t in self.trials.values()), default=0) + 1
-            run_id = self.tracker.start_run(f"autokeras-trial-{number:03d}", parent=self.parent, tags={
-                "hpo.kind": "trial", "hpo.backend": "autokeras", "hpo.trial_id": key, "hpo.number": str(number),
-                "hpo.status": "running"})
+            run_id = self.tracker.start_run(
+                f"autokeras-trial-{number:03d}",
+                parent=self.parent,
+                tags={
+                    "hpo.kind": "trial",
+                    "hpo.backend": "autokeras",
+                    "hpo.trial_id": key,
+                    "hpo.number": str(number),
+                    "hpo.status": "running",
+                },
+            )
             self.tracker.log_params(run_id, {f"autokeras.{k}": v for k, v in event["params"].items()})
             self.trials[key] = _Trial(key, number, run_id, event["params"])
-            status.update(f"autokeras: trial {number}/{self.max_trials} "
-                          f"({event['params'].get('image_block_1/block_type', '?')}){self._best_so_far()}")
+            status.update(
+                f"autokeras: trial {number}/{self.max_trials} "
+                f"({event['params'].get('image_block_1/block_type', '?')}){self._best_so_far()}"
+            )
         elif kind == "epoch":
             trial = self.trials[event["trial"]]
-            row = {k: event[k] for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                                         "seconds") if k in event}
+            row = {
+                k: event[k]
+                for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+                if k in event
+            }
             trial.history.append(row)
-            self.tracker.log_metrics(trial.run_id, {k: v for k, v in row.items() if k != "epoch"},
-                                     step=row["epoch"])
-            status.update(f"autokeras: trial {trial.number}/{self.max_trials}, epoch {row['epoch']}/"
-                          f"{c.budget.max_epochs}{self._best_so_far()}")
+            self.tracker.log_metrics(trial.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            status.update(
+                f"autokeras: trial {trial.number}/{self.max_trials}, epoch {row['epoch']}/"
+                f"{c.budget.max_epochs}{self._best_so_far()}"
+            )
         elif kind == "trial_end":
             trial = self.trials[event["trial"]]
             trial.status = "stopped" if event["stopped_by_deadline"] else STATUS.get(event["status"], "failed")
@@ -327,12 +401,23 @@ class AutoKerasBackend:
         elif kind == "final_begin":
             self.search_seconds = self._elapsed_before + (event["time"] - self._begin)
             winner = self.trials.get(event["trial"])
-            self.final_run = self.tracker.start_run("final", parent=self.parent, tags={
-                "hpo.kind": "final", "hpo.backend": "autokeras", "hpo.winner_trial": event["trial"],
-                "hpo.winner_run": winner.run_id if winner else ""})
-            self.final_params = {**{f"autokeras.{k}": v for k, v in event["params"].items()},
-                                 "final.epochs": event["epochs"], "final.retrain_on": event["retrain_on"],
-                                 "final.train_images": event["images"], "seed": c.seed}
+            self.final_run = self.tracker.start_run(
+                "final",
+                parent=self.parent,
+                tags={
+                    "hpo.kind": "final",
+                    "hpo.backend": "autokeras",
+                    "hpo.winner_trial": event["trial"],
+                    "hpo.winner_run": winner.run_id if winner else "",
+                },
+            )
+            self.final_params = {
+                **{f"autokeras.{k}": v for k, v in event["params"].items()},
+                "final.epochs": event["epochs"],
+                "final.retrain_on": event["retrain_on"],
+                "final.train_images": event["images"],
+                "seed": c.seed,
+            }
             self.tracker.log_params(self.final_run, self.final_params)
             status.update(f"autokeras: retraining its winner on {event['retrain_on']} for {event['epochs']} epochs")
         elif kind == "final_epoch":
@@ -358,43 +443,79 @@ class AutoKerasBackend:
         with self.tracker.finishing(self.final_run):
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp)
-                metrics = write_evaluation(np.log(np.clip(probs, eps, 1)), data.y_test, data.x_test, data.classes,
-                                           out, f"{c.name} (autokeras)")
+                metrics = write_evaluation(
+                    np.log(np.clip(probs, eps, 1)), data.y_test, data.x_test, data.classes, out, f"{c.name} (autokeras)"
+                )
                 for path in sorted(out.iterdir()):
                     self.tracker.log_artifact(self.final_run, path, "evaluation")
-            metrics = {"test_accuracy": test_accuracy, "test_loss": test_loss, **metrics,
-                       "parameters": self.done["parameters"]}
+            metrics = {
+                "test_accuracy": test_accuracy,
+                "test_loss": test_loss,
+                **metrics,
+                "parameters": self.done["parameters"],
+            }
             self.tracker.log_metrics(self.final_run, metrics)
             self.tracker.log_artifact(self.final_run, self.done["model"], "model")
-            self.tracker.log_dict(self.final_run, {"classes": data.classes, "input": "float32 (N, H, W, C) in "
-                                                   "[0, 255]: the model normalises itself",
-                                                   "keras_backend": c.autokeras.keras_backend,
-                                                   "load": "import autokeras, keras; "
-                                                           "keras.models.load_model('model.keras')"},
-                                  "model/model_metadata.json")
+            self.tracker.log_dict(
+                self.final_run,
+                {
+                    "classes": data.classes,
+                    "input": "float32 (N, H, W, C) in [0, 255]: the model normalises itself",
+                    "keras_backend": c.autokeras.keras_backend,
+                    "load": "import autokeras, keras; keras.models.load_model('model.keras')",
+                },
+                "model/model_metadata.json",
+            )
 
         trials = sorted(self.trials.values(), key=lambda t: t.number)
         best = [v for t in trials for v in [t.best(c.objective.metric, c.objective.direction)[0]] if v is not None]
         best_value = (max if c.objective.direction == "max" else min)(best) if best else None
         counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped", "failed")}
-        self.tracker.log_metrics(self.parent, {
-            **{f"trials_{k}": v for k, v in counts.items()}, "trial_epochs": sum(len(t.history) for t in trials),
-            f"best_{c.objective.metric}": best_value, "test_accuracy": test_accuracy, "test_loss": test_loss,
-            "search_seconds": self.search_seconds, "wall_seconds": wall_seconds})
+        self.tracker.log_metrics(
+            self.parent,
+            {
+                **{f"trials_{k}": v for k, v in counts.items()},
+                "trial_epochs": sum(len(t.history) for t in trials),
+                f"best_{c.objective.metric}": best_value,
+                "test_accuracy": test_accuracy,
+                "test_loss": test_loss,
+                "search_seconds": self.search_seconds,
+                "wall_seconds": wall_seconds,
+            },
+        )
         self.tracker.set_tags(self.parent, {"hpo.final_run": self.final_run})
         with tempfile.TemporaryDirectory() as tmp:
             board = Path(tmp) / "leaderboard.csv"
             with board.open("w", newline="") as fh:
                 writer = csv.writer(fh)
-                writer.writerow(["trial", "status", "epochs", f"best_{c.objective.metric}", "best_epoch", "run_id",
-                                 "params"])
+                writer.writerow(
+                    ["trial", "status", "epochs", f"best_{c.objective.metric}", "best_epoch", "run_id", "params"]
+                )
                 for t in trials:
                     value, epoch = t.best(c.objective.metric, c.objective.direction)
-                    writer.writerow([t.number, t.status, len(t.history), value, epoch, t.run_id,
-                                     ", ".join(f"{k.split('/')[-1]}={v}" for k, v in t.params.items())])
+                    writer.writerow(
+                        [
+                            t.number,
+                            t.status,
+                            len(t.history),
+                            value,
+                            epoch,
+                            t.run_id,
+                            ", ".join(f"{k.split('/')[-1]}={v}" for k, v in t.params.items()),
+                        ]
+                    )
             self.tracker.log_artifact(self.parent, board)
         for name in ("events.jsonl", "worker.log"):
             self.tracker.log_artifact(self.parent, self.folder / name)
-        return BaselineResult(self.parent, test_accuracy, test_loss, len(trials), sum(len(t.history) for t in trials),
-                              best_value, self.search_seconds, wall_seconds, self.final_run,
-                              int(self.done["parameters"]))
+        return BaselineResult(
+            self.parent,
+            test_accuracy,
+            test_loss,
+            len(trials),
+            sum(len(t.history) for t in trials),
+            best_value,
+            self.search_seconds,
+            wall_seconds,
+            self.final_run,
+            int(self.done["parameters"]),
+        )

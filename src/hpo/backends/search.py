@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 from hpo.backends.base import BackendSummary, RunContext
-from hpo.backends.live import short_params
-from hpo.backends.records import TrialRecord, best_trial
-from hpo.config import Study
+from hpo.engine.live import short_params
+from hpo.engine.records import TrialRecord, best_trial
+from hpo.engine.run_dir import BACKEND_STAGES, advance_past
 from hpo.errors import HpoError
-from hpo.resume import BACKEND_STAGES, advance_past
+from hpo.study import Study
 
 STATUSES = ("completed", "early_stopped", "pruned", "stopped", "failed", "infeasible")
 
@@ -42,9 +42,17 @@ class SearchOutcome:
     def summary(self) -> BackendSummary:
         f = self.final
         best = self.winner.best(self.metric, self.mode)[0]
-        return BackendSummary("search", self.run_id, f.test_accuracy if f else None, f.test_loss if f else None,
-                              len(self.records), sum(r.epochs for r in self.records), best, self.search_seconds,
-                              self.seconds)
+        return BackendSummary(
+            "search",
+            self.run_id,
+            f.test_accuracy if f else None,
+            f.test_loss if f else None,
+            len(self.records),
+            sum(r.epochs for r in self.records),
+            best,
+            self.search_seconds,
+            self.seconds,
+        )
 
 
 class SearchBackend:
@@ -70,10 +78,10 @@ class SearchBackend:
 
 
 def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
-    from hpo.backends.recovery import journal_records
-    from hpo.finalize import ChampionGuard, FinalResult, finalize
-    from hpo.recheck import recheck
-    from hpo.report.nightly import nightly_summary
+    from hpo.engine.recovery import journal_records
+    from hpo.stages.finalize import ChampionGuard, FinalResult, finalize
+    from hpo.stages.nightly import nightly_summary
+    from hpo.stages.recheck import recheck
 
     study, tracker, run_dir, console = run.study, run.tracker, run.run_dir, run.console
     c = study.config
@@ -95,10 +103,16 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
             k, n = c.final.recheck.top_k, c.final.recheck.seeds
             with console.status(f"re-checking the top {k} configurations with {n} seeds each"):
                 rechecked = recheck(study, run.data, records, tracker, parent)
-            console.print(f"[bold]recheck[/] trial #{rechecked.winner.number} wins: mean {metric} "
-                          f"{rechecked.mean:.4f} ± {rechecked.std:.4f} over {n} seeds")
-            verdict = {"winner": rechecked.winner.number, "best_epoch": rechecked.best_epoch,
-                       "mean": rechecked.mean, "std": rechecked.std}
+            console.print(
+                f"[bold]recheck[/] trial #{rechecked.winner.number} wins: mean {metric} "
+                f"{rechecked.mean:.4f} ± {rechecked.std:.4f} over {n} seeds"
+            )
+            verdict = {
+                "winner": rechecked.winner.number,
+                "best_epoch": rechecked.best_epoch,
+                "mean": rechecked.mean,
+                "std": rechecked.std,
+            }
         run_dir.advance("finalize", recheck=verdict)
 
     final = None
@@ -119,14 +133,25 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
         tracker.set_tags(parent, {"hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id})
         doing = f"finalize: retraining trial #{winner.number} on {c.final.retrain_on}"
         with console.status(doing) as status:
+
             def progress(text: str) -> None:  # the spinner on a terminal, a line per epoch in a log
                 if console.is_terminal:
                     status.update(f"{doing}, {text}")
                 else:
                     console.print(f"{doing}, {text}", highlight=False, soft_wrap=True)
 
-            final = finalize(study, run.data, winner, records, tracker, parent, optuna_storage=run_dir.optuna_storage,
-                             optuna_study=run_dir.optuna_study, best_epoch=best_epoch, progress=progress)
+            final = finalize(
+                study,
+                run.data,
+                winner,
+                records,
+                tracker,
+                parent,
+                optuna_storage=run_dir.optuna_storage,
+                optuna_study=run_dir.optuna_study,
+                best_epoch=best_epoch,
+                progress=progress,
+            )
         run_dir.advance("finalize", final=asdict(final))
     if finished_before:  # nothing ran now: what was recorded then stands
         seconds = tracker.client.get_run(parent).data.metrics.get("wall_seconds", 0.0)
@@ -138,8 +163,11 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
     if run.deadline is not None:
         slack = run.deadline - time.time()
         at = time.strftime("%H:%M", time.localtime(run.deadline))
-        said = (f"finished {slack / 60:.1f} min before the deadline ({at})" if slack >= 0 else
-                f"missed the deadline ({at}) by {-slack / 60:.1f} min")
+        said = (
+            f"finished {slack / 60:.1f} min before the deadline ({at})"
+            if slack >= 0
+            else f"missed the deadline ({at}) by {-slack / 60:.1f} min"
+        )
         tracker.log_metrics(parent, {"deadline_slack_seconds": slack})
         notes.append(said)
         console.print(f"[bold]deadline[/] {said}")
@@ -151,10 +179,10 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
 
 def _search(run: RunContext, parent: str, notes: list[str]) -> list[TrialRecord]:
     """The search stage: a fresh search, or the continuation of a killed one."""
-    from hpo.backends.live import LiveView
-    from hpo.backends.ray_tune import run_search
-    from hpo.backends.recovery import recover_search
-    from hpo.warm_start import warm_start_points
+    from hpo.engine.live import LiveView
+    from hpo.engine.ray_tune import run_search
+    from hpo.engine.recovery import recover_search
+    from hpo.stages.warm_start import warm_start_points
 
     study, tracker, run_dir, console = run.study, run.tracker, run.run_dir, run.console
     c = study.config
@@ -177,16 +205,44 @@ def _search(run: RunContext, parent: str, notes: list[str]) -> list[TrialRecord]
             points += warm.points
             notes.append(warm.describe(run.warm_from))
             console.print(f"[bold]{notes[-1]}[/]" if warm.points else notes[-1], highlight=False)
-            tracker.set_tags(parent, {"hpo.warm_start": run.warm_from})
+            tracker.set_tags(parent, {"hpo.stages.warm_start": run.warm_from})
             tracker.log_metrics(parent, {"warm_start_points": len(warm.points)})
-    view = LiveView(records, trials=c.budget.trials, time_budget=c.budget.time, max_epochs=c.budget.max_epochs,
-                    metric=metric, mode=mode, console=console) if run.live else None
+    view = (
+        LiveView(
+            records,
+            trials=c.budget.trials,
+            time_budget=c.budget.time,
+            max_epochs=c.budget.max_epochs,
+            metric=metric,
+            mode=mode,
+            console=console,
+        )
+        if run.live
+        else None
+    )
     search_start = time.time()
-    run_search(study, run.data, tracker, parent, run_dir, records, view, points=points or None, restarts=restarts,
-               time_spent=time_spent, deadline=run.deadline,
-               after_search=lambda recs: after_search_seconds(study, run.data, recs))
-    _log_stats(tracker, parent, run_dir.path / "search_stats.json", run_start=run.start,
-               data_seconds=run.data_seconds, ray_seconds=run.ray_seconds)
+    run_search(
+        study,
+        run.data,
+        tracker,
+        parent,
+        run_dir,
+        records,
+        view,
+        points=points or None,
+        restarts=restarts,
+        time_spent=time_spent,
+        deadline=run.deadline,
+        after_search=lambda recs: after_search_seconds(study, run.data, recs),
+    )
+    _log_stats(
+        tracker,
+        parent,
+        run_dir.path / "search_stats.json",
+        run_start=run.start,
+        data_seconds=run.data_seconds,
+        ray_seconds=run.ray_seconds,
+    )
     _log_search_summary(tracker, parent, records, run_dir.path, metric, mode, time.time() - search_start)
     if best_trial(records, metric, mode) is None:
         run_dir.advance("done", outcome="failed")  # the other backends do not run either: the study failed
@@ -230,8 +286,9 @@ def after_search_seconds(study: Study, data, records: list[TrialRecord]) -> floa
     return 1.2 * need
 
 
-def _log_search_summary(tracker, parent: str, records: list[TrialRecord], workdir: Path, metric: str, mode: str,
-                        seconds: float) -> None:
+def _log_search_summary(
+    tracker, parent: str, records: list[TrialRecord], workdir: Path, metric: str, mode: str, seconds: float
+) -> None:
     counts = {s: sum(r.status == s for r in records) for s in STATUSES}
     best = best_trial(records, metric, mode)
     metrics = {f"trials_{k}": v for k, v in counts.items()}
@@ -265,5 +322,3 @@ def _print_trials(console: Console, study: Study, records: list[TrialRecord]) ->
     for r in records:
         table.add_row(str(r.number), r.status, str(r.attempts), str(r.epochs), r.error or "")
     console.print(table)
-
-

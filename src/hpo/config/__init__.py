@@ -1,7 +1,9 @@
-"""Loading and validating studies: YAML with line numbers -> StudyConfig + SearchSpace."""
+"""The study and trial schemas, YAML with line numbers, and pydantic errors as ``file:line: field`` messages.
 
-from hpo.config.loader import Study, load_study
+Loading a study (its search space and the cross-field checks) is :func:`hpo.study.load_study`.
+"""
+
 from hpo.config.study import StudyConfig
 from hpo.config.trial import TrialConfig
 
-__all__ = ["Study", "StudyConfig", "TrialConfig", "load_study"]
+__all__ = ["StudyConfig", "TrialConfig"]

@@ -86,8 +86,12 @@ def _member(annotation: Any, tag: Any) -> type[BaseModel] | None:
         return _member(typing.get_args(annotation)[0], tag)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(annotation):
-            if isinstance(arg, type) and issubclass(arg, BaseModel) and "name" in arg.model_fields \
-                    and arg.model_fields["name"].default == tag:
+            if (
+                isinstance(arg, type)
+                and issubclass(arg, BaseModel)
+                and "name" in arg.model_fields
+                and arg.model_fields["name"].default == tag
+            ):
                 return arg
     return None
 
@@ -101,8 +105,14 @@ def unknown_key_message(key: str, valid: Sequence[str]) -> str:
     return f"unknown key {key!r}"
 
 
-def to_study_errors(exc: ValidationError, doc: YamlDoc, model: type[BaseModel], *,
-                    locate: Callable[[Loc], Loc] | None = None, data: Any = None) -> list[StudyError]:
+def to_study_errors(
+    exc: ValidationError,
+    doc: YamlDoc,
+    model: type[BaseModel],
+    *,
+    locate: Callable[[Loc], Loc] | None = None,
+    data: Any = None,
+) -> list[StudyError]:
     """Map each pydantic error to the line of the offending key in ``doc``.
 
     ``locate`` translates a location in the validated ``data`` (default: the document's) to a path in the
@@ -138,8 +148,9 @@ def _untagged(loc: Loc, data: Any, model: type[BaseModel]) -> Loc:
         out.append(part)
         data = data[part] if _holds(data, part) else None
         cls = _model_in(current)
-        current = cls.model_fields[part].annotation if cls and isinstance(part, str) and part in cls.model_fields \
-            else None
+        current = (
+            cls.model_fields[part].annotation if cls and isinstance(part, str) and part in cls.model_fields else None
+        )
     return tuple(out)
 
 
@@ -166,6 +177,6 @@ def _either(messages: list[str]) -> str:
     'best' (got 'x')``."""
     if len(messages) == 1:
         return messages[0]
-    got = messages[0][messages[0].rfind(" (got "):] if " (got " in messages[0] else ""
+    got = messages[0][messages[0].rfind(" (got ") :] if " (got " in messages[0] else ""
     rules = list(dict.fromkeys(m.removesuffix(got) for m in messages))
     return " or ".join([rules[0], *(r.removeprefix("must be ") for r in rules[1:])]) + got

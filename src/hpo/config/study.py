@@ -21,9 +21,15 @@ FILE_DATASETS = ("tiny_imagenet", "image_folder", "multilabel_csv")  # decoded f
 MIN_SEARCH_TIME = 10.0
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
 # For editors: the file says a duration as a number of seconds or as text like 45m (a digit somewhere).
-_DURATION_SCHEMA = WithJsonSchema({"anyOf": [{"type": "number", "minimum": MIN_SEARCH_TIME},
-                                            {"type": "string", "pattern": "^(?=.*\\d)" + _DURATION.pattern[1:]},
-                                            {"type": "null"}]})
+_DURATION_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "number", "minimum": MIN_SEARCH_TIME},
+            {"type": "string", "pattern": "^(?=.*\\d)" + _DURATION.pattern[1:]},
+            {"type": "null"},
+        ]
+    }
+)
 
 
 def parse_duration(value: Any) -> float:
@@ -48,8 +54,9 @@ def parse_deadline(value: str, now: datetime | None = None) -> datetime:
     try:
         at = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise ValueError(f"must be a time of day like 06:00 or an ISO date-time like 2026-11-23T06:00 "
-                         f"(got {value!r})") from None
+        raise ValueError(
+            f"must be a time of day like 06:00 or an ISO date-time like 2026-11-23T06:00 (got {value!r})"
+        ) from None
     return at if at.tzinfo else at.astimezone()
 
 
@@ -98,15 +105,18 @@ class Objective(Strict):
         return self.mode or ("max" if self.metric == "val_accuracy" else "min")
 
 
-
 class Budget(Strict):
     trials: int = Field(ge=1, le=100_000)
     time: Annotated[float | None, _DURATION_SCHEMA] = Field(
-        None, description="wall-clock limit of the search, e.g. 45m; finalize runs after")
+        None, description="wall-clock limit of the search, e.g. 45m; finalize runs after"
+    )
     max_epochs: int = Field(ge=1, le=10_000)
-    until: str | None = Field(None, description="a deadline for the whole study, search and final stage: "
-                              "'06:00' (the next 06:00, local time) or an ISO date-time; the search ends "
-                              "early enough for the re-check and final stage to finish before it")
+    until: str | None = Field(
+        None,
+        description="a deadline for the whole study, search and final stage: "
+        "'06:00' (the next 06:00, local time) or an ISO date-time; the search ends "
+        "early enough for the re-check and final stage to finish before it",
+    )
 
     @field_validator("until")
     @classmethod
@@ -122,8 +132,10 @@ class Budget(Strict):
             return None
         seconds = parse_duration(value)
         if seconds < MIN_SEARCH_TIME:
-            raise ValueError(f"must be at least {MIN_SEARCH_TIME:g}s, or left out: a shorter search stops every "
-                             f"trial before its first epoch (got {value!r})")
+            raise ValueError(
+                f"must be at least {MIN_SEARCH_TIME:g}s, or left out: a shorter search stops every "
+                f"trial before its first epoch (got {value!r})"
+            )
         return seconds
 
 
@@ -192,8 +204,11 @@ class WarmStart(Strict):
 
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
-    source: str = Field(alias="from", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
-                        description="the study whose runs to take configurations from")
+    source: str = Field(
+        alias="from",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="the study whose runs to take configurations from",
+    )
     top_k: int = Field(5, ge=1, le=100)
 
 

@@ -69,6 +69,7 @@ def _numbers_only(annotation: Any) -> bool:
                 collect(arg)
         else:
             kinds.add(t)
+
     collect(annotation)
     kinds.discard(type(None))
     return bool(kinds) and kinds <= {int, float}
@@ -167,11 +168,17 @@ class TimmConfig(ZooConfig):
 
 # One entry per model family; ``hpo.models`` registers a builder under the same name.
 MODEL_CONFIGS: dict[str, type[Strict]] = {
-    "cnn": CNNConfig, "resnet": ResNetConfig, "vgg": VGGConfig, "mobilenet": MobileNetConfig,
-    "efficientnet": EfficientNetConfig, "densenet": DenseNetConfig, "inception": InceptionConfig,
-    "alexnet": AlexNetConfig, "timm": TimmConfig,
+    "cnn": CNNConfig,
+    "resnet": ResNetConfig,
+    "vgg": VGGConfig,
+    "mobilenet": MobileNetConfig,
+    "efficientnet": EfficientNetConfig,
+    "densenet": DenseNetConfig,
+    "inception": InceptionConfig,
+    "alexnet": AlexNetConfig,
+    "timm": TimmConfig,
 }
-ModelConfig = Annotated[Union[tuple(MODEL_CONFIGS.values())], Field(discriminator="name")]
+ModelConfig = Annotated[tuple(MODEL_CONFIGS.values()), Field(discriminator="name")]
 
 
 class OptimizerConfig(Strict):
@@ -199,24 +206,24 @@ class AugmentConfig(Strict):
     hflip: float = probability()
     vflip: float = probability()
     translate: float = probability()
-    translate_px: int = Field(2, ge=1, le=8)          # whole-pixel shifts up to this many pixels
+    translate_px: int = Field(2, ge=1, le=8)  # whole-pixel shifts up to this many pixels
     rotate: float = probability()
     rotate_degrees: float = Field(10.0, gt=0.0, le=180.0)
-    affine: float = probability()                     # one random affine map per picked sample:
+    affine: float = probability()  # one random affine map per picked sample:
     affine_translate: float = Field(0.1, ge=0.0, le=0.5)  # shift up to this fraction of the size,
-    affine_scale: float = Field(0.1, ge=0.0, le=0.5)      # zoom by 1 +- this,
-    affine_shear: float = Field(10.0, ge=0.0, le=45.0)    # shear up to this many degrees
-    resized_crop: float = probability()               # a random crop resized back to the full size
-    crop_scale: float = Field(0.5, gt=0.0, lt=1.0)    # the smallest crop, as a fraction of the area
-    color_jitter: float = probability()               # brightness and contrast (and saturation, hue on RGB)
+    affine_scale: float = Field(0.1, ge=0.0, le=0.5)  # zoom by 1 +- this,
+    affine_shear: float = Field(10.0, ge=0.0, le=45.0)  # shear up to this many degrees
+    resized_crop: float = probability()  # a random crop resized back to the full size
+    crop_scale: float = Field(0.5, gt=0.0, lt=1.0)  # the smallest crop, as a fraction of the area
+    color_jitter: float = probability()  # brightness and contrast (and saturation, hue on RGB)
     jitter: float = Field(0.2, gt=0.0, le=1.0)
     jitter_hue: float = Field(0.05, ge=0.0, le=0.5)
-    erasing: float = probability()                    # a random rectangle set to zero
+    erasing: float = probability()  # a random rectangle set to zero
     erasing_scale: float = Field(0.2, gt=0.02, le=0.5)  # the largest rectangle, as a fraction of the area
     cutmix: float = probability()
-    cutmix_alpha: float = Field(1.0, gt=0.0, le=10.0)   # Beta(alpha, alpha) draws the kept area
+    cutmix_alpha: float = Field(1.0, gt=0.0, le=10.0)  # Beta(alpha, alpha) draws the kept area
     mixup: float = probability()
-    mixup_alpha: float = Field(0.2, gt=0.0, le=10.0)    # Beta(alpha, alpha) draws the kept weight
+    mixup_alpha: float = Field(0.2, gt=0.0, le=10.0)  # Beta(alpha, alpha) draws the kept weight
 
 
 class TransferConfig(Strict):

@@ -77,8 +77,12 @@ def load_yaml(file: str | Path, *, display: str | Path | None = None) -> YamlDoc
         raise StudyError(f"cannot read the file ({exc.strerror})", file=shown) from None
     if len(raw) > MAX_FILE_BYTES:
         line = raw.count(b"\n", 0, MAX_FILE_BYTES) + 1
-        raise StudyError(f"study files are limited to {MAX_FILE_BYTES:,} bytes; this one passes the limit on "
-                         f"line {line:,} (it is {file.stat().st_size:,} bytes)", file=shown, line=line)
+        raise StudyError(
+            f"study files are limited to {MAX_FILE_BYTES:,} bytes; this one passes the limit on "
+            f"line {line:,} (it is {file.stat().st_size:,} bytes)",
+            file=shown,
+            line=line,
+        )
     return parse_yaml(_decode(raw, shown), shown)
 
 
@@ -90,13 +94,15 @@ def _decode(raw: bytes, file: Path) -> str:
         return raw.decode("utf-16" if utf16 else "utf-8")
     except UnicodeDecodeError as exc:
         if utf16:
-            raise StudyError("starts as UTF-16 text but is not valid UTF-16; save it as UTF-8", file=file,
-                             line=1) from None
+            raise StudyError(
+                "starts as UTF-16 text but is not valid UTF-16; save it as UTF-8", file=file, line=1
+            ) from None
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         what = "a binary file, not YAML text" if b"\0" in raw[:8192] else "not UTF-8 text (save it as UTF-8)"
-        raise StudyError(f"{what}: byte 0x{raw[exc.start]:02x} at column {column} is not valid UTF-8",
-                         file=file, line=line) from None
+        raise StudyError(
+            f"{what}: byte 0x{raw[exc.start]:02x} at column {column} is not valid UTF-8", file=file, line=line
+        ) from None
 
 
 def parse_yaml(text: str, file: Path) -> YamlDoc:
@@ -108,8 +114,9 @@ def parse_yaml(text: str, file: Path) -> YamlDoc:
         line = text.count("\n", 0, exc.position) + 1
         column = exc.position - text.rfind("\n", 0, exc.position)
         char = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
-        raise StudyError(f"YAML cannot hold control characters ({char} at column {column})", file=file,
-                         line=line) from None
+        raise StudyError(
+            f"YAML cannot hold control characters ({char} at column {column})", file=file, line=line
+        ) from None
     except yaml.YAMLError as exc:
         raise StudyError(f"YAML error: {exc}", file=file) from None
     if root is None:
@@ -153,8 +160,9 @@ class _Composer(yaml.SafeLoader):
         line = event.start_mark.line + 1
         if isinstance(event, yaml.AliasEvent):
             # Nested aliases expand exponentially ("billion laughs"); a study gains nothing from them.
-            raise StudyError("YAML anchors and aliases (&name / *name) are not allowed in study files",
-                             file=self.file, line=line)
+            raise StudyError(
+                "YAML anchors and aliases (&name / *name) are not allowed in study files", file=self.file, line=line
+            )
         self.depth += 1
         if self.depth > MAX_DEPTH:
             raise StudyError(f"nested more than {MAX_DEPTH} levels deep", file=self.file, line=line)

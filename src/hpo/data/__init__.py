@@ -4,7 +4,6 @@ Images are held as uint8 arrays (N, C, H, W) and shared with every trial through
 conversion to float, augmentation and normalisation happen per batch where the model runs.
 """
 
-from hpo.data._private import (DATASETS, ImageData, SourceData, list_datasets, load_data, split_record,
-                               stratified_sample)
+from hpo.data._private import DATASETS, ImageData, SourceData, list_datasets, load_data, split_record, stratified_sample
 
 __all__ = ["DATASETS", "ImageData", "SourceData", "list_datasets", "load_data", "split_record", "stratified_sample"]

@@ -10,10 +10,8 @@ import numpy as np
 
 from hpo.config.study import DatasetConfig
 from hpo.data.fashion_mnist import load_fashion_mnist, load_mnist
-from hpo.data.formats import (load_cifar10, load_cifar100, load_image_folder, load_multilabel_csv,
-                              load_tiny_imagenet)
+from hpo.data.formats import load_cifar10, load_cifar100, load_image_folder, load_multilabel_csv, load_tiny_imagenet
 from hpo.data.streaming import FileImages
-
 
 STATS_SAMPLE = 2000  # streamed images: how many the normalisation statistics are taken from
 
@@ -72,16 +70,21 @@ class ImageData:
 
     def summary(self) -> str:
         c, (h, w) = self.in_channels, self.image_size
-        return (f"{len(self.y_train):,} train / {len(self.y_val):,} val / {len(self.y_test):,} test images, "
-                f"{c}x{h}x{w}, {self.num_classes} classes")
+        return (
+            f"{len(self.y_train):,} train / {len(self.y_val):,} val / {len(self.y_test):,} test images, "
+            f"{c}x{h}x{w}, {self.num_classes} classes"
+        )
 
 
 Loader = Callable[[DatasetConfig, Path | None], SourceData]  # (the study's dataset, its data folder)
 DATASETS: dict[str, Loader] = {
     "fashion_mnist": lambda config, data_dir: load_fashion_mnist(data_dir, config.download),
     "mnist": lambda config, data_dir: load_mnist(data_dir, config.download),
-    "cifar10": load_cifar10, "cifar100": load_cifar100, "tiny_imagenet": load_tiny_imagenet,
-    "image_folder": load_image_folder, "multilabel_csv": load_multilabel_csv,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "tiny_imagenet": load_tiny_imagenet,
+    "image_folder": load_image_folder,
+    "multilabel_csv": load_multilabel_csv,
 }
 
 
@@ -104,8 +107,10 @@ def load_data(config: DatasetConfig, seed: int) -> ImageData:
         train_pool = stratified_sample(strata_train, config.subset.train, rng)
     if config.subset and config.subset.test:
         test_index = stratified_sample(strata_test, config.subset.test, rng)
-    n_val = min(len(train_pool) - 1, max(len(np.unique(strata_train[train_pool])),
-                                         round(len(train_pool) * config.validation_split)))
+    n_val = min(
+        len(train_pool) - 1,
+        max(len(np.unique(strata_train[train_pool])), round(len(train_pool) * config.validation_split)),
+    )
     val_local = stratified_sample(strata_train[train_pool], n_val, rng)
     val_index = train_pool[val_local]
     train_index = np.setdiff1d(train_pool, val_index)  # sorted; the trainer shuffles every epoch
@@ -120,11 +125,19 @@ def load_data(config: DatasetConfig, seed: int) -> ImageData:
     mean = tuple(float(m) for m in pixels.mean(axis=(0, 2, 3)))
     std = tuple(float(s) for s in pixels.std(axis=(0, 2, 3)))
     return ImageData(
-        x_train=x_train, y_train=source.y_train[train_index],
-        x_val=source.x_train[val_index], y_val=source.y_train[val_index],
-        x_test=source.x_test[test_index], y_test=source.y_test[test_index],
-        classes=source.classes, mean=mean, std=std,
-        train_index=train_index, val_index=val_index, test_index=test_index, origin=source.origin,
+        x_train=x_train,
+        y_train=source.y_train[train_index],
+        x_val=source.x_train[val_index],
+        y_val=source.y_train[val_index],
+        x_test=source.x_test[test_index],
+        y_test=source.y_test[test_index],
+        classes=source.classes,
+        mean=mean,
+        std=std,
+        train_index=train_index,
+        val_index=val_index,
+        test_index=test_index,
+        origin=source.origin,
     )
 
 
@@ -136,14 +149,21 @@ def _strata(labels: np.ndarray) -> np.ndarray:
 def split_record(arrays: Mapping[str, np.ndarray]) -> dict[str, dict]:
     """Counts and SHA-256 digests of each split's source indices, images and labels: two backends that
     report the same record trained, validated and tested on the same examples."""
+
     def digest(array) -> str:
         if isinstance(array, FileImages):  # streamed: the files (reading every pixel is what it avoids)
             return array.digest()
         return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
-    return {part: {"count": int(len(arrays[f"y_{part}"])), "index_sha256": digest(arrays[f"{part}_index"]),
-                   "images_sha256": digest(arrays[f"x_{part}"]), "labels_sha256": digest(arrays[f"y_{part}"])}
-            for part in ("train", "val", "test")}
+    return {
+        part: {
+            "count": len(arrays[f"y_{part}"]),
+            "index_sha256": digest(arrays[f"{part}_index"]),
+            "images_sha256": digest(arrays[f"x_{part}"]),
+            "labels_sha256": digest(arrays[f"y_{part}"]),
+        }
+        for part in ("train", "val", "test")
+    }
 
 
 def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -64,7 +64,7 @@ def translate(x: torch.Tensor, p: float, max_px: int, generator: torch.Generator
     for value in code.unique().tolist():
         sel = (code == value).nonzero().squeeze(1)
         dy, dx = value // side - r, value % side - r
-        moved[sel] = padded[sel, :, r - dy: r - dy + h, r - dx: r - dx + w]
+        moved[sel] = padded[sel, :, r - dy : r - dy + h, r - dx : r - dx + w]
     return x.clone().index_copy_(0, idx, moved)
 
 
@@ -94,7 +94,7 @@ MIN_MIX = 1e-3  # a picked sample keeps at most 1 - MIN_MIX of itself: it is alw
 def _beta(alpha: float, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """``n`` draws from Beta(alpha, alpha) within [MIN_MIX, 1 - MIN_MIX], through the generator
     (torch.distributions takes none). In float64: for small alpha a float32 gamma draw underflows to 0."""
-    gamma = torch._standard_gamma  # noqa: SLF001 - the one sampler that takes a generator
+    gamma = torch._standard_gamma
     a = torch.full((n,), float(alpha), device=device, dtype=torch.float64)
     g1, g2 = gamma(a, generator=generator), gamma(a, generator=generator)
     lam = torch.where(g1 + g2 > 0, g1 / (g1 + g2), torch.full_like(g1, 0.5))
@@ -109,8 +109,9 @@ def _partners(idx: torch.Tensor, n: int, generator: torch.Generator | None) -> t
     return (idx + offset) % n
 
 
-def mixup(x: torch.Tensor, targets: torch.Tensor, p: float, alpha: float,
-          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(
+    x: torch.Tensor, targets: torch.Tensor, p: float, alpha: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each picked sample becomes ``lam * itself + (1 - lam) * a partner`` (another sample of the batch),
     and so does its target, with ``lam`` ~ Beta(alpha, alpha)."""
     idx = _pick(len(x), p, generator, x.device).nonzero().squeeze(1)
@@ -124,8 +125,9 @@ def mixup(x: torch.Tensor, targets: torch.Tensor, p: float, alpha: float,
     return x, targets
 
 
-def cutmix(x: torch.Tensor, targets: torch.Tensor, p: float, alpha: float,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def cutmix(
+    x: torch.Tensor, targets: torch.Tensor, p: float, alpha: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each picked sample gets a rectangle pasted from a partner (area ``1 - lam`` of the image, ``lam`` ~
     Beta(alpha, alpha), clipped at the border); its target mixes by the area actually pasted."""
     idx = _pick(len(x), p, generator, x.device).nonzero().squeeze(1)
@@ -141,8 +143,12 @@ def cutmix(x: torch.Tensor, targets: torch.Tensor, p: float, alpha: float,
     y0, y1 = (cy - ch // 2).clamp(0, h), (cy + ch - ch // 2).clamp(0, h)
     x0, x1 = (cx - cw // 2).clamp(0, w), (cx + cw - cw // 2).clamp(0, w)
     rows, cols = torch.arange(h, device=dev).view(1, h, 1), torch.arange(w, device=dev).view(1, 1, w)
-    box = ((rows >= y0.view(-1, 1, 1)) & (rows < y1.view(-1, 1, 1)) &
-           (cols >= x0.view(-1, 1, 1)) & (cols < x1.view(-1, 1, 1))).unsqueeze(1)  # (n, 1, h, w)
+    box = (
+        (rows >= y0.view(-1, 1, 1))
+        & (rows < y1.view(-1, 1, 1))
+        & (cols >= x0.view(-1, 1, 1))
+        & (cols < x1.view(-1, 1, 1))
+    ).unsqueeze(1)  # (n, 1, h, w)
     pasted = box.flatten(1).float().mean(1)  # the share of the image that now comes from the partner
     x, targets = x.clone(), targets.clone()
     x[idx] = torch.where(box, x[partner], x[idx])
@@ -178,8 +184,9 @@ def geometric(x: torch.Tensor, c: AugmentConfig, generator: torch.Generator | No
         picked = aff[idx]
         a = eye.clone()
         scale = torch.where(picked, _uniform(1 - c.affine_scale, 1 + c.affine_scale, m, generator, dev), 1.0)
-        shear = torch.where(picked, torch.tan(_uniform(-c.affine_shear, c.affine_shear, m, generator, dev)
-                                              * (math.pi / 180.0)), 0.0)
+        shear = torch.where(
+            picked, torch.tan(_uniform(-c.affine_shear, c.affine_shear, m, generator, dev) * (math.pi / 180.0)), 0.0
+        )
         shift = 2 * c.affine_translate  # normalised coordinates span 2
         tx = torch.where(picked, _uniform(-shift, shift, m, generator, dev), 0.0)
         ty = torch.where(picked, _uniform(-shift, shift, m, generator, dev), 0.0)
@@ -197,8 +204,7 @@ def geometric(x: torch.Tensor, c: AugmentConfig, generator: torch.Generator | No
         k[:, 1, 1], k[:, 1, 2] = torch.where(picked, h, 1.0), torch.where(picked, cy, 0.0)
         theta = k @ theta
     grid = F.affine_grid(theta[:, :2].to(x.dtype), [m, *x.shape[1:]], align_corners=False)
-    moved = F.grid_sample(x.index_select(0, idx), grid, mode="bilinear", padding_mode="zeros",
-                          align_corners=False)
+    moved = F.grid_sample(x.index_select(0, idx), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return x.clone().index_copy_(0, idx, moved)
 
 
@@ -206,8 +212,9 @@ _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.
 _GREY = torch.tensor([0.299, 0.587, 0.114])
 
 
-def color_jitter(x: torch.Tensor, p: float, strength: float, hue: float,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def color_jitter(
+    x: torch.Tensor, p: float, strength: float, hue: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Brightness and contrast by factors in [1 - strength, 1 + strength]; on RGB also saturation (the
     same range) and hue (a turn of up to ``hue`` of the colour wheel, as a rotation in YIQ space)."""
     idx = _pick(len(x), p, generator, x.device).nonzero().squeeze(1)
@@ -229,8 +236,12 @@ def color_jitter(x: torch.Tensor, p: float, strength: float, hue: float,
         sat = saturation.view(-1, 1, 1) * torch.eye(3, device=dev) + (1 - saturation).view(-1, 1, 1) * grey_rows
         rot = torch.zeros(m, 3, 3, device=dev)
         rot[:, 0, 0] = 1
-        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = (torch.cos(turn), -torch.sin(turn),
-                                                                  torch.sin(turn), torch.cos(turn))
+        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = (
+            torch.cos(turn),
+            -torch.sin(turn),
+            torch.sin(turn),
+            torch.cos(turn),
+        )
         matrix = torch.linalg.inv(yiq) @ rot @ yiq @ sat
         picked = torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), picked)
     out = x.clone()
@@ -250,8 +261,9 @@ class BatchAugment:
         if config.erasing > 0:  # kornia's: as fast as a hand-written one (benchmarks/augmentation.py)
             import kornia.augmentation as K
 
-            self.erasing = K.RandomErasing(scale=(0.02, config.erasing_scale), ratio=(0.3, 3.3), value=0.0,
-                                           p=config.erasing)
+            self.erasing = K.RandomErasing(
+                scale=(0.02, config.erasing_scale), ratio=(0.3, 3.3), value=0.0, p=config.erasing
+            )
 
     @property
     def active(self) -> bool:
@@ -279,5 +291,15 @@ class BatchAugment:
         return x, targets
 
 
-PROBABILITIES = ("hflip", "vflip", "translate", "rotate", "affine", "resized_crop", "color_jitter", "erasing",
-                 "cutmix", "mixup")
+PROBABILITIES = (
+    "hflip",
+    "vflip",
+    "translate",
+    "rotate",
+    "affine",
+    "resized_crop",
+    "color_jitter",
+    "erasing",
+    "cutmix",
+    "mixup",
+)

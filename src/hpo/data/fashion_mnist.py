@@ -12,8 +12,7 @@ import numpy as np
 from hpo.data.idx import read_idx
 from hpo.errors import DataError
 
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -29,7 +28,7 @@ class IdxDataset:
     """One dataset in MNIST's four IDX files."""
 
     title: str
-    torchvision: str           # torchvision's class, and its folder (``<root>/<name>/raw/``)
+    torchvision: str  # torchvision's class, and its folder (``<root>/<name>/raw/``)
     classes: tuple[str, ...]
     debian_dir: Path | None
 
@@ -76,12 +75,16 @@ def load_idx_dataset(spec: IdxDataset, data_dir: Path | None, download: bool):
 
     arrays = {key: read_idx(path) for key, path in found.items()}
     for split in ("train", "test"):
-        _check_pair(arrays[f"x_{split}"], arrays[f"y_{split}"], found[f"x_{split}"], found[f"y_{split}"],
-                    len(spec.classes))
+        _check_pair(
+            arrays[f"x_{split}"], arrays[f"y_{split}"], found[f"x_{split}"], found[f"y_{split}"], len(spec.classes)
+        )
     return SourceData(
-        x_train=arrays["x_train"][:, None], y_train=arrays["y_train"].astype(np.int64),
-        x_test=arrays["x_test"][:, None], y_test=arrays["y_test"].astype(np.int64),
-        classes=list(spec.classes), origin=str(directory),
+        x_train=arrays["x_train"][:, None],
+        y_train=arrays["y_train"].astype(np.int64),
+        x_test=arrays["x_test"][:, None],
+        y_test=arrays["y_test"].astype(np.int64),
+        classes=list(spec.classes),
+        origin=str(directory),
     )
 
 
@@ -93,8 +96,10 @@ def _check_pair(x: np.ndarray, y: np.ndarray, x_file: Path, y_file: Path, classe
     if y.ndim != 1:
         raise DataError(f"{y_file}: expected one label per image (shape N), got shape {y.shape}")
     if len(x) != len(y):
-        raise DataError(f"{x_file} holds {len(x):,} images but {y_file} holds {len(y):,} labels; one of them is "
-                        "truncated or from another set")
+        raise DataError(
+            f"{x_file} holds {len(x):,} images but {y_file} holds {len(y):,} labels; one of them is "
+            "truncated or from another set"
+        )
     if len(y) == 0:
         raise DataError(f"{y_file}: holds no examples")
     if y.max() >= classes:
@@ -115,12 +120,16 @@ def _download(data_dir: Path | None, spec: IdxDataset = FASHION_MNIST) -> Path:
     return root / spec.torchvision / "raw"
 
 
-def _not_found_message(data_dir: Path | None, downloaded: bool, reason: Exception | None = None,
-                       spec: IdxDataset = FASHION_MNIST) -> str:
+def _not_found_message(
+    data_dir: Path | None, downloaded: bool, reason: Exception | None = None, spec: IdxDataset = FASHION_MNIST
+) -> str:
     places = "\n".join(f"  - {p}" for p in candidate_dirs(data_dir, spec))
     attempt = f"The download failed ({type(reason).__name__}: {reason}).\n" if downloaded else ""
-    debian = ("  - on Debian/Ubuntu: apt-get install dataset-fashion-mnist (installs them under "
-              f"{spec.debian_dir});\n") if spec.debian_dir else ""
+    debian = (
+        (f"  - on Debian/Ubuntu: apt-get install dataset-fashion-mnist (installs them under {spec.debian_dir});\n")
+        if spec.debian_dir
+        else ""
+    )
     return (
         f"{spec.title} not found. Looked for train-images-idx3-ubyte[.gz] and its three siblings in:\n"
         f"{places}\n{attempt}"

@@ -48,15 +48,29 @@ class Cifar:
     folder: str
     train: tuple[str, ...]
     test: tuple[str, ...]
-    label_bytes: int        # 1 (CIFAR-10) or 2 (CIFAR-100: coarse, fine)
+    label_bytes: int  # 1 (CIFAR-10) or 2 (CIFAR-100: coarse, fine)
     names_file: str
     url: str
 
 
-CIFAR10 = Cifar("CIFAR-10", "cifar-10-batches-bin", tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
-                ("test_batch.bin",), 1, "batches.meta.txt", "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz")
-CIFAR100 = Cifar("CIFAR-100", "cifar-100-binary", ("train.bin",), ("test.bin",), 2, "fine_label_names.txt",
-                 "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz")
+CIFAR10 = Cifar(
+    "CIFAR-10",
+    "cifar-10-batches-bin",
+    tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+    ("test_batch.bin",),
+    1,
+    "batches.meta.txt",
+    "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+)
+CIFAR100 = Cifar(
+    "CIFAR-100",
+    "cifar-100-binary",
+    ("train.bin",),
+    ("test.bin",),
+    2,
+    "fine_label_names.txt",
+    "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
+)
 RECORD_PIXELS = 3 * 32 * 32
 
 
@@ -65,8 +79,10 @@ def read_cifar_bin(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray
     raw = np.fromfile(path, dtype=np.uint8)
     record = label_bytes + RECORD_PIXELS
     if raw.size == 0 or raw.size % record:
-        raise DataError(f"{path}: {raw.size:,} bytes is not a whole number of {record}-byte CIFAR records "
-                        "(truncated, or the other CIFAR's file?)")
+        raise DataError(
+            f"{path}: {raw.size:,} bytes is not a whole number of {record}-byte CIFAR records "
+            "(truncated, or the other CIFAR's file?)"
+        )
     rows = raw.reshape(-1, record)
     return rows[:, label_bytes:].reshape(-1, 3, 32, 32).copy(), rows[:, label_bytes - 1].astype(np.int64)
 
@@ -87,20 +103,27 @@ def load_cifar(spec: Cifar, data_dir: Path | None, download: bool):
     x_test = np.concatenate([parts[n][0] for n in spec.test])
     y_test = np.concatenate([parts[n][1] for n in spec.test])
     names_file = folder / spec.names_file
-    classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()] \
-        if names_file.is_file() else [str(i) for i in range(int(max(y_train.max(), y_test.max())) + 1)]
+    classes = (
+        [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        if names_file.is_file()
+        else [str(i) for i in range(int(max(y_train.max(), y_test.max())) + 1)]
+    )
     if max(y_train.max(), y_test.max()) >= len(classes):
-        raise DataError(f"{folder}: labels go up to {int(max(y_train.max(), y_test.max()))} but {names_file.name} "
-                        f"names {len(classes)} classes")
+        raise DataError(
+            f"{folder}: labels go up to {int(max(y_train.max(), y_test.max()))} but {names_file.name} "
+            f"names {len(classes)} classes"
+        )
     return SourceData(x_train, y_train, x_test, y_test, classes, str(folder))
 
 
 def _cifar_missing(spec: Cifar, candidates: Sequence[Path], reason: Exception | None = None) -> str:
     places = "\n".join(f"  - {c}" for c in candidates)
     failed = f"The download failed ({type(reason).__name__}: {reason}).\n" if reason else ""
-    return (f"{spec.name} (binary version) not found. Looked for "
-            f"{', '.join((*spec.train, *spec.test))} in:\n{places}\n{failed}To fix it: download {spec.url} on a "
-            f"machine with internet, unpack it into dataset.data_dir (or $HPO_DATA_DIR), or run once online.")
+    return (
+        f"{spec.name} (binary version) not found. Looked for "
+        f"{', '.join((*spec.train, *spec.test))} in:\n{places}\n{failed}To fix it: download {spec.url} on a "
+        f"machine with internet, unpack it into dataset.data_dir (or $HPO_DATA_DIR), or run once online."
+    )
 
 
 def _download_cifar(spec: Cifar, root: Path, candidates: Sequence[Path]) -> Path:
@@ -110,7 +133,7 @@ def _download_cifar(spec: Cifar, root: Path, candidates: Sequence[Path]) -> Path
             blob = response.read()
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
             tar.extractall(root, filter="data")
-    except Exception as exc:  # noqa: BLE001 - network and archive errors alike: say what to do
+    except Exception as exc:
         raise DataError(_cifar_missing(spec, candidates, exc)) from None
     return root / spec.folder
 
@@ -159,8 +182,10 @@ def decode_images(paths: Sequence[Path], size: int | None, channels: int | None)
         arrays = [_decode(j) for j in jobs]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise DataError(f"images of different sizes ({', '.join(str(s[1:]) for s in sorted(shapes)[:4])}, ...): "
-                        "set dataset.image_size to resize them all")
+        raise DataError(
+            f"images of different sizes ({', '.join(str(s[1:]) for s in sorted(shapes)[:4])}, ...): "
+            "set dataset.image_size to resize them all"
+        )
     return np.stack(arrays)
 
 
@@ -232,8 +257,10 @@ def load_tiny_imagenet(config, data_dir: Path | None):
     wnids_file, annotations = root / "wnids.txt", root / "val" / "val_annotations.txt"
     for needed in (wnids_file, annotations, root / "train"):
         if not needed.exists():
-            raise DataError(f"{root} is not a Tiny ImageNet folder: {needed.relative_to(root)} is missing "
-                            "(expected wnids.txt, train/<wnid>/images/, val/images/ and val/val_annotations.txt)")
+            raise DataError(
+                f"{root} is not a Tiny ImageNet folder: {needed.relative_to(root)} is missing "
+                "(expected wnids.txt, train/<wnid>/images/, val/images/ and val/val_annotations.txt)"
+            )
     wnids = [w.strip() for w in wnids_file.read_text().splitlines() if w.strip()]
     index = {w: i for i, w in enumerate(wnids)}
     words = {}
@@ -259,9 +286,14 @@ def load_tiny_imagenet(config, data_dir: Path | None):
         test_labels.append(index[fields[1]])
     config = config.model_copy(update={"channels": config.channels or 3})
     key = f"tiny_imagenet:{root.resolve()}"
-    return SourceData(images_from(config, key + ":train", train_paths), np.array(train_labels),
-                      images_from(config, key + ":val", test_paths), np.array(test_labels),
-                      [words.get(w, w) for w in wnids], str(root))
+    return SourceData(
+        images_from(config, key + ":train", train_paths),
+        np.array(train_labels),
+        images_from(config, key + ":val", test_paths),
+        np.array(test_labels),
+        [words.get(w, w) for w in wnids],
+        str(root),
+    )
 
 
 # -------------------------------------------------------------------------------------- image folders
@@ -291,8 +323,10 @@ def load_image_folder(config, data_dir: Path | None):
         return SourceData(*parts["train"], *parts["test"], classes, str(root))
     found = _class_folders(root)
     if len(found) < 2:
-        raise DataError(f"{root}: expected one sub-folder of images per class (at least two), or train/ and test/ "
-                        f"folders holding those; found {len(found)} class folder(s)")
+        raise DataError(
+            f"{root}: expected one sub-folder of images per class (at least two), or train/ and test/ "
+            f"folders holding those; found {len(found)} class folder(s)"
+        )
     classes = sorted(found)
     paths = [p for c in classes for p in found[c]]
     labels = np.array([i for i, c in enumerate(classes) for _ in found[c]], dtype=np.int64)

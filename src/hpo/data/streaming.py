@@ -111,7 +111,13 @@ def iterate_batches(images, batches: list[np.ndarray], workers: int = 2) -> Iter
         for batch in batches:
             yield torch.from_numpy(images.decode(batch.tolist()))
         return
-    loader = torch.utils.data.DataLoader(_Batches(images, batches), batch_size=None, shuffle=False,
-                                         num_workers=workers, prefetch_factor=PREFETCH, persistent_workers=False,
-                                         multiprocessing_context="spawn" if torch.cuda.is_initialized() else None)
+    loader = torch.utils.data.DataLoader(
+        _Batches(images, batches),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        prefetch_factor=PREFETCH,
+        persistent_workers=False,
+        multiprocessing_context="spawn" if torch.cuda.is_initialized() else None,
+    )
     yield from loader

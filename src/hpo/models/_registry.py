@@ -27,8 +27,9 @@ def list_families() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def create_model(config, in_channels: int, num_classes: int, mean: Sequence[float] = (0.0,),
-                 std: Sequence[float] = (1.0,)) -> "Classifier":
+def create_model(
+    config, in_channels: int, num_classes: int, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)
+) -> Classifier:
     """Build the network for ``config`` (a model config with ``name``), wrapped with its normalisation."""
     if config.name not in _FAMILIES:
         raise KeyError(f"unknown model family {config.name!r}; registered: {', '.join(list_families())}")

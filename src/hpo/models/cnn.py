@@ -13,8 +13,9 @@ MAX_STAGES = 3  # 28 -> 14 -> 7 -> 3 px; a fourth pool would leave too little to
 
 def conv_block(c_in: int, c_out: int, config: CNNConfig) -> nn.Sequential:
     bn = config.batchnorm
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, config.kernel_size, padding=config.kernel_size // 2,
-                                         bias=bn == "none")]
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, c_out, config.kernel_size, padding=config.kernel_size // 2, bias=bn == "none")
+    ]
     if bn == "before_activation":
         layers.append(nn.BatchNorm2d(c_out))
     layers.append(ACTIVATIONS[config.activation]())

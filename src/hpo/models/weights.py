@@ -19,9 +19,9 @@ REACH_TIMEOUT = 5.0  # seconds to wait for a weights server before calling it un
 
 @dataclass
 class WeightsSource:
-    model: str          # torchvision name (resnet18) or timm/<name>
-    file: Path          # where the cache holds it
-    url: str            # where it is downloaded from
+    model: str  # torchvision name (resnet18) or timm/<name>
+    file: Path  # where the cache holds it
+    url: str  # where it is downloaded from
 
 
 def torchvision_source(name: str) -> WeightsSource:
@@ -80,10 +80,12 @@ def missing_weights(model: str) -> str | None:
         return str(exc)
     if cached(src) or reachable(src.url):
         return None
-    return (f"pretrained weights for {src.model} are not cached ({src.file}) and {src.url} cannot be reached "
-            f"(offline?): fetch them on a machine with internet and copy them to {src.file}, or set "
-            f"{'HF_HOME' if src.file.is_dir() or 'huggingface' in src.url else 'TORCH_HOME'} to a cache that "
-            f"holds them, or use pretrained: false")
+    return (
+        f"pretrained weights for {src.model} are not cached ({src.file}) and {src.url} cannot be reached "
+        f"(offline?): fetch them on a machine with internet and copy them to {src.file}, or set "
+        f"{'HF_HOME' if src.file.is_dir() or 'huggingface' in src.url else 'TORCH_HOME'} to a cache that "
+        f"holds them, or use pretrained: false"
+    )
 
 
 def load_pretrained(net, model: str, in_channels: int | None = None) -> None:

@@ -14,8 +14,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hpo.config.trial import (AlexNetConfig, DenseNetConfig, EfficientNetConfig, InceptionConfig, MobileNetConfig,
-                              ResNetConfig, TimmConfig, VGGConfig, ZooConfig)
+from hpo.config.trial import (
+    AlexNetConfig,
+    DenseNetConfig,
+    EfficientNetConfig,
+    InceptionConfig,
+    MobileNetConfig,
+    ResNetConfig,
+    TimmConfig,
+    VGGConfig,
+    ZooConfig,
+)
 from hpo.models._registry import register_family
 from hpo.models.weights import load_pretrained
 
@@ -50,8 +59,14 @@ def _stem(conv: nn.Conv2d, config: ZooConfig, in_channels: int, *, small_kernel:
             conv.stride = (1, 1)
         return conv
     k = (small_kernel or conv.kernel_size[0]) if small else conv.kernel_size[0]
-    return nn.Conv2d(in_channels, conv.out_channels, k, stride=1 if small else conv.stride[0],
-                     padding=k // 2 if small else conv.padding[0], bias=conv.bias is not None)
+    return nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        k,
+        stride=1 if small else conv.stride[0],
+        padding=k // 2 if small else conv.padding[0],
+        bias=conv.bias is not None,
+    )
 
 
 def _wrap(config: ZooConfig, net: nn.Module, in_channels: int) -> nn.Module:
@@ -101,9 +116,15 @@ def build_vgg(config: VGGConfig, in_channels: int, num_classes: int) -> nn.Modul
     else:
         features = 512 * 7 * 7
     w = config.head_width
-    net.classifier = nn.Sequential(nn.Linear(features, w), nn.ReLU(inplace=True), nn.Dropout(config.dropout),
-                                   nn.Linear(w, w), nn.ReLU(inplace=True), nn.Dropout(config.dropout),
-                                   nn.Linear(w, num_classes))
+    net.classifier = nn.Sequential(
+        nn.Linear(features, w),
+        nn.ReLU(inplace=True),
+        nn.Dropout(config.dropout),
+        nn.Linear(w, w),
+        nn.ReLU(inplace=True),
+        nn.Dropout(config.dropout),
+        nn.Linear(w, num_classes),
+    )
     return _wrap(config, net, in_channels)
 
 
@@ -134,14 +155,20 @@ def build_densenet(config: DenseNetConfig, in_channels: int, num_classes: int) -
     if config.pretrained and config.growth_rate != 32:
         raise ValueError("pretrained DenseNet-121 weights exist for growth_rate 32 only")
     if config.pretrained:
-        net = _torchvision_model(config.variant, config, num_classes, drop_rate=config.drop_rate,
-                                 memory_efficient=config.memory_efficient)
+        net = _torchvision_model(
+            config.variant, config, num_classes, drop_rate=config.drop_rate, memory_efficient=config.memory_efficient
+        )
     else:  # DenseNet-121's blocks with any growth rate
         from hpo._torchvision import import_torchvision
 
         net = import_torchvision().models.DenseNet(
-            growth_rate=config.growth_rate, block_config=(6, 12, 24, 16), num_init_features=2 * config.growth_rate,
-            drop_rate=config.drop_rate, memory_efficient=config.memory_efficient, num_classes=num_classes)
+            growth_rate=config.growth_rate,
+            block_config=(6, 12, 24, 16),
+            num_init_features=2 * config.growth_rate,
+            drop_rate=config.drop_rate,
+            memory_efficient=config.memory_efficient,
+            num_classes=num_classes,
+        )
     net.features.conv0 = _stem(net.features.conv0, config, in_channels)
     if config.stem == "small":
         net.features.pool0 = nn.Identity()
@@ -163,8 +190,9 @@ class _MainLogits(nn.Module):
 
 @register_family("inception")
 def build_inception(config: InceptionConfig, in_channels: int, num_classes: int) -> nn.Module:
-    net = _torchvision_model(config.variant, config, num_classes, aux_logits=False, init_weights=True,
-                             dropout=config.dropout)
+    net = _torchvision_model(
+        config.variant, config, num_classes, aux_logits=False, init_weights=True, dropout=config.dropout
+    )
     if config.pretrained:
         net.AuxLogits = None
         net.aux_logits = False
@@ -184,17 +212,29 @@ def build_alexnet(config: AlexNetConfig, in_channels: int, num_classes: int) -> 
     else:
         features = 256 * 6 * 6
     w = config.head_width
-    net.classifier = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(features, w), nn.ReLU(inplace=True),
-                                   nn.Dropout(config.dropout), nn.Linear(w, w), nn.ReLU(inplace=True),
-                                   nn.Linear(w, num_classes))
+    net.classifier = nn.Sequential(
+        nn.Dropout(config.dropout),
+        nn.Linear(features, w),
+        nn.ReLU(inplace=True),
+        nn.Dropout(config.dropout),
+        nn.Linear(w, w),
+        nn.ReLU(inplace=True),
+        nn.Linear(w, num_classes),
+    )
     return _wrap(config, net, in_channels)
 
 
 @register_family("timm")
 def build_timm(config: TimmConfig, in_channels: int, num_classes: int) -> nn.Module:
     import_timm = _import_timm()
-    net = import_timm.create_model(config.model, pretrained=False, num_classes=num_classes, in_chans=in_channels,
-                                   drop_rate=config.dropout, drop_path_rate=config.drop_path or None)
+    net = import_timm.create_model(
+        config.model,
+        pretrained=False,
+        num_classes=num_classes,
+        in_chans=in_channels,
+        drop_rate=config.dropout,
+        drop_path_rate=config.drop_path or None,
+    )
     if config.pretrained:
         load_pretrained(net, f"timm/{config.model}", in_channels=in_channels)
     return _wrap(config.model_copy(update={"pretrained": False}), net, in_channels)
@@ -210,8 +250,14 @@ def _import_timm():
 
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "resnet": build_resnet, "vgg": build_vgg, "mobilenet": build_mobilenet, "efficientnet": build_efficientnet,
-    "densenet": build_densenet, "inception": build_inception, "alexnet": build_alexnet, "timm": build_timm,
+    "resnet": build_resnet,
+    "vgg": build_vgg,
+    "mobilenet": build_mobilenet,
+    "efficientnet": build_efficientnet,
+    "densenet": build_densenet,
+    "inception": build_inception,
+    "alexnet": build_alexnet,
+    "timm": build_timm,
 }
 
 

@@ -23,10 +23,16 @@ class BackendRun:
 
 def latest_backend_runs(client, experiment_id: str) -> dict[str, BackendRun]:
     """The newest finished parent run of each backend, keyed by backend name."""
-    runs = [run for kind in PARENT_KINDS
-            for run in client.search_runs([experiment_id], f"tags.`hpo.kind` = '{kind}' and "
-                                                           "attributes.status = 'FINISHED'",
-                                          order_by=["attributes.start_time DESC"], max_results=1)]
+    runs = [
+        run
+        for kind in PARENT_KINDS
+        for run in client.search_runs(
+            [experiment_id],
+            f"tags.`hpo.kind` = '{kind}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    ]
     found: dict[str, BackendRun] = {}
     for run in sorted(runs, key=lambda r: r.data.tags.get("hpo.backend") != "search"):
         tags = run.data.tags
@@ -35,11 +41,15 @@ def latest_backend_runs(client, experiment_id: str) -> dict[str, BackendRun]:
     return found
 
 
-def progress(client, experiment_id: str, parent, metric: str = "val_accuracy",
-             mode: str = "max") -> list[tuple[float, float]]:
+def progress(
+    client, experiment_id: str, parent, metric: str = "val_accuracy", mode: str = "max"
+) -> list[tuple[float, float]]:
     """(minutes since the parent run started, best ``metric`` of any trial so far), one point per epoch."""
-    trials = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and "
-                                                 "tags.`hpo.kind` = 'trial'", max_results=5000)
+    trials = client.search_runs(
+        [experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`hpo.kind` = 'trial'",
+        max_results=5000,
+    )
     points = sorted((m.timestamp, m.value) for t in trials for m in client.get_metric_history(t.info.run_id, metric))
     start = parent.info.start_time
     curve, best = [], None
@@ -55,14 +65,33 @@ def progress(client, experiment_id: str, parent, metric: str = "val_accuracy",
 
 def comparison_rows(runs: dict[str, BackendRun], metric: str = "val_accuracy") -> list[list]:
     """A table (header first): test accuracy, best validation metric, wall time, trials and epochs."""
-    rows = [["backend", "test accuracy", f"best {metric}", "trials", "trial epochs", "search (min)",
-             "wall time (min)", "run"]]
+    rows = [
+        [
+            "backend",
+            "test accuracy",
+            f"best {metric}",
+            "trials",
+            "trial epochs",
+            "search (min)",
+            "wall time (min)",
+            "run",
+        ]
+    ]
     for name, r in runs.items():
         m = r.metrics
         trials = sum(v for k, v in m.items() if k.startswith("trials_"))
-        rows.append([name, _fmt(m.get("test_accuracy")), _fmt(m.get(f"best_{metric}")), int(trials),
-                     int(m.get("trial_epochs", 0)), _fmt(m.get("search_seconds", 0) / 60, 1),
-                     _fmt(m.get("wall_seconds", 0) / 60, 1), r.run.info.run_id])
+        rows.append(
+            [
+                name,
+                _fmt(m.get("test_accuracy")),
+                _fmt(m.get(f"best_{metric}")),
+                int(trials),
+                int(m.get("trial_epochs", 0)),
+                _fmt(m.get("search_seconds", 0) / 60, 1),
+                _fmt(m.get("wall_seconds", 0) / 60, 1),
+                r.run.info.run_id,
+            ]
+        )
     return rows
 
 
@@ -70,8 +99,13 @@ def _fmt(value, digits: int = 4):
     return "-" if value is None else round(float(value), digits)
 
 
-def progress_png(curves: dict[str, list[tuple[float, float]]], finals: dict[str, float | None], path: Path,
-                 title: str, metric: str = "val_accuracy") -> Path:
+def progress_png(
+    curves: dict[str, list[tuple[float, float]]],
+    finals: dict[str, float | None],
+    path: Path,
+    title: str,
+    metric: str = "val_accuracy",
+) -> Path:
     """Best ``metric`` reached over wall time, one step line per backend; the test accuracy each ended
     with as a dashed level."""
     plt = pyplot()

@@ -68,8 +68,9 @@ def roc_png(positives: np.ndarray, scores: np.ndarray, names: Sequence[str], pat
     return aucs
 
 
-def write_evaluation(logits: np.ndarray, y_true: np.ndarray, images: np.ndarray, classes: Sequence[str],
-                     out: Path, title: str) -> dict[str, float]:
+def write_evaluation(
+    logits: np.ndarray, y_true: np.ndarray, images: np.ndarray, classes: Sequence[str], out: Path, title: str
+) -> dict[str, float]:
     """Write every evaluation artifact into ``out``; return the summary metrics to log."""
     from sklearn.metrics import precision_recall_fscore_support
 
@@ -78,33 +79,53 @@ def write_evaluation(logits: np.ndarray, y_true: np.ndarray, images: np.ndarray,
     y_pred = probs.argmax(axis=1)
     accuracy = float((y_pred == y_true).mean())
     cm = confusion_matrix(y_true, y_pred, n)
-    confusion_matrix_png(cm, classes, out / "confusion_matrix.png", f"{title}: test accuracy {accuracy:.2%}",
-                         normalized=False)
-    confusion_matrix_png(cm, classes, out / "confusion_matrix_normalized.png",
-                         f"{title}: recall per class (rows sum to 1)", normalized=True)
+    confusion_matrix_png(
+        cm, classes, out / "confusion_matrix.png", f"{title}: test accuracy {accuracy:.2%}", normalized=False
+    )
+    confusion_matrix_png(
+        cm,
+        classes,
+        out / "confusion_matrix_normalized.png",
+        f"{title}: recall per class (rows sum to 1)",
+        normalized=True,
+    )
     np.savetxt(out / "confusion_matrix.csv", cm, fmt="%d", delimiter=",", header=",".join(classes))
 
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=range(n),
-                                                                     zero_division=0)
-    aucs = roc_png(np.stack([y_true == c for c in range(n)], 1), probs, classes, out / "roc_curves.png",
-                   f"{title}: one-vs-rest ROC")
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=range(n), zero_division=0)
+    aucs = roc_png(
+        np.stack([y_true == c for c in range(n)], 1),
+        probs,
+        classes,
+        out / "roc_curves.png",
+        f"{title}: one-vs-rest ROC",
+    )
     plt = pyplot()
 
     with (out / "per_class_metrics.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["class", "precision", "recall", "f1", "roc_auc", "support"])
         for c in range(n):
-            writer.writerow([classes[c], f"{precision[c]:.4f}", f"{recall[c]:.4f}", f"{f1[c]:.4f}",
-                             f"{aucs[c]:.4f}", int(support[c])])
+            writer.writerow(
+                [
+                    classes[c],
+                    f"{precision[c]:.4f}",
+                    f"{recall[c]:.4f}",
+                    f"{f1[c]:.4f}",
+                    f"{aucs[c]:.4f}",
+                    int(support[c]),
+                ]
+            )
 
     ece, bins = expected_calibration_error(probs, y_true)
     fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
     centers = np.linspace(0.5 / ECE_BINS, 1 - 0.5 / ECE_BINS, ECE_BINS)
-    ax.bar(centers, [b[1] if b[2] else 0 for b in bins], width=1 / ECE_BINS, edgecolor="black", alpha=0.7,
-           label="accuracy")
+    ax.bar(
+        centers, [b[1] if b[2] else 0 for b in bins], width=1 / ECE_BINS, edgecolor="black", alpha=0.7, label="accuracy"
+    )
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
-    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-           title=f"{title}: reliability (ECE {ece:.3f})")
+    ax.set(
+        xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title}: reliability (ECE {ece:.3f})"
+    )
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(out / "reliability.png")
@@ -112,8 +133,11 @@ def write_evaluation(logits: np.ndarray, y_true: np.ndarray, images: np.ndarray,
 
     _confident_errors_png(probs, y_true, images, classes, out / "confident_errors.png", title)
     valid = [a for a in aucs if not np.isnan(a)]
-    return {"test_macro_f1": float(np.mean(f1)), "test_macro_roc_auc": float(np.mean(valid)) if valid else 0.0,
-            "test_ece": ece}
+    return {
+        "test_macro_f1": float(np.mean(f1)),
+        "test_macro_roc_auc": float(np.mean(valid)) if valid else 0.0,
+        "test_ece": ece,
+    }
 
 
 def _confident_errors_png(probs, y_true, images, classes, path: Path, title: str) -> None:
@@ -129,8 +153,7 @@ def _confident_errors_png(probs, y_true, images, classes, path: Path, title: str
     for ax, i in zip(axes.flat, wrong):
         img = images[i].transpose(1, 2, 0)
         ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
-        ax.set_title(f"true {classes[y_true[i]]}\npred {classes[y_pred[i]]} {probs[i, y_pred[i]]:.0%}",
-                     fontsize=7)
+        ax.set_title(f"true {classes[y_true[i]]}\npred {classes[y_pred[i]]} {probs[i, y_pred[i]]:.0%}", fontsize=7)
     fig.suptitle(f"{title}: most confidently wrong test images" if len(wrong) else f"{title}: no errors")
     fig.tight_layout()
     fig.savefig(path)
@@ -142,8 +165,9 @@ def metric_name(label: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in label)
 
 
-def write_multilabel_evaluation(logits: np.ndarray, y_true: np.ndarray, labels: Sequence[str], out: Path,
-                                title: str) -> dict[str, float]:
+def write_multilabel_evaluation(
+    logits: np.ndarray, y_true: np.ndarray, labels: Sequence[str], out: Path, title: str
+) -> dict[str, float]:
     """A multi-label task's evaluation: per-label accuracy, precision, recall, F1 and ROC-AUC
     (``per_label_metrics.csv``), subset accuracy, Hamming loss, ROC curves per label and a bar chart of
     per-label accuracy and ROC-AUC. Returns the metrics to log, per label among them."""
@@ -172,13 +196,25 @@ def write_multilabel_evaluation(logits: np.ndarray, y_true: np.ndarray, labels: 
         writer = csv.writer(fh)
         writer.writerow(["label", "accuracy", "precision", "recall", "f1", "roc_auc", "positives"])
         for j, label in enumerate(labels):
-            writer.writerow([label, f"{per_label_acc[j]:.4f}", f"{precision[j]:.4f}", f"{recall[j]:.4f}",
-                             f"{f1[j]:.4f}", f"{aucs[j]:.4f}", int(support[j])])
+            writer.writerow(
+                [
+                    label,
+                    f"{per_label_acc[j]:.4f}",
+                    f"{precision[j]:.4f}",
+                    f"{recall[j]:.4f}",
+                    f"{f1[j]:.4f}",
+                    f"{aucs[j]:.4f}",
+                    int(support[j]),
+                ]
+            )
 
     valid = [a for a in aucs if not np.isnan(a)]
-    metrics = {"test_subset_accuracy": float((y_pred == y_true).all(axis=1).mean()),
-               "test_hamming_loss": float((y_pred != y_true).mean()),
-               "test_macro_f1": float(np.mean(f1)), "test_macro_roc_auc": float(np.mean(valid)) if valid else 0.0}
+    metrics = {
+        "test_subset_accuracy": float((y_pred == y_true).all(axis=1).mean()),
+        "test_hamming_loss": float((y_pred != y_true).mean()),
+        "test_macro_f1": float(np.mean(f1)),
+        "test_macro_roc_auc": float(np.mean(valid)) if valid else 0.0,
+    }
     for j, label in enumerate(labels):
         metrics[f"test_accuracy.{metric_name(label)}"] = float(per_label_acc[j])
         if not np.isnan(aucs[j]):

@@ -15,8 +15,9 @@ def pyplot():
     return plt
 
 
-def confusion_matrix_png(cm: np.ndarray, classes: Sequence[str], path: Path, title: str,
-                         normalized: bool = False) -> Path:
+def confusion_matrix_png(
+    cm: np.ndarray, classes: Sequence[str], path: Path, title: str, normalized: bool = False
+) -> Path:
     """Confusion matrix coloured by row share (recall on the diagonal); cells show counts, or shares
     when ``normalized``."""
     plt = pyplot()
@@ -33,8 +34,9 @@ def confusion_matrix_png(cm: np.ndarray, classes: Sequence[str], path: Path, tit
         for i in range(len(classes)):
             for j in range(len(classes)):
                 text = f"{norm[i, j]:.2f}" if normalized else str(int(cm[i, j]))
-                ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j, i, text, ha="center", va="center", fontsize=8, color="white" if norm[i, j] > 0.5 else "black"
+                )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -49,7 +51,9 @@ def learning_curves_png(search: Sequence[dict], retrain: Sequence[dict], path: P
         if not rows:
             continue
         epochs = [r["epoch"] for r in rows]
-        ax_loss.plot(epochs, [r["train_loss"] for r in rows], style, color="tab:blue", marker=".", label=f"{label} train")
+        ax_loss.plot(
+            epochs, [r["train_loss"] for r in rows], style, color="tab:blue", marker=".", label=f"{label} train"
+        )
         ax_acc.plot(epochs, [r["train_accuracy"] for r in rows], style, color="tab:blue", label=f"{label} train")
         if rows[0].get("val_loss") is not None:
             ax_loss.plot(epochs, [r["val_loss"] for r in rows], style, color="tab:orange", label=f"{label} val")

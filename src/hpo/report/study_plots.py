@@ -7,8 +7,8 @@ import html
 import warnings
 from pathlib import Path
 
-from hpo.backends.live import short_params
-from hpo.backends.records import TrialRecord
+from hpo.engine.live import short_params
+from hpo.engine.records import TrialRecord
 
 
 def optuna_plots_html(storage_url: str, study_name: str, path: Path) -> Path:
@@ -19,9 +19,11 @@ def optuna_plots_html(storage_url: str, study_name: str, path: Path) -> Path:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=study_name, storage=storage_url)
-    figures = [("Optimisation history", optuna.visualization.plot_optimization_history),
-               ("Parameter importances", optuna.visualization.plot_param_importances),
-               ("Parallel coordinates", optuna.visualization.plot_parallel_coordinate)]
+    figures = [
+        ("Optimisation history", optuna.visualization.plot_optimization_history),
+        ("Parameter importances", optuna.visualization.plot_param_importances),
+        ("Parallel coordinates", optuna.visualization.plot_parallel_coordinate),
+    ]
     parts = []
     for i, (title, plot) in enumerate(figures):
         try:
@@ -29,17 +31,19 @@ def optuna_plots_html(storage_url: str, study_name: str, path: Path) -> Path:
                 warnings.simplefilter("ignore", UserWarning)
                 fig = plot(study)
             body = pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0))
-        except Exception as exc:  # noqa: BLE001 - e.g. importances need two finished trials
+        except Exception as exc:
             body = f"<p><em>not available: {html.escape(str(exc))}</em></p>"
         parts.append(f"<h2>{html.escape(title)}</h2>\n{body}")
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(study_name)}: "
-                    f"Optuna plots</title></head><body><h1>{html.escape(study_name)}</h1>\n"
-                    + "\n".join(parts) + "</body></html>")
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(study_name)}: "
+        f"Optuna plots</title></head><body><h1>{html.escape(study_name)}</h1>\n" + "\n".join(parts) + "</body></html>"
+    )
     return path
 
 
-def family_table(records: list[TrialRecord], metric: str, mode: str, winner: TrialRecord,
-                 test_accuracy: float | None, path: Path) -> list[dict]:
+def family_table(
+    records: list[TrialRecord], metric: str, mode: str, winner: TrialRecord, test_accuracy: float | None, path: Path
+) -> list[dict]:
     """The best trial of each model family: what a hand-made results table would hold."""
     best: dict[str, TrialRecord] = {}
     for r in records:
@@ -48,19 +52,26 @@ def family_table(records: list[TrialRecord], metric: str, mode: str, winner: Tri
             continue
         family = r.config.model.name
         current = best.get(family)
-        if current is None or (value > current.best(metric, mode)[0] if mode == "max"
-                               else value < current.best(metric, mode)[0]):
+        if current is None or (
+            value > current.best(metric, mode)[0] if mode == "max" else value < current.best(metric, mode)[0]
+        ):
             best[family] = r
     rows = []
     for family, r in sorted(best.items()):
         value, epoch = r.best(metric, mode)
-        rows.append({
-            "family": family, "trial": r.number, f"best_{metric}": round(value, 4), "best_epoch": epoch,
-            "epochs_run": r.epochs, "trials_of_family": sum(x.config.model.name == family for x in records),
-            "compute_seconds": round(r.compute_seconds, 1),
-            "test_accuracy": round(test_accuracy, 4) if r is winner and test_accuracy is not None else "",
-            "params": short_params(r.params),
-        })
+        rows.append(
+            {
+                "family": family,
+                "trial": r.number,
+                f"best_{metric}": round(value, 4),
+                "best_epoch": epoch,
+                "epochs_run": r.epochs,
+                "trials_of_family": sum(x.config.model.name == family for x in records),
+                "compute_seconds": round(r.compute_seconds, 1),
+                "test_accuracy": round(test_accuracy, 4) if r is winner and test_accuracy is not None else "",
+                "params": short_params(r.params),
+            }
+        )
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["family"])
         writer.writeheader()

@@ -14,11 +14,15 @@ from pathlib import Path
 from hpo.errors import HpoError
 from hpo.report.compare import comparison_rows, latest_backend_runs, progress, progress_png
 
-PLOTS = [("confusion_matrix.png", "Confusion matrix (counts)"),
-         ("confusion_matrix_normalized.png", "Confusion matrix (normalised by true class)"),
-         ("learning_curves.png", "Learning curves"), ("roc_curves.png", "ROC curves (one vs rest)"),
-         ("reliability.png", "Calibration"), ("confident_errors.png", "Most confidently wrong test images"),
-         ("per_label.png", "Accuracy and ROC-AUC per label")]
+PLOTS = [
+    ("confusion_matrix.png", "Confusion matrix (counts)"),
+    ("confusion_matrix_normalized.png", "Confusion matrix (normalised by true class)"),
+    ("learning_curves.png", "Learning curves"),
+    ("roc_curves.png", "ROC curves (one vs rest)"),
+    ("reliability.png", "Calibration"),
+    ("confident_errors.png", "Most confidently wrong test images"),
+    ("per_label.png", "Accuracy and ROC-AUC per label"),
+]
 
 HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ name }}: hpo report</title>
@@ -65,8 +69,9 @@ class ReportFiles:
 
 def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFiles:
     import jinja2
-    import mlflow
     from markupsafe import Markup
+
+    import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(study_name)
@@ -76,8 +81,7 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
     if not backends:
         raise HpoError(f"study {study_name!r} has no finished run at {tracking_uri}")
     study_run = (backends.get("search") or next(iter(backends.values()))).run
-    children = client.search_runs([experiment.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{study_run.info.run_id}'")
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{study_run.info.run_id}'")
     finals = [r for r in children if r.data.tags.get("hpo.kind") == "final"]
     if not finals:
         raise HpoError(f"study run {study_run.info.run_id} has no final run (final.enabled was false?)")
@@ -90,8 +94,11 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
         leaderboard = _read_csv(study_dir / "leaderboard.csv", drop=("run_id",))
         recheck = _read_csv(study_dir / "recheck.csv") if (study_dir / "recheck.csv").exists() else None
         families = _read_csv(evaluation / "families.csv") if (evaluation / "families.csv").exists() else None
-        per_class = _read_csv(evaluation / "per_class_metrics.csv") if (evaluation / "per_class_metrics.csv").exists() \
-            else _read_csv(evaluation / "per_label_metrics.csv")  # a multi-label study
+        per_class = (
+            _read_csv(evaluation / "per_class_metrics.csv")
+            if (evaluation / "per_class_metrics.csv").exists()
+            else _read_csv(evaluation / "per_label_metrics.csv")
+        )  # a multi-label study
         plots = [(title, evaluation / name) for name, title in PLOTS if (evaluation / name).exists()]
         for _, path in plots:
             shutil.copy(path, out_dir / path.name)
@@ -104,18 +111,24 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
             comparison = comparison_rows(backends)
             curves = {name: progress(client, experiment.experiment_id, b.run) for name, b in backends.items()}
             finals = {name: b.metrics.get("test_accuracy") for name, b in backends.items()}
-            png = progress_png(curves, finals, out_dir / "backends_over_time.png",
-                               f"{study_name}: best validation accuracy reached over time")
+            png = progress_png(
+                curves,
+                finals,
+                out_dir / "backends_over_time.png",
+                f"{study_name}: best validation accuracy reached over time",
+            )
             plots.insert(0, ("Backends: best validation accuracy over wall time", png))
         embedded = [(title, "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()) for title, p in plots]
 
     m = final.data.metrics
-    kpis = [("test accuracy", f"{m.get('test_accuracy', float('nan')):.2%}"),
-            ("test loss", f"{m.get('test_loss', float('nan')):.4f}"),
-            ("macro F1", f"{m.get('test_macro_f1', float('nan')):.4f}"),
-            ("ECE", f"{m.get('test_ece', float('nan')):.4f}"),
-            ("trials", str(len(leaderboard) - 1)),
-            ("wall time", f"{study_run.data.metrics.get('wall_seconds', 0) / 60:.1f} min")]
+    kpis = [
+        ("test accuracy", f"{m.get('test_accuracy', float('nan')):.2%}"),
+        ("test loss", f"{m.get('test_loss', float('nan')):.4f}"),
+        ("macro F1", f"{m.get('test_macro_f1', float('nan')):.4f}"),
+        ("ECE", f"{m.get('test_ece', float('nan')):.4f}"),
+        ("trials", str(len(leaderboard) - 1)),
+        ("wall time", f"{study_run.data.metrics.get('wall_seconds', 0) / 60:.1f} min"),
+    ]
     config = [["parameter", "value"]] + [[k, v] for k, v in sorted(final.data.params.items())]
 
     env = jinja2.Environment(autoescape=True)
@@ -125,14 +138,34 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
         return Markup(table_template.render(rows=[rows[0]] + [[_num(c) for c in r] for r in rows[1:]]))
 
     finished_at = dt.datetime.fromtimestamp((study_run.info.end_time or 0) / 1000).strftime("%Y-%m-%d %H:%M")
-    context = dict(name=study_name, study_run=study_run.info.run_id, tracking_uri=tracking_uri,
-                   finished=finished_at, kpis=kpis, leaderboard=leaderboard, recheck=recheck, families=families,
-                   per_class=per_class, config=config, optuna=optuna, comparison=comparison)
+    context = dict(
+        name=study_name,
+        study_run=study_run.info.run_id,
+        tracking_uri=tracking_uri,
+        finished=finished_at,
+        kpis=kpis,
+        leaderboard=leaderboard,
+        recheck=recheck,
+        families=families,
+        per_class=per_class,
+        config=config,
+        optuna=optuna,
+        comparison=comparison,
+    )
     html_path = out_dir / "report.html"
     html_path.write_text(env.from_string(HTML).render(**context, plots=embedded, table=table))
 
-    md = [f"# Study `{study_name}`", "", f"Study run `{study_run.info.run_id}`, finished {finished_at}.", "",
-          " | ".join(f"**{label}**: {value}" for label, value in kpis), "", "## Leaderboard", "", _md(leaderboard)]
+    md = [
+        f"# Study `{study_name}`",
+        "",
+        f"Study run `{study_run.info.run_id}`, finished {finished_at}.",
+        "",
+        " | ".join(f"**{label}**: {value}" for label, value in kpis),
+        "",
+        "## Leaderboard",
+        "",
+        _md(leaderboard),
+    ]
     if comparison:
         md[-3:-3] = ["## Backends side by side", "", _md(comparison)]
     if recheck:
@@ -167,6 +200,7 @@ def _num(cell: str):
 def _md(rows: list[list]) -> str:
     def esc(cell) -> str:
         return str(cell).replace("|", "\\|").replace("\n", " ")
+
     lines = ["| " + " | ".join(esc(h) for h in rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(esc(_num(c)) for c in r) + " |" for r in rows[1:]]
     return "\n".join(lines) + "\n"

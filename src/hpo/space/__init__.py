@@ -28,5 +28,14 @@ from hpo.space._private import (
     parse_space,
 )
 
-__all__ = ["Branches", "Categorical", "Constant", "Float", "Int", "SearchSpace", "define_by_run", "load_space",
-           "parse_space"]
+__all__ = [
+    "Branches",
+    "Categorical",
+    "Constant",
+    "Float",
+    "Int",
+    "SearchSpace",
+    "define_by_run",
+    "load_space",
+    "parse_space",
+]

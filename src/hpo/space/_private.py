@@ -108,7 +108,7 @@ Suggest = Callable[[str, Param], Any]
 class ParamInfo:
     """One searchable parameter, for display and for mapping back to the file."""
 
-    name: str            # Optuna's parameter name: dotted path with branch names inserted
+    name: str  # Optuna's parameter name: dotted path with branch names inserted
     param: Param
     condition: str | None  # e.g. "model.name == 'cnn'"
     doc_path: DocPath
@@ -132,10 +132,12 @@ class SearchSpace:
 
     def resolve(self, flat: dict[str, Any]) -> TrialConfig:
         """The TrialConfig for flat Optuna params (as Ray Tune hands them to a trial)."""
+
         def lookup(name: str, _: Param) -> Any:
             if name not in flat:
                 raise KeyError(f"sampled parameters lack {name!r}")
             return flat[name]
+
         return TrialConfig.model_validate(self.sample(lookup))
 
     def corner_points(self, base: DocPath = ()) -> Iterator[tuple[dict[str, Any], DocPath]]:
@@ -162,8 +164,9 @@ class SearchSpace:
         families = list(model.options) if isinstance(model, Branches) else [None]
 
         def middle(family: str | None) -> TrialConfig:
-            return TrialConfig.model_validate(self.sample(
-                lambda name, p: family if name == "model.name" and family is not None else p.middle()))
+            return TrialConfig.model_validate(
+                self.sample(lambda name, p: family if name == "model.name" and family is not None else p.middle())
+            )
 
         configs = [middle(family) for family in families]
         return {config.model.name: config for config in configs}
@@ -269,6 +272,7 @@ def _sample(node: dict[str, Node], suggest: Suggest, names: tuple[str, ...]) -> 
 
 # --------------------------------------------------------------------------------------------- parsing
 
+
 def parse_space(doc: YamlDoc, data: Any = None, base: DocPath = ()) -> SearchSpace:
     """Parse and validate a search space held in ``doc`` (at ``base``, for one inlined in a study).
 
@@ -279,8 +283,14 @@ def parse_space(doc: YamlDoc, data: Any = None, base: DocPath = ()) -> SearchSpa
     if not isinstance(data, dict):
         raise StudyErrors([doc.error(base, "a search space must be a mapping of config keys")])
     if EXTENDS in data:  # load_space resolves it in files; a space inlined in a study has no file to be
-        raise StudyErrors([doc.error((*base, EXTENDS), "extends works in search-space files: put this space in "
-                                                       "a file and name that file in search_space")])
+        raise StudyErrors(
+            [
+                doc.error(
+                    (*base, EXTENDS),
+                    "extends works in search-space files: put this space in a file and name that file in search_space",
+                )
+            ]
+        )
     params: list[ParamInfo] = []
     root = _parse_mapping(data, doc, base, (), None, params, errors)
     if errors:
@@ -290,8 +300,15 @@ def parse_space(doc: YamlDoc, data: Any = None, base: DocPath = ()) -> SearchSpa
     return space
 
 
-def _parse_mapping(data: dict, doc: YamlDoc, doc_path: DocPath, names: tuple[str, ...],
-                   condition: str | None, params: list[ParamInfo], errors: list[StudyError]) -> dict[str, Node]:
+def _parse_mapping(
+    data: dict,
+    doc: YamlDoc,
+    doc_path: DocPath,
+    names: tuple[str, ...],
+    condition: str | None,
+    params: list[ParamInfo],
+    errors: list[StudyError],
+) -> dict[str, Node]:
     out: dict[str, Node] = {}
     for key, value in data.items():
         path = (*doc_path, key)
@@ -307,9 +324,15 @@ def _parse_mapping(data: dict, doc: YamlDoc, doc_path: DocPath, names: tuple[str
     return out
 
 
-def _parse_distribution(value: dict, doc: YamlDoc, path: DocPath, name: tuple[str, ...],
-                        condition: str | None, params: list[ParamInfo],
-                        errors: list[StudyError]) -> Node | None:
+def _parse_distribution(
+    value: dict,
+    doc: YamlDoc,
+    path: DocPath,
+    name: tuple[str, ...],
+    condition: str | None,
+    params: list[ParamInfo],
+    errors: list[StudyError],
+) -> Node | None:
     kinds = [k for k in _DISTRIBUTIONS if k in value]
     if len(kinds) > 1:
         errors.append(doc.error(path, f"give one distribution, not {' and '.join(kinds)}"))
@@ -336,11 +359,19 @@ def _parse_distribution(value: dict, doc: YamlDoc, path: DocPath, name: tuple[st
     return param
 
 
-def _parse_branches(spec: Any, doc: YamlDoc, path: DocPath, name: tuple[str, ...], condition: str | None,
-                    params: list[ParamInfo], errors: list[StudyError]) -> Branches:
+def _parse_branches(
+    spec: Any,
+    doc: YamlDoc,
+    path: DocPath,
+    name: tuple[str, ...],
+    condition: str | None,
+    params: list[ParamInfo],
+    errors: list[StudyError],
+) -> Branches:
     if not isinstance(spec, dict) or not spec:
-        raise ValueError("one_of takes a mapping of branch names to their parameters, e.g. "
-                         "{cnn: {depth: {int: [2, 4]}}, resnet: {}}")
+        raise ValueError(
+            "one_of takes a mapping of branch names to their parameters, e.g. {cnn: {depth: {int: [2, 4]}}, resnet: {}}"
+        )
     selector = ".".join((*name, "name"))
     params.append(ParamInfo(selector, Categorical(tuple(spec)), condition, path))
     options: dict[str, dict[str, Node]] = {}
@@ -396,6 +427,7 @@ def _numeric(kind: str, spec: Any, log: Any, step: Any) -> Float | Int:
 
 # ------------------------------------------------------------------------------------------- extends
 
+
 def load_space(file: Path, display: Callable[[Path], Path] = Path) -> YamlDoc:
     """Load a search-space file, resolving ``extends: other.yaml`` (relative to the extending file).
 
@@ -412,8 +444,9 @@ def _load_extending(file: Path, display: Callable[[Path], Path], chain: tuple[Pa
         return doc
     target = doc.data[EXTENDS]
     if not isinstance(target, str) or not target.strip():
-        raise doc.error((EXTENDS,), f"must be the path of another search-space file, relative to this one "
-                                    f"(got {target!r})")
+        raise doc.error(
+            (EXTENDS,), f"must be the path of another search-space file, relative to this one (got {target!r})"
+        )
     parent = Path(os.path.normpath(file.parent / target))
     here = (*chain, file.resolve())
     if parent.resolve() in here:
@@ -433,8 +466,9 @@ def _load_extending(file: Path, display: Callable[[Path], Path], chain: tuple[Pa
 
 def _merge(base: YamlDoc, over: YamlDoc, path: DocPath, old: Any, new: Any, out: YamlDoc) -> Any:
     """``new`` over ``old`` (both at ``path``), recording in ``out`` the file and line of every key kept."""
-    if not (isinstance(old, dict) and isinstance(new, dict) and _kind(old) == _kind(new)
-            and _kind(new) in (None, "one_of")):
+    if not (
+        isinstance(old, dict) and isinstance(new, dict) and _kind(old) == _kind(new) and _kind(new) in (None, "one_of")
+    ):
         _take(over, path, new, out)
         return new
     _take(over, path, None, out)
@@ -469,16 +503,19 @@ def _take(doc: YamlDoc, path: DocPath, value: Any, out: YamlDoc) -> None:
 
 # ----------------------------------------------------------------------- validation against the schema
 
+
 def _check_against_schema(space: SearchSpace, doc: YamlDoc, base: DocPath) -> None:
     """Every value the space can produce must be a valid TrialConfig: validate the corners of the space
     (each parameter at each end / each choice, the others at their first corner) in every branch."""
     errors: dict[tuple, StudyError] = {}
     for config, origin in _corner_configs(space.root, base):
+
         def locate(loc, origin=origin):
             for n in range(len(loc), 0, -1):
                 if tuple(loc[:n]) in origin:
                     return (*origin[tuple(loc[:n])], *loc[n:])
             return (*base, *loc)
+
         booleans = boolean_numbers(TrialConfig, config)  # pydantic would take `true` as 1
         for path, value in booleans:
             err = doc.error(locate(path), f"must be a number, not a YAML boolean (got {str(value).lower()})")
@@ -529,8 +566,9 @@ def _branch_assignments(node: dict[str, Node], path: tuple) -> Iterator[dict[tup
         yield merged
 
 
-def _collect(node: dict[str, Node], path: tuple, doc_path: DocPath, assignment: dict, leaves: list,
-             origin: dict) -> None:
+def _collect(
+    node: dict[str, Node], path: tuple, doc_path: DocPath, assignment: dict, leaves: list, origin: dict
+) -> None:
     for key, child in node.items():
         here, doc_here = (*path, key), (*doc_path, key)
         origin[here] = doc_here

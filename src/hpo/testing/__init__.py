@@ -48,13 +48,21 @@ def hpo_env(data_dir: Path | None = None, env: dict[str, str] | None = None) -> 
     return full
 
 
-def run_hpo(args: list[str], cwd: Path, data_dir: Path | None = None, timeout: int = 600,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_hpo(
+    args: list[str], cwd: Path, data_dir: Path | None = None, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run the ``hpo`` CLI in a subprocess (as a user would), with data found and usage stats off; ``env``
     adds to (or overrides) the environment."""
     full = hpo_env(data_dir, env)
-    return subprocess.run([sys.executable, "-m", "hpo.cli", *args], check=False, cwd=cwd, env=full,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "hpo.cli", *args],
+        check=False,
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def probe_shared_arrays(data) -> dict:
@@ -64,8 +72,12 @@ def probe_shared_arrays(data) -> dict:
 
     x = data.x_train
     wrapped = TrainData.from_arrays(x, data.y_train, data.x_val, data.y_val, data.num_classes, data.mean, data.std)
-    return {"pid": os.getpid(), "owndata": x.flags.owndata, "writeable": x.flags.writeable,
-            "torch_shares": wrapped.x_train.data_ptr() == x.__array_interface__["data"][0]}
+    return {
+        "pid": os.getpid(),
+        "owndata": x.flags.owndata,
+        "writeable": x.flags.writeable,
+        "torch_shares": wrapped.x_train.data_ptr() == x.__array_interface__["data"][0],
+    }
 
 
 def wait_ended(processes: list, timeout: float) -> list:

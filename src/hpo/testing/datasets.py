@@ -23,15 +23,16 @@ def pattern_images(labels: np.ndarray, size: int, channels: int, seed: int = 0) 
         row, col = divmod(int(label) % 16, 4)
         y, x = row * size // 4, col * size // 4
         if channels == 3:
-            images[i, int(label) % 3, y:y + cell, x:x + cell] = 255
-            images[i, (int(label) // 3) % 3, y:y + cell, x:x + cell] = 200
+            images[i, int(label) % 3, y : y + cell, x : x + cell] = 255
+            images[i, (int(label) // 3) % 3, y : y + cell, x : x + cell] = 200
         else:
-            images[i, :, y:y + cell, x:x + cell] = 255
+            images[i, :, y : y + cell, x : x + cell] = 255
     return images
 
 
-def write_cifar(folder: Path, *, fine: bool, train_per_class: int, test_per_class: int,
-                classes: int) -> tuple[np.ndarray, np.ndarray]:
+def write_cifar(
+    folder: Path, *, fine: bool, train_per_class: int, test_per_class: int, classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR's binary version in ``folder/<cifar-10-batches-bin|cifar-100-binary>/``; returns the
     (train, test) labels in file order."""
     spec = CIFAR100 if fine else CIFAR10
@@ -50,8 +51,9 @@ def write_cifar(folder: Path, *, fine: bool, train_per_class: int, test_per_clas
     for name, chunk in zip(spec.train, chunks):
         (out / name).write_bytes(records(y_train[chunk], seed=len(chunk)))
     (out / spec.test[0]).write_bytes(records(y_test, seed=99))
-    names = [f"class_{i}" for i in range(classes)] + ([f"unused_{i}" for i in range(100 - classes)] if fine else
-                                                       [f"unused_{i}" for i in range(10 - classes)])
+    names = [f"class_{i}" for i in range(classes)] + (
+        [f"unused_{i}" for i in range(100 - classes)] if fine else [f"unused_{i}" for i in range(10 - classes)]
+    )
     (out / spec.names_file).write_text("\n".join(names) + "\n")
     ordered = np.concatenate([y_train[c] for c in chunks])
     return ordered, y_test
@@ -65,8 +67,7 @@ def _save(array: np.ndarray, path: Path, fmt: str) -> None:
     img.save(path, format=fmt)
 
 
-def write_tiny_imagenet(root: Path, *, classes: int, train_per_class: int, val_per_class: int,
-                        size: int = 64) -> Path:
+def write_tiny_imagenet(root: Path, *, classes: int, train_per_class: int, val_per_class: int, size: int = 64) -> Path:
     """``root/tiny-imagenet-200/`` in the distributed layout (JPEG images)."""
     base = root / "tiny-imagenet-200"
     wnids = [f"n{1440000 + i:08d}" for i in range(classes)]
@@ -87,8 +88,16 @@ def write_tiny_imagenet(root: Path, *, classes: int, train_per_class: int, val_p
     return base
 
 
-def write_image_folder(root: Path, *, classes: list[str], per_class: int, size: int = 32, channels: int = 3,
-                       split: bool = False, test_per_class: int = 0) -> Path:
+def write_image_folder(
+    root: Path,
+    *,
+    classes: list[str],
+    per_class: int,
+    size: int = 32,
+    channels: int = 3,
+    split: bool = False,
+    test_per_class: int = 0,
+) -> Path:
     """PNG images in ``root/<class>/`` (or ``root/train/<class>/`` and ``root/test/<class>/``)."""
     parts = [("train", per_class), ("test", test_per_class)] if split else [("", per_class)]
     for part, count in parts:
@@ -114,11 +123,12 @@ def write_apparel_csv(root: Path, *, per_combination: int, size: int = 32) -> tu
             for _ in range(per_combination):
                 image = rng.integers(0, 60, (3, size, size), dtype=np.uint8)
                 y, x = (c * size) // 3, (c * size) // 3
-                image[k * 2, y:y + size // 3, x:x + size // 3] = 255
+                image[k * 2, y : y + size // 3, x : x + size // 3] = 255
                 path = f"images/{n:04d}.png"
                 _save(image, root / path, "PNG")
-                rows.append({"path": path, "category": category, "colour": colour,
-                             "sale": str(int(rng.random() < 0.5))})
+                rows.append(
+                    {"path": path, "category": category, "colour": colour, "sale": str(int(rng.random() < 0.5))}
+                )
                 n += 1
     table = root / "labels.csv"
     with table.open("w", newline="") as fh:

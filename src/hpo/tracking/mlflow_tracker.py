@@ -24,8 +24,10 @@ MAX_PARAM_LENGTH = 6000
 EXPERIMENT_KIND = "mlflow.experimentKind"
 CUSTOM_MODEL_DEVELOPMENT = "custom_model_development"
 EXPERIMENT_NOTE = "mlflow.note.content"
-EXPERIMENT_DESCRIPTION = ("Hyperparameter search by hpo: a parent run per study and backend, a nested run per "
-                          "trial, and the final run with the retrained, tested model.")
+EXPERIMENT_DESCRIPTION = (
+    "Hyperparameter search by hpo: a parent run per study and backend, a nested run per "
+    "trial, and the final run with the retrained, tested model."
+)
 _EXPERIMENT_TAGS = {EXPERIMENT_KIND: CUSTOM_MODEL_DEVELOPMENT, EXPERIMENT_NOTE: EXPERIMENT_DESCRIPTION}
 
 
@@ -52,14 +54,19 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              check=True).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def _timed(method):
     """Accumulate the time spent writing to MLflow (reported as tracking overhead)."""
+
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         start = time.perf_counter()
@@ -67,6 +74,7 @@ def _timed(method):
             return method(self, *args, **kwargs)
         finally:
             self.busy_seconds += time.perf_counter() - start
+
     return wrapper
 
 
@@ -76,8 +84,9 @@ class Tracker:
     busy_seconds = 0.0
 
     def __init__(self, uri: str, experiment: str) -> None:
-        import mlflow
         from mlflow.tracking import MlflowClient
+
+        import mlflow
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # table creation, registry chatter
         logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -100,8 +109,9 @@ class Tracker:
                     # another database (postgresql://...) written directly: artifacts go to ./mlflow/ as for
                     # the local default (a tracking server decides for itself)
                     artifacts = (DEFAULT_STORE / "artifacts").resolve().as_uri()
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts,
-                                                                   tags=_EXPERIMENT_TAGS)
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=artifacts, tags=_EXPERIMENT_TAGS
+                )
             else:
                 self.experiment_id = found.experiment_id
                 self._tag_experiment(found.tags)
@@ -123,34 +133,65 @@ class Tracker:
             all_tags["mlflow.parentRunId"] = parent
         return self.client.create_run(self.experiment_id, tags=all_tags, run_name=name).info.run_id
 
-    def start_study(self, study, resolved: Mapping[str, Any], *, name: str | None = None, kind: str = "study",
-                    backend: str = "search") -> str:
+    def start_study(
+        self,
+        study,
+        resolved: Mapping[str, Any],
+        *,
+        name: str | None = None,
+        kind: str = "study",
+        backend: str = "search",
+    ) -> str:
         """The parent run of one backend's work on a study: the study's settings as params (the same
         columns for every backend), the resolved study file and the environment."""
         import optuna
         import ray
         import torch
 
-        run_id = self.start_run(name or study.name, tags={
-            "hpo.kind": kind, "hpo.backend": backend, "hpo.study": study.name, "hpo.study_file": str(study.file),
-            "hpo.fingerprint": study.fingerprint(), "mlflow.source.git.commit": _git_commit() or "unknown",
-        })
+        run_id = self.start_run(
+            name or study.name,
+            tags={
+                "hpo.kind": kind,
+                "hpo.backend": backend,
+                "hpo.study": study.name,
+                "hpo.study_file": str(study.file),
+                "hpo.fingerprint": study.fingerprint(),
+                "mlflow.source.git.commit": _git_commit() or "unknown",
+            },
+        )
         c = study.config
-        self.log_params(run_id, {
-            "seed": c.seed, "dataset.name": c.dataset.name, "dataset.validation_split": c.dataset.validation_split,
-            "objective.metric": c.objective.metric, "budget.trials": c.budget.trials,
-            "budget.time_s": c.budget.time, "budget.max_epochs": c.budget.max_epochs,
-            "scheduler.type": c.scheduler.type, "scheduler.grace_period": c.scheduler.grace_period,
-            "scheduler.reduction_factor": c.scheduler.reduction_factor,
-            "resources.cpus_per_trial": c.resources.cpus_per_trial,
-            "resources.gpus_per_trial": c.resources.gpus_per_trial, "resources.compile": c.resources.compile,
-        })
+        self.log_params(
+            run_id,
+            {
+                "seed": c.seed,
+                "dataset.name": c.dataset.name,
+                "dataset.validation_split": c.dataset.validation_split,
+                "objective.metric": c.objective.metric,
+                "budget.trials": c.budget.trials,
+                "budget.time_s": c.budget.time,
+                "budget.max_epochs": c.budget.max_epochs,
+                "scheduler.type": c.scheduler.type,
+                "scheduler.grace_period": c.scheduler.grace_period,
+                "scheduler.reduction_factor": c.scheduler.reduction_factor,
+                "resources.cpus_per_trial": c.resources.cpus_per_trial,
+                "resources.gpus_per_trial": c.resources.gpus_per_trial,
+                "resources.compile": c.resources.compile,
+            },
+        )
         self.client.log_text(run_id, redact(yaml.safe_dump(dict(resolved), sort_keys=False)), "study.resolved.yaml")
-        self.client.log_dict(run_id, {
-            "python": platform.python_version(), "platform": platform.platform(), "hpo": __version__,
-            "torch": torch.__version__, "ray": ray.__version__, "optuna": optuna.__version__,
-            "mlflow": self.mlflow.__version__,
-        }, "environment.json")
+        self.client.log_dict(
+            run_id,
+            {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "hpo": __version__,
+                "torch": torch.__version__,
+                "ray": ray.__version__,
+                "optuna": optuna.__version__,
+                "mlflow": self.mlflow.__version__,
+            },
+            "environment.json",
+        )
         return run_id
 
     @_timed
@@ -159,7 +200,7 @@ class Tracker:
 
         items = [Param(k, redact(str(v))[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i: i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
     @_timed
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -191,7 +232,7 @@ class Tracker:
         any model versions registered from it."""
         try:
             versions = self.client.search_model_versions(f"run_id = '{run_id}'")
-        except Exception:  # noqa: BLE001 - stores without a registry have nothing to remove
+        except Exception:
             versions = []
         for version in versions:
             self.client.delete_model_version(version.name, version.version)
@@ -203,7 +244,8 @@ class Tracker:
         return self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`hpo.kind` = '{kind}'",
-            max_results=5000)
+            max_results=5000,
+        )
 
     @contextmanager
     def finishing(self, run_id: str) -> Iterator[str]:
@@ -225,8 +267,9 @@ class Tracker:
         """A split record (see ``ImageData.split_record``) as ``split.json`` and ``hpo.split.<part>.<key>``
         tags; ``seen=True``: as reported back by a worker process (``split_seen.json``, ``hpo.split_seen.*``)."""
         prefix = "hpo.split_seen" if seen else "hpo.split"
-        self.set_tags(run_id, {f"{prefix}.{part}.{key}": value for part, row in record.items()
-                               for key, value in row.items()})
+        self.set_tags(
+            run_id, {f"{prefix}.{part}.{key}": value for part, row in record.items() for key, value in row.items()}
+        )
         self.log_dict(run_id, record, "split_seen.json" if seen else "split.json")
 
     @_timed

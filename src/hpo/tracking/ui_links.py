@@ -17,8 +17,14 @@ from urllib.parse import quote, urlencode
 def runs_address(base: str, experiment_id: str, metric: str, direction: str) -> str:
     """``base`` (``http://host:port``) + the experiment's runs page, ranked by ``metric`` (``direction``:
     max or min)."""
-    query = urlencode({"workflowType": "machine_learning", "orderByKey": f"metrics.`{metric}`",
-                       "orderByAsc": "true" if direction == "min" else "false"}, quote_via=quote)
+    query = urlencode(
+        {
+            "workflowType": "machine_learning",
+            "orderByKey": f"metrics.`{metric}`",
+            "orderByAsc": "true" if direction == "min" else "false",
+        },
+        quote_via=quote,
+    )
     return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
 
@@ -36,6 +42,6 @@ def study_address(base: str, uri: str, study: str, metric: str, direction: str) 
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(study)
-    except Exception:  # noqa: BLE001 - a store that cannot be read now still gets its UI
+    except Exception:
         return base
     return runs_address(base, experiment.experiment_id, metric, direction) if experiment else base

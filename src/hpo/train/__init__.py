@@ -5,5 +5,16 @@ machine at hand (precision, layout, compile, threads) is its execution plan (``h
 from hpo.train.loop import EpochResult, TrainData, TrainResult, evaluate, predict_logits, train
 from hpo.train.plan import ExecutionPlan, PlanCache, Preferences, describe_machine, plan_training
 
-__all__ = ["EpochResult", "ExecutionPlan", "PlanCache", "Preferences", "TrainData", "TrainResult",
-           "describe_machine", "evaluate", "plan_training", "predict_logits", "train"]
+__all__ = [
+    "EpochResult",
+    "ExecutionPlan",
+    "PlanCache",
+    "Preferences",
+    "TrainData",
+    "TrainResult",
+    "describe_machine",
+    "evaluate",
+    "plan_training",
+    "predict_logits",
+    "train",
+]

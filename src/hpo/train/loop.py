@@ -41,8 +41,16 @@ class TrainData:
         return self.y_train.ndim == 2
 
     @classmethod
-    def from_arrays(cls, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
-                    y_val: np.ndarray | None, num_classes: int, mean, std) -> "TrainData":
+    def from_arrays(
+        cls,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        x_val: np.ndarray | None,
+        y_val: np.ndarray | None,
+        num_classes: int,
+        mean,
+        std,
+    ) -> TrainData:
         # Arrays from Ray's object store are read-only views of shared memory; torch.as_tensor keeps them
         # shared (no copy per trial) and we never write to them.
         def t(a):
@@ -51,6 +59,7 @@ class TrainData:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 return torch.as_tensor(a)
+
         return cls(t(x_train), t(y_train), t(x_val), t(y_val), num_classes, tuple(mean), tuple(std))
 
 
@@ -87,9 +96,19 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, plan: ExecutionPlan | None = None,
-          device: str = "auto", threads: int | None = None, prefs: Preferences = Preferences(),
-          report: Report | None = None, model: nn.Module | None = None) -> TrainResult:
+def train(
+    config: TrialConfig,
+    data: TrainData,
+    *,
+    epochs: int,
+    seed: int = 0,
+    plan: ExecutionPlan | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    prefs: Preferences = Preferences(),
+    report: Report | None = None,
+    model: nn.Module | None = None,
+) -> TrainResult:
     """Train ``config`` for up to ``epochs`` epochs; after each, evaluate on the validation data (if any)
     and call ``report(result, model)``. Stops early when ``config.early_stopping.patience`` epochs pass
     without the validation accuracy improving by ``min_delta``.
@@ -100,8 +119,15 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, p
     benchmarks use it to train one architecture with two different loops. A compiled plan runs training
     steps through ``torch.compile``; evaluation and the returned model stay eager."""
     if plan is None:
-        plan = plan_training(config, data, device=device, threads=threads or torch.get_num_threads(),
-                             prefs=prefs, epochs=epochs, model=model)
+        plan = plan_training(
+            config,
+            data,
+            device=device,
+            threads=threads or torch.get_num_threads(),
+            prefs=prefs,
+            epochs=epochs,
+            model=model,
+        )
     plan.apply()
     dev = plan.torch_device
     torch.manual_seed(seed)
@@ -179,9 +205,15 @@ def train(config: TrialConfig, data: TrainData, *, epochs: int, seed: int = 0, p
                     since_best += 1
             stop = bool(patience) and since_best >= patience
             epoch_result = EpochResult(
-                epoch=epoch, train_loss=loss_sum.item() / n, train_accuracy=correct.item() / n,
-                val_loss=val_loss, val_accuracy=val_acc, lr=optimizer.param_groups[0]["lr"],
-                seconds=seconds, images_per_second=n / seconds, early_stop=stop,
+                epoch=epoch,
+                train_loss=loss_sum.item() / n,
+                train_accuracy=correct.item() / n,
+                val_loss=val_loss,
+                val_accuracy=val_acc,
+                lr=optimizer.param_groups[0]["lr"],
+                seconds=seconds,
+                images_per_second=n / seconds,
+                early_stop=stop,
             )
             result.history.append(epoch_result)
             if report is not None:
@@ -212,7 +244,7 @@ class Freezer:
     def epoch_begins(self, epoch: int) -> None:
         t = self.transfer
         if t.freeze_backbone and t.unfreeze_last and epoch == t.unfreeze_after + 1:
-            self._set(self.stages[-t.unfreeze_last:], frozen=False)
+            self._set(self.stages[-t.unfreeze_last :], frozen=False)
         for stage in self.frozen:
             stage.eval()  # frozen batch norm keeps its (pretrained) statistics
 
@@ -231,8 +263,7 @@ class _ChannelsLastGrad(torch.autograd.Function):
 
 def _flatten_input(module: nn.Module, args: tuple) -> tuple | None:
     x = args[0]
-    if x.ndim == 4 and x.requires_grad and not x.is_contiguous() and \
-            x.is_contiguous(memory_format=torch.channels_last):
+    if x.ndim == 4 and x.requires_grad and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return (_ChannelsLastGrad.apply(x), *args[1:])
     return None
 
@@ -265,8 +296,11 @@ def predict_logits(model: nn.Module, x: torch.Tensor, *, plan: ExecutionPlan | N
     model.eval()
     out = []
     spans = [np.arange(i, min(i + EVAL_BATCH, len(x))) for i in range(0, len(x), EVAL_BATCH)]
-    chunks = iterate_batches(x, spans, STREAM_WORKERS) if isinstance(x, FileImages) else \
-        (x[i: i + EVAL_BATCH] for i in range(0, len(x), EVAL_BATCH))
+    chunks = (
+        iterate_batches(x, spans, STREAM_WORKERS)
+        if isinstance(x, FileImages)
+        else (x[i : i + EVAL_BATCH] for i in range(0, len(x), EVAL_BATCH))
+    )
     for chunk in chunks:
         xb = to_float(chunk.to(dev)).contiguous(memory_format=plan.memory_format)
         with plan.autocast():
@@ -274,8 +308,9 @@ def predict_logits(model: nn.Module, x: torch.Tensor, *, plan: ExecutionPlan | N
     return torch.cat(out)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-             plan: ExecutionPlan | None = None) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, plan: ExecutionPlan | None = None
+) -> tuple[float, float]:
     """(mean loss, accuracy) of ``model`` on uint8 images ``x`` with labels ``y``: cross-entropy and
     accuracy; for multi-label ``y`` (N, labels), binary cross-entropy and the mean per-label accuracy
     (1 - Hamming loss)."""
@@ -284,8 +319,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     return loss_fn(logits, y, multilabel=y.ndim == 2).item(), accuracy(logits, y)
 
 
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor, *, multilabel: bool = False,
-            label_smoothing: float = 0.0) -> torch.Tensor:
+def loss_fn(
+    logits: torch.Tensor, targets: torch.Tensor, *, multilabel: bool = False, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Binary cross-entropy per label for a multi-label task (0/1 or mixed targets, shaped as the
     logits); otherwise cross-entropy against class indices or class probabilities (CutMix/MixUp)."""
     if multilabel:
@@ -323,16 +359,21 @@ def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=o.lr)
 
 
-def make_schedule(s: ScheduleConfig, optimizer: torch.optim.Optimizer, lr: float, epochs: int,
-                  steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_schedule(
+    s: ScheduleConfig, optimizer: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-step schedule over the whole run, with a linear warm-up over ``warmup_fraction`` of it."""
     total = max(2, epochs * steps_per_epoch)
     if s.name == "onecycle":
         # Each phase must span more than one step, or OneCycleLR divides by zero (runs of a few steps).
         pct = min(max(s.warmup_fraction, 0.02, 1.5 / total), 1 - 0.5 / total)
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total, pct_start=pct,
-            cycle_momentum=isinstance(optimizer, torch.optim.SGD))
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total,
+            pct_start=pct,
+            cycle_momentum=isinstance(optimizer, torch.optim.SGD),
+        )
     warmup = int(s.warmup_fraction * total)
 
     def factor(step: int) -> float:

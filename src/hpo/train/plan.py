@@ -59,6 +59,7 @@ _ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16"
 
 # ----------------------------------------------------------------------------------------------- machine
 
+
 @dataclass(frozen=True)
 class Gpu:
     name: str
@@ -71,9 +72,9 @@ class Machine:
     """What decides the fast path: the CPU's instruction sets (as torch dispatches them) and the GPUs."""
 
     cpu_model: str
-    isa: tuple[str, ...]      # of _ISA_FLAGS' names, as the CPU reports them
-    cpu_capability: str       # torch's kernel dispatch level: DEFAULT, AVX2, AVX512, ... (ATEN_CPU_CAPABILITY)
-    bf16_native: bool         # the CPU runs bf16 matmuls/convolutions natively, and torch dispatches to them
+    isa: tuple[str, ...]  # of _ISA_FLAGS' names, as the CPU reports them
+    cpu_capability: str  # torch's kernel dispatch level: DEFAULT, AVX2, AVX512, ... (ATEN_CPU_CAPABILITY)
+    bf16_native: bool  # the CPU runs bf16 matmuls/convolutions natively, and torch dispatches to them
     cores: int
     gpus: tuple[Gpu, ...] = ()
     torch_version: str = torch.__version__
@@ -116,8 +117,7 @@ def describe_machine() -> Machine:
         onednn_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         onednn_bf16 = False
-    bf16_native = (onednn_bf16 and capability not in ("DEFAULT", "AVX2")
-                   and bool({"avx512_bf16", "amx_bf16"} & flags))
+    bf16_native = onednn_bf16 and capability not in ("DEFAULT", "AVX2") and bool({"avx512_bf16", "amx_bf16"} & flags)
     gpus: list[Gpu] = []
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
@@ -128,13 +128,14 @@ def describe_machine() -> Machine:
 
 # --------------------------------------------------------------------------------------------------- plan
 
+
 @dataclass(frozen=True)
 class Preferences:
     """The study's ``resources.precision`` / ``channels_last`` / ``compile``: ``auto`` (measure) or fixed."""
 
-    precision: str = AUTO                     # auto | fp32 | bf16 | fp16
-    channels_last: bool | str = AUTO          # auto | True | False
-    compile: bool | str = AUTO                # auto | True | False
+    precision: str = AUTO  # auto | fp32 | bf16 | fp16
+    channels_last: bool | str = AUTO  # auto | True | False
+    compile: bool | str = AUTO  # auto | True | False
 
     @classmethod
     def from_resources(cls, resources: Any) -> Preferences:
@@ -175,8 +176,9 @@ class ExecutionPlan:
         """The forward pass's autocast context (none for fp32)."""
         if self.precision == "fp32":
             return nullcontext()
-        return torch.autocast(device_type=self.torch_device.type,
-                              dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        return torch.autocast(
+            device_type=self.torch_device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16
+        )
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """fp16 never trains without a loss scaler (its gradients underflow); the others need none."""
@@ -203,12 +205,21 @@ class ExecutionPlan:
         """The plan as MLflow tags (``hpo.plan.*``)."""
         machine = describe_machine()
         dev = self.torch_device
-        name = (machine.gpus[dev.index or 0].name if dev.type == "cuda" and machine.gpus
-                else f"{machine.cpu_model} ({', '.join(machine.isa) or 'no AVX2'})")
-        return {"hpo.plan.device": self.device, "hpo.plan.device_name": name, "hpo.plan.precision": self.precision,
-                "hpo.plan.layout": self.layout, "hpo.plan.compile": str(self.compile).lower(),
-                "hpo.plan.threads": str(self.threads), "hpo.plan.tf32": str(self.tf32).lower(),
-                "hpo.plan.source": self.source}
+        name = (
+            machine.gpus[dev.index or 0].name
+            if dev.type == "cuda" and machine.gpus
+            else f"{machine.cpu_model} ({', '.join(machine.isa) or 'no AVX2'})"
+        )
+        return {
+            "hpo.plan.device": self.device,
+            "hpo.plan.device_name": name,
+            "hpo.plan.precision": self.precision,
+            "hpo.plan.layout": self.layout,
+            "hpo.plan.compile": str(self.compile).lower(),
+            "hpo.plan.threads": str(self.threads),
+            "hpo.plan.tf32": str(self.tf32).lower(),
+            "hpo.plan.source": self.source,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -228,9 +239,15 @@ def default_plan(machine: Machine, device: torch.device, prefs: Preferences, thr
     fast = "bf16" if (capability >= (8, 0) if cuda else machine.bf16_native) else "fp16" if cuda else "fp32"
     precision = fast if prefs.precision == AUTO else prefs.precision
     layout = prefs.channels_last if isinstance(prefs.channels_last, bool) else precision != "fp32"
-    return ExecutionPlan(device=str(device), precision=precision, channels_last=layout, compile=prefs.compile is True,
-                         threads=threads, tf32=cuda and capability >= (8, 0) and precision == "fp32",
-                         source="default")
+    return ExecutionPlan(
+        device=str(device),
+        precision=precision,
+        channels_last=layout,
+        compile=prefs.compile is True,
+        threads=threads,
+        tf32=cuda and capability >= (8, 0) and precision == "fp32",
+        source="default",
+    )
 
 
 def candidates(machine: Machine, device: torch.device, prefs: Preferences, threads: int) -> list[ExecutionPlan]:
@@ -250,17 +267,28 @@ def candidates(machine: Machine, device: torch.device, prefs: Preferences, threa
     layouts = [prefs.channels_last] if isinstance(prefs.channels_last, bool) else [False, True]
     thread_counts = [threads] if cuda or threads <= 1 else [threads, max(1, threads // 2)]
     compile_ = prefs.compile is True
-    return [ExecutionPlan(device=str(device), precision=p, channels_last=cl, compile=compile_, threads=t,
-                          tf32=cuda and capability >= (8, 0) and p == "fp32")
-            for p in precisions for cl in layouts for t in thread_counts]
+    return [
+        ExecutionPlan(
+            device=str(device),
+            precision=p,
+            channels_last=cl,
+            compile=compile_,
+            threads=t,
+            tf32=cuda and capability >= (8, 0) and p == "fp32",
+        )
+        for p in precisions
+        for cl in layouts
+        for t in thread_counts
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- measure
 
+
 @dataclass
 class Measurement:
-    seconds_per_step: float   # median of the timed steps
-    loss: float               # after the last step (the numerics guard compares it with fp32's)
+    seconds_per_step: float  # median of the timed steps
+    loss: float  # after the last step (the numerics guard compares it with fp32's)
     first_step_seconds: float = 0.0  # includes compilation, when compiled
 
     @property
@@ -276,8 +304,14 @@ def _sync(device: torch.device) -> None:
 class _Stepper:
     """One candidate's model, optimizer and batch, ready to take timed SGD steps."""
 
-    def __init__(self, build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, plan: ExecutionPlan,
-                 loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    def __init__(
+        self,
+        build: Callable[[], nn.Module],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        plan: ExecutionPlan,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> None:
         self.plan, self.y, self.loss_of = plan, y, loss
         self.device = plan.torch_device
         plan.apply()
@@ -315,9 +349,16 @@ class _Stepper:
         return Measurement(statistics.median(self.times[warmup:]), self.loss, self.times[0])
 
 
-def measure_all(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, plans: list[ExecutionPlan], *,
-                loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                warmup: int = WARMUP_STEPS, steps: int = TIMED_STEPS) -> list[Measurement]:
+def measure_all(
+    build: Callable[[], nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    plans: list[ExecutionPlan],
+    *,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    warmup: int = WARMUP_STEPS,
+    steps: int = TIMED_STEPS,
+) -> list[Measurement]:
     """Time ``warmup + steps`` SGD steps of a fresh copy of the model under each plan on one batch (``x``
     float in [0, 1] on the plans' device). The candidates take turns, one step each per round, so that a
     shared machine's drift (tens of percent within minutes on a VM) falls on all of them alike. Every
@@ -331,9 +372,16 @@ def measure_all(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor
     return [stepper.result(warmup) for stepper in steppers]
 
 
-def measure(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, plan: ExecutionPlan, *,
-            loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-            warmup: int = WARMUP_STEPS, steps: int = TIMED_STEPS) -> Measurement:
+def measure(
+    build: Callable[[], nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    plan: ExecutionPlan,
+    *,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    warmup: int = WARMUP_STEPS,
+    steps: int = TIMED_STEPS,
+) -> Measurement:
     """``measure_all`` for one plan."""
     return measure_all(build, x, y, [plan], loss=loss, warmup=warmup, steps=steps)[0]
 
@@ -352,8 +400,10 @@ def choose(measured: list[tuple[ExecutionPlan, Measurement]], batch: int) -> tup
         if not m.finite:
             notes.append(f"{plan.describe()}: not finite (loss {m.loss})")
         elif plan.precision != "fp32" and reference is not None and not within_tolerance(m.loss, reference):
-            notes.append(f"{plan.describe()}: loss {m.loss:.4f} after {TIMED_STEPS + WARMUP_STEPS} steps, "
-                         f"fp32 {reference:.4f}: refused")
+            notes.append(
+                f"{plan.describe()}: loss {m.loss:.4f} after {TIMED_STEPS + WARMUP_STEPS} steps, "
+                f"fp32 {reference:.4f}: refused"
+            )
         else:
             allowed.append((plan, m))
     if not allowed:
@@ -363,6 +413,7 @@ def choose(measured: list[tuple[ExecutionPlan, Measurement]], batch: int) -> tup
 
 
 # ------------------------------------------------------------------------------------------------- cache
+
 
 def default_cache_path() -> Path | None:
     """``$HPO_PLAN_CACHE`` (``off`` for none), else ``$XDG_CACHE_HOME/hpo/plans.json``."""
@@ -410,8 +461,15 @@ class PlanCache:
 _PROCESS_PLANS: dict[str, dict] = {}
 
 
-def plan_key(machine: Machine, device: torch.device, model: str, input_shape: tuple[int, ...], batch: int,
-             threads: int, prefs: Preferences) -> str:
+def plan_key(
+    machine: Machine,
+    device: torch.device,
+    model: str,
+    input_shape: tuple[int, ...],
+    batch: int,
+    threads: int,
+    prefs: Preferences,
+) -> str:
     shape = "x".join(str(d) for d in input_shape)
     return f"{machine.signature(device)}|{model}|{shape}|batch {batch}|threads {threads}|{prefs.key()}"
 
@@ -421,11 +479,23 @@ def plan_key(machine: Machine, device: torch.device, model: str, input_shape: tu
 Measure = Callable[[ExecutionPlan], Measurement]
 
 
-def choose_plan(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, *, model_name: str,
-                device: torch.device, threads: int, prefs: Preferences = Preferences(),
-                cache: PlanCache | None = None, expected_steps: int | None = None, machine: Machine | None = None,
-                loss: Callable | None = None, measure_fn: Measure | None = None,
-                log: Callable[[str], None] | None = None, always_measure: bool = False) -> ExecutionPlan:
+def choose_plan(
+    build: Callable[[], nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    model_name: str,
+    device: torch.device,
+    threads: int,
+    prefs: Preferences = Preferences(),
+    cache: PlanCache | None = None,
+    expected_steps: int | None = None,
+    machine: Machine | None = None,
+    loss: Callable | None = None,
+    measure_fn: Measure | None = None,
+    log: Callable[[str], None] | None = None,
+    always_measure: bool = False,
+) -> ExecutionPlan:
     """The plan for training ``build()`` on batches like ``x`` (float, on ``device``): from the cache,
     from the preferences when they fix everything, else measured. ``measure_fn`` replaces the timing
     (tests inject step times through it). ``expected_steps`` (the run's training steps, if known): a run
@@ -439,8 +509,12 @@ def choose_plan(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor
     if cached is not None:
         return replace(cached, source="cache", key=key)
     options = candidates(machine, device, prefs, threads)
-    if len(options) > 1 and not always_measure and expected_steps is not None and \
-            expected_steps < MEASURE_WORTH * len(options) * (WARMUP_STEPS + TIMED_STEPS):
+    if (
+        len(options) > 1
+        and not always_measure
+        and expected_steps is not None
+        and expected_steps < MEASURE_WORTH * len(options) * (WARMUP_STEPS + TIMED_STEPS)
+    ):
         return replace(default_plan(machine, device, prefs, threads), key=key)  # too short to be worth it
 
     def measure_many(plans: list[ExecutionPlan]) -> list[Measurement]:
@@ -470,10 +544,19 @@ def choose_plan(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor
     return plan
 
 
-def plan_training(config, data, *, device: str | torch.device = "auto", threads: int = 1,
-                  prefs: Preferences = Preferences(), cache: PlanCache | None = None, epochs: int = 1,
-                  model: nn.Module | None = None, log: Callable[[str], None] | None = None,
-                  always_measure: bool = False) -> ExecutionPlan:
+def plan_training(
+    config,
+    data,
+    *,
+    device: str | torch.device = "auto",
+    threads: int = 1,
+    prefs: Preferences = Preferences(),
+    cache: PlanCache | None = None,
+    epochs: int = 1,
+    model: nn.Module | None = None,
+    log: Callable[[str], None] | None = None,
+    always_measure: bool = False,
+) -> ExecutionPlan:
     """The plan for one training run of ``config`` (a TrialConfig) on ``data`` (a TrainData), measured on
     its first batch of real images. ``model`` (as ``train`` takes it) replaces the config's network."""
     from hpo.models import create_model
@@ -481,8 +564,11 @@ def plan_training(config, data, *, device: str | torch.device = "auto", threads:
 
     dev = pick_device(device) if isinstance(device, str) else device
     batch = min(config.batch_size, len(data.y_train))
-    x = data.x_train[:batch] if not hasattr(data.x_train, "decode") else \
-        torch.as_tensor(data.x_train.decode(list(range(batch))))
+    x = (
+        data.x_train[:batch]
+        if not hasattr(data.x_train, "decode")
+        else torch.as_tensor(data.x_train.decode(list(range(batch))))
+    )
     x = to_float(torch.as_tensor(x).to(dev))
     y = data.y_train[:batch].to(dev)
     multilabel = y.ndim == 2
@@ -494,11 +580,23 @@ def plan_training(config, data, *, device: str | torch.device = "auto", threads:
 
         name = f"{type(model).__name__}:{sum(p.numel() for p in model.parameters())}"
     else:
+
         def build() -> nn.Module:
             return create_model(config.model, data.x_train.shape[1], data.num_classes, data.mean, data.std)
 
         name = config.model.name
     steps = epochs * math.ceil(len(data.y_train) / config.batch_size)
-    return choose_plan(build, x, y, model_name=name, device=dev, threads=threads, prefs=prefs, cache=cache,
-                       expected_steps=steps, loss=lambda logits, t: loss_fn(logits, t, multilabel=multilabel),
-                       log=log, always_measure=always_measure)
+    return choose_plan(
+        build,
+        x,
+        y,
+        model_name=name,
+        device=dev,
+        threads=threads,
+        prefs=prefs,
+        cache=cache,
+        expected_steps=steps,
+        loss=lambda logits, t: loss_fn(logits, t, multilabel=multilabel),
+        log=log,
+        always_measure=always_measure,
+    )

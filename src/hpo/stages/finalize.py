@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hpo.backends.records import TrialRecord
-from hpo.config import Study
 from hpo.data import ImageData
 from hpo.data.streaming import FileImages, concat_images, head
+from hpo.engine.records import TrialRecord
+from hpo.study import Study
 from hpo.tracking import Tracker, flatten
 
 CHAMPION = "champion"
@@ -39,18 +39,28 @@ class FinalResult:
 def pip_requirements() -> list[str]:
     """Requirements that reinstall the model's environment: torch pinned without its local label
     (``2.13.0+cpu`` -> ``torch==2.13.0``, which every index resolves), plus what the loader needs."""
-    import mlflow
     import numpy
     import torch
 
-    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-            f"numpy=={numpy.__version__}"]
+    import mlflow
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={numpy.__version__}"]
 
 
-def finalize(study: Study, data: ImageData, winner: TrialRecord, records: list[TrialRecord], tracker: Tracker,
-             parent_run: str, *, optuna_storage: str | None = None, optuna_study: str | None = None,
-             best_epoch: int | None = None, threads: int | None = None,
-             progress: Callable[[str], None] | None = None) -> FinalResult:
+def finalize(
+    study: Study,
+    data: ImageData,
+    winner: TrialRecord,
+    records: list[TrialRecord],
+    tracker: Tracker,
+    parent_run: str,
+    *,
+    optuna_storage: str | None = None,
+    optuna_study: str | None = None,
+    best_epoch: int | None = None,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> FinalResult:
     import torch
 
     from hpo.report import learning_curves_png
@@ -70,26 +80,47 @@ def finalize(study: Study, data: ImageData, winner: TrialRecord, records: list[T
     else:
         x, y = data.x_train, data.y_train
 
-    run_id = tracker.start_run("final", parent=parent_run, tags={
-        "hpo.kind": "final", "hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id or ""})
-    tracker.log_params(run_id, {**flatten(winner.config.model_dump(mode="json")),
-                                "final.epochs": epochs, "final.retrain_on": c.final.retrain_on,
-                                "final.train_images": len(y), "seed": c.seed})
+    run_id = tracker.start_run(
+        "final",
+        parent=parent_run,
+        tags={"hpo.kind": "final", "hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id or ""},
+    )
+    tracker.log_params(
+        run_id,
+        {
+            **flatten(winner.config.model_dump(mode="json")),
+            "final.epochs": epochs,
+            "final.retrain_on": c.final.retrain_on,
+            "final.train_images": len(y),
+            "seed": c.seed,
+        },
+    )
     with tracker.finishing(run_id):
         train_data = TrainData.from_arrays(x, y, None, None, data.num_classes, data.mean, data.std)
 
         def report(epoch, _model) -> None:
             tracker.log_metrics(run_id, epoch.metrics(), step=epoch.epoch)
             if progress is not None:
-                progress(f"epoch {epoch.epoch}/{epochs}: train_accuracy {epoch.train_accuracy:.4f}, "
-                         f"{epoch.seconds:.0f} s")
+                progress(
+                    f"epoch {epoch.epoch}/{epochs}: train_accuracy {epoch.train_accuracy:.4f}, {epoch.seconds:.0f} s"
+                )
 
-        result = train(winner.config, train_data, epochs=epochs, seed=c.seed, threads=threads or os.cpu_count(),
-                       prefs=Preferences.from_resources(c.resources), report=report)
+        result = train(
+            winner.config,
+            train_data,
+            epochs=epochs,
+            seed=c.seed,
+            threads=threads or os.cpu_count(),
+            prefs=Preferences.from_resources(c.resources),
+            report=report,
+        )
         tracker.set_tags(run_id, result.plan.tags())
         # tested once, on the device it trained on, as it trained (precision, layout)
-        logits = predict_logits(result.model, data.x_test if isinstance(data.x_test, FileImages) else
-                                torch.as_tensor(data.x_test), plan=result.plan)
+        logits = predict_logits(
+            result.model,
+            data.x_test if isinstance(data.x_test, FileImages) else torch.as_tensor(data.x_test),
+            plan=result.plan,
+        )
         model = result.model.cpu().to(memory_format=torch.contiguous_format).eval()
         y_test = torch.as_tensor(data.y_test)
         test_loss = loss_fn(logits, y_test, multilabel=data.multilabel).item()
@@ -101,38 +132,58 @@ def finalize(study: Study, data: ImageData, winner: TrialRecord, records: list[T
                 metrics = write_multilabel_evaluation(logits.numpy(), data.y_test, data.classes, out, study.name)
             else:
                 metrics = write_evaluation(logits.numpy(), data.y_test, data.x_test, data.classes, out, study.name)
-            learning_curves_png(winner.history, [_row(e) for e in result.history], out / "learning_curves.png",
-                                f"{study.name}: winning trial #{winner.number} and its retrain")
-            family_table(records, c.objective.metric, c.objective.direction, winner, test_accuracy,
-                         out / "families.csv")
+            learning_curves_png(
+                winner.history,
+                [_row(e) for e in result.history],
+                out / "learning_curves.png",
+                f"{study.name}: winning trial #{winner.number} and its retrain",
+            )
+            family_table(
+                records, c.objective.metric, c.objective.direction, winner, test_accuracy, out / "families.csv"
+            )
             if optuna_storage:
                 optuna_plots_html(optuna_storage, optuna_study or study.name, out / "optuna_plots.html")
             for path in sorted(out.iterdir()):
                 tracker.log_artifact(run_id, path, "evaluation")
-        metrics = {"test_accuracy": test_accuracy, "test_loss": test_loss, **metrics,
-                   "retrain_seconds": sum(e.seconds for e in result.history)}
+        metrics = {
+            "test_accuracy": test_accuracy,
+            "test_loss": test_loss,
+            **metrics,
+            "retrain_seconds": sum(e.seconds for e in result.history),
+        }
         tracker.log_metrics(run_id, metrics)
 
         model_uri, model_id = _log_model(run_id, model, data)
         _log_exports(tracker, run_id, model, data, c.final.export)
         name, version, promotion = register(tracker, study, run_id, model_uri, model_id, metrics)
         tracker.set_tags(run_id, {"hpo.promotion": promotion})
-    return FinalResult(run_id, epochs, test_accuracy, test_loss, metrics, model_uri, name, version, promotion,
-                       time.time() - start)
+    return FinalResult(
+        run_id, epochs, test_accuracy, test_loss, metrics, model_uri, name, version, promotion, time.time() - start
+    )
 
 
 def _row(epoch) -> dict:
-    return {"epoch": epoch.epoch, "train_loss": epoch.train_loss, "train_accuracy": epoch.train_accuracy,
-            "val_loss": epoch.val_loss, "val_accuracy": epoch.val_accuracy}
+    return {
+        "epoch": epoch.epoch,
+        "train_loss": epoch.train_loss,
+        "train_accuracy": epoch.train_accuracy,
+        "val_loss": epoch.val_loss,
+        "val_accuracy": epoch.val_accuracy,
+    }
 
 
 def model_metadata(data: ImageData) -> dict:
     """Stored with the logged model; ``hpo predict`` rebuilds the preprocessing from it."""
-    return {"classes": data.classes, "task": "multilabel" if data.multilabel else "multiclass",
-            "input": "float32 (N, C, H, W) in [0, 1]",
-            "channels": data.in_channels, "image_size": list(data.image_size),
-            "background": background_kind(head(data.x_train, 512)),
-            "mean": list(data.mean), "std": list(data.std)}
+    return {
+        "classes": data.classes,
+        "task": "multilabel" if data.multilabel else "multiclass",
+        "input": "float32 (N, C, H, W) in [0, 1]",
+        "channels": data.in_channels,
+        "image_size": list(data.image_size),
+        "background": background_kind(head(data.x_train, 512)),
+        "mean": list(data.mean),
+        "std": list(data.std),
+    }
 
 
 def background_kind(images: np.ndarray) -> str:
@@ -140,8 +191,14 @@ def background_kind(images: np.ndarray) -> str:
     near black or near white (objects on a plain background: Fashion-MNIST, MNIST, product shots), else
     ``varied`` (photos that fill the frame: CIFAR). ``hpo predict`` inverts and crops outside photos only
     for a plain background; measured from the images, not taken from the dataset's name."""
-    border = np.concatenate([images[:, :, 0, :].ravel(), images[:, :, -1, :].ravel(),
-                             images[:, :, :, 0].ravel(), images[:, :, :, -1].ravel()]).astype(np.float32)
+    border = np.concatenate(
+        [
+            images[:, :, 0, :].ravel(),
+            images[:, :, -1, :].ravel(),
+            images[:, :, :, 0].ravel(),
+            images[:, :, :, -1].ravel(),
+        ]
+    ).astype(np.float32)
     if (border < 48).mean() >= 0.9:
         return "dark"
     if (border > 207).mean() >= 0.9:
@@ -155,9 +212,14 @@ def _log_model(run_id: str, model, data: ImageData) -> tuple[str, str]:
 
     example = head(data.x_test, 4).astype(np.float32) / 255.0  # batch > 1: the batch dim stays dynamic
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(model, name="model", input_example=example,
-                                        pip_requirements=pip_requirements(), serialization_format="pt2",
-                                        metadata=model_metadata(data))
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            input_example=example,
+            pip_requirements=pip_requirements(),
+            serialization_format="pt2",
+            metadata=model_metadata(data),
+        )
     return info.model_uri, info.model_id
 
 
@@ -171,9 +233,17 @@ def _log_exports(tracker: Tracker, run_id: str, model, data: ImageData, formats:
         if "torchscript" in formats:
             torch.jit.trace(model, example).save(str(out / "model.torchscript.pt"))
         if "onnx" in formats:
-            torch.onnx.export(model, (example,), str(out / "model.onnx"), input_names=["images"],
-                              output_names=["logits"], dynamo=True, verbose=False, external_data=False,
-                              dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+            torch.onnx.export(
+                model,
+                (example,),
+                str(out / "model.onnx"),
+                input_names=["images"],
+                output_names=["logits"],
+                dynamo=True,
+                verbose=False,
+                external_data=False,
+                dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+            )
         (out / "model_metadata.json").write_text(json.dumps(model_metadata(data), indent=2))
         for path in sorted(out.iterdir()):
             tracker.log_artifact(run_id, path, "exports")
@@ -200,8 +270,9 @@ class ChampionGuard:
             self.client.set_registered_model_alias(self.name, CHAMPION, before)
 
 
-def register(tracker: Tracker, study: Study, run_id: str, model_uri: str, model_id: str | None,
-             metrics: dict[str, float]) -> tuple[str, str, str]:
+def register(
+    tracker: Tracker, study: Study, run_id: str, model_uri: str, model_id: str | None, metrics: dict[str, float]
+) -> tuple[str, str, str]:
     """Create a registered version carrying its metrics and study; move ``champion`` per the study's rule.
     Returns (name, version, what happened to the alias)."""
     import yaml
@@ -215,8 +286,14 @@ def register(tracker: Tracker, study: Study, run_id: str, model_uri: str, model_
     except MlflowException:
         client.create_registered_model(name, tags={"hpo.study": study.name})
     tags = {"hpo.study": study.name, "hpo.run_id": run_id, **{k: repr(float(v)) for k, v in metrics.items()}}
-    version = client.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id, tags=tags,
-                                          description=yaml.safe_dump(study.resolved(), sort_keys=False)[:5000])
+    version = client.create_model_version(
+        name,
+        source=model_uri,
+        run_id=run_id,
+        model_id=model_id,
+        tags=tags,
+        description=yaml.safe_dump(study.resolved(), sort_keys=False)[:5000],
+    )
     v = str(version.version)
 
     metric = c.final.promote_metric
@@ -226,8 +303,9 @@ def register(tracker: Tracker, study: Study, run_id: str, model_uri: str, model_
     except MlflowException:
         current = None
     old = float(current.tags[metric]) if current is not None and metric in current.tags else None
-    better = old is None or (new - old > c.final.min_improvement if metric == "test_accuracy"
-                             else old - new > c.final.min_improvement)
+    better = old is None or (
+        new - old > c.final.min_improvement if metric == "test_accuracy" else old - new > c.final.min_improvement
+    )
     if c.final.promote == "always" or (c.final.promote == "if_better" and better):
         client.set_registered_model_alias(name, CHAMPION, v)
         client.set_model_version_tag(name, v, "hpo.role", CHAMPION)
@@ -235,7 +313,10 @@ def register(tracker: Tracker, study: Study, run_id: str, model_uri: str, model_
         promotion = f"v{v} is now {CHAMPION}: {metric} {new:.4f}{was}"
     else:
         client.set_model_version_tag(name, v, "hpo.role", "challenger")
-        why = "promotion is off" if c.final.promote == "never" else (
-            f"{CHAMPION} v{current.version} keeps the alias with {metric} {old:.4f}")
+        why = (
+            "promotion is off"
+            if c.final.promote == "never"
+            else (f"{CHAMPION} v{current.version} keeps the alias with {metric} {old:.4f}")
+        )
         promotion = f"v{v} is a challenger ({metric} {new:.4f}); {why}"
     return name, v, promotion

@@ -9,10 +9,18 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hpo.backends.records import TrialRecord
+from hpo.engine.records import TrialRecord
 
-STATUS_STYLE = {"running": "cyan", "retrying": "magenta", "completed": "green", "early_stopped": "green",
-                "pruned": "yellow", "stopped": "yellow", "failed": "red", "infeasible": "red"}
+STATUS_STYLE = {
+    "running": "cyan",
+    "retrying": "magenta",
+    "completed": "green",
+    "early_stopped": "green",
+    "pruned": "yellow",
+    "stopped": "yellow",
+    "failed": "red",
+    "infeasible": "red",
+}
 ACTIVE = ("running", "retrying")
 MAX_ROWS = 20
 
@@ -30,21 +38,41 @@ def short_params(params: dict) -> str:
 
 
 class LiveView:
-    def __init__(self, records: list[TrialRecord], *, trials: int, time_budget: float | None, max_epochs: int,
-                 metric: str, mode: str, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        records: list[TrialRecord],
+        *,
+        trials: int,
+        time_budget: float | None,
+        max_epochs: int,
+        metric: str,
+        mode: str,
+        console: Console | None = None,
+    ) -> None:
         self.records = records
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
         self.time_budget = time_budget
         self.console = console or Console(stderr=True)
-        self.progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[budget]}"))
+        self.progress = Progress(
+            TextColumn("[bold]trials"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[budget]}"),
+        )
         self.task = self.progress.add_task("trials", total=trials, budget=self._budget_text())
         self.start = time.time()
         self.epochs_shown: dict[str, int] = {}
         # On a terminal: a live table. Elsewhere (CI logs, nohup): one line per trial event instead.
         self.interactive = self.console.is_terminal
-        self.live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2,
-                         transient=False, redirect_stdout=False, redirect_stderr=False)
+        self.live = Live(
+            get_renderable=self.render,
+            console=self.console,
+            refresh_per_second=2,
+            transient=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
 
     def _budget_text(self) -> str:
         if not self.time_budget:
@@ -63,8 +91,14 @@ class LiveView:
             best = f"{value:.4f} (ep {epoch})" if value is not None else (r.error or "-")[:60]
             status = r.status if r.status != "pruned" else f"pruned @{r.epochs}"
             per_epoch = f"{r.compute_seconds / r.epochs:.1f}" if r.epochs else "-"
-            table.add_row(str(r.number), f"[{STATUS_STYLE.get(r.status, '')}]{status}",
-                          f"{r.epochs}/{self.max_epochs}", best, per_epoch, short_params(r.params))
+            table.add_row(
+                str(r.number),
+                f"[{STATUS_STYLE.get(r.status, '')}]{status}",
+                f"{r.epochs}/{self.max_epochs}",
+                best,
+                per_epoch,
+                short_params(r.params),
+            )
         return Group(table, self.progress)
 
     def trial_changed(self, record: TrialRecord) -> None:
@@ -79,8 +113,10 @@ class LiveView:
             value, epoch = record.best(self.metric, self.mode)
             now = f"{self.metric} {last[self.metric]:.4f}" if last.get(self.metric) is not None else "no validation"
             best = f", best {value:.4f} (epoch {epoch})" if value is not None and epoch != record.epochs else ""
-            line = (f"trial {record.number} epoch {record.epochs}/{self.max_epochs}: {now}{best}, "
-                    f"{last.get('seconds', 0.0):.0f} s")
+            line = (
+                f"trial {record.number} epoch {record.epochs}/{self.max_epochs}: {now}{best}, "
+                f"{last.get('seconds', 0.0):.0f} s"
+            )
         elif record.status == "running":
             again = f" (attempt {record.attempts})" if record.attempts > 1 else ""
             line = f"trial {record.number} started{again}: {short_params(record.params)}"
@@ -90,15 +126,18 @@ class LiveView:
             value, epoch = record.best(self.metric, self.mode)
             best = f"{self.metric} {value:.4f} (epoch {epoch})" if value is not None else record.error or ""
             line = f"trial {record.number} {record.status} after {record.epochs} epochs: {best}"
-        self.console.print(f"[{elapsed / 60:5.1f} min] {done}/{self.progress.tasks[0].total} done | {line}",
-                           highlight=False, soft_wrap=True)
+        self.console.print(
+            f"[{elapsed / 60:5.1f} min] {done}/{self.progress.tasks[0].total} done | {line}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def note(self, text: str) -> None:
         """A line of its own (above the live table on a terminal)."""
         elapsed = time.time() - self.start
         self.console.print(f"[{elapsed / 60:5.1f} min] {text}", highlight=False, soft_wrap=True, markup=False)
 
-    def __enter__(self) -> "LiveView":
+    def __enter__(self) -> LiveView:
         if self.interactive:
             self.live.__enter__()
         return self

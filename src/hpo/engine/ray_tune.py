@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo.backends.records import TrialRecord
-from hpo.config import Study
 from hpo.data import ImageData
+from hpo.engine.records import TrialRecord
+from hpo.engine.run_dir import StudyDir
 from hpo.errors import HpoError
-from hpo.resume import StudyDir
 from hpo.space import SearchSpace, define_by_run
+from hpo.study import Study
 from hpo.tracking import Tracker, flatten
 
 
@@ -31,9 +31,9 @@ class TrialSettings:
     max_epochs: int
     seed: int
     threads: int
-    memory_bytes: int | None = None   # resources.memory_per_trial
+    memory_bytes: int | None = None  # resources.memory_per_trial
     gpu_fraction: float | None = None  # a fractional gpus_per_trial: the share of the card's memory
-    precision: str = "auto"            # resources.precision / channels_last / compile (hpo.train.plan)
+    precision: str = "auto"  # resources.precision / channels_last / compile (hpo.train.plan)
     channels_last: bool | str = "auto"
     compile: bool | str = "auto"
     known_plans: dict[str, dict] = field(default_factory=dict)  # plans this run measured already
@@ -46,7 +46,7 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
     from pydantic import ByteSize
     from ray import tune
 
-    from hpo.backends.limits import TrialOutOfMemory, is_out_of_memory, memory_cap
+    from hpo.engine.limits import TrialOutOfMemory, is_out_of_memory, memory_cap
     from hpo.train import PlanCache, Preferences, TrainData, plan_training, train
     from hpo.train.loop import pick_device
 
@@ -58,26 +58,48 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
     plan_info: dict[str, Any] = {}
 
     def report(epoch, _model) -> None:
-        tune.report({**epoch.metrics(), "epoch": epoch.epoch, "early_stop": epoch.early_stop,
-                     "trial_started": started, "reported_at": time.time(), "pid": pid, "node": node, **plan_info})
+        tune.report(
+            {
+                **epoch.metrics(),
+                "epoch": epoch.epoch,
+                "early_stop": epoch.early_stop,
+                "trial_started": started,
+                "reported_at": time.time(),
+                "pid": pid,
+                "node": node,
+                **plan_info,
+            }
+        )
 
     with memory_cap(settings.memory_bytes, settings.gpu_fraction, device):
         try:
-            train_data = TrainData.from_arrays(data.x_train, data.y_train, data.x_val, data.y_val,
-                                               data.num_classes, data.mean, data.std)
+            train_data = TrainData.from_arrays(
+                data.x_train, data.y_train, data.x_val, data.y_val, data.num_classes, data.mean, data.std
+            )
             prefs = Preferences(settings.precision, settings.channels_last, settings.compile)
-            plan = plan_training(config, train_data, device=device, threads=settings.threads, prefs=prefs,
-                                 cache=PlanCache(known=settings.known_plans), epochs=settings.max_epochs)
+            plan = plan_training(
+                config,
+                train_data,
+                device=device,
+                threads=settings.threads,
+                prefs=prefs,
+                cache=PlanCache(known=settings.known_plans),
+                epochs=settings.max_epochs,
+            )
             plan_info.update(plan=plan.to_dict(), plan_key=plan.key, plan_tags=plan.tags())
             train(config, train_data, epochs=settings.max_epochs, seed=settings.seed, plan=plan, report=report)
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
-            cap = (f", capped at {ByteSize(settings.memory_bytes).human_readable(separator=' ')}"
-                   if settings.memory_bytes else "")
+            cap = (
+                f", capped at {ByteSize(settings.memory_bytes).human_readable(separator=' ')}"
+                if settings.memory_bytes
+                else ""
+            )
             detail = str(exc).strip().splitlines()[0][-200:] if str(exc).strip() else type(exc).__name__
-            raise TrialOutOfMemory(f"out of memory with batch size {config.batch_size} on {device}{cap} "
-                                   f"({detail})") from None
+            raise TrialOutOfMemory(
+                f"out of memory with batch size {config.batch_size} on {device}{cap} ({detail})"
+            ) from None
 
 
 def _tune_callback_class():
@@ -91,11 +113,20 @@ def _tune_callback_class():
         parameters, each gets its old number back. One MLflow run per trial number: an attempt that is
         cut off (crash, or a retry after an error) has its partial run deleted and a new one started."""
 
-        def __init__(self, space: SearchSpace, tracker: Tracker, parent_run: str, records: list[TrialRecord],
-                     max_epochs: int, *, restarts: list[TrialRecord] | None = None,
-                     journal: Callable[[list[TrialRecord]], None] | None = None,
-                     on_change: Callable[[TrialRecord], None] | None = None, searcher: Any = None,
-                     on_plan: Callable[[TrialRecord, str], None] | None = None) -> None:
+        def __init__(
+            self,
+            space: SearchSpace,
+            tracker: Tracker,
+            parent_run: str,
+            records: list[TrialRecord],
+            max_epochs: int,
+            *,
+            restarts: list[TrialRecord] | None = None,
+            journal: Callable[[list[TrialRecord]], None] | None = None,
+            on_change: Callable[[TrialRecord], None] | None = None,
+            searcher: Any = None,
+            on_plan: Callable[[TrialRecord, str], None] | None = None,
+        ) -> None:
             self.space, self.tracker, self.parent_run = space, tracker, parent_run
             self.records, self.max_epochs = records, max_epochs
             self.restarts = list(restarts or [])
@@ -109,8 +140,13 @@ def _tune_callback_class():
 
         def __getstate__(self) -> dict:
             # Ray pickles callbacks into its experiment state; the view, the journal and the searcher stay here.
-            return {**self.__dict__, "on_change": _ignore, "journal": _ignore, "searcher": None,
-                    "on_plan": _ignore_plan}
+            return {
+                **self.__dict__,
+                "on_change": _ignore,
+                "journal": _ignore,
+                "searcher": None,
+                "on_plan": _ignore_plan,
+            }
 
         def on_trial_start(self, iteration, trials, trial, **info):
             if trial.trial_id in self.by_id:  # started again by the retry policy (see on_trial_recover)
@@ -119,8 +155,13 @@ def _tune_callback_class():
                 self.changed(record)
                 return
             params = dict(trial.config)
-            record = TrialRecord(trial.trial_id, self._number_for(params), params, self.space.resolve(params),
-                                 optuna_number=self._optuna_number(trial.trial_id))
+            record = TrialRecord(
+                trial.trial_id,
+                self._number_for(params),
+                params,
+                self.space.resolve(params),
+                optuna_number=self._optuna_number(trial.trial_id),
+            )
             record.run_id = self._start_run(record)
             self.records.append(record)
             self.by_id[trial.trial_id] = record
@@ -128,8 +169,21 @@ def _tune_callback_class():
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             record = self.by_id[trial.trial_id]
-            row = {k: result[k] for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                                          "lr", "seconds", "images_per_second", "early_stop") if k in result}
+            row = {
+                k: result[k]
+                for k in (
+                    "epoch",
+                    "train_loss",
+                    "train_accuracy",
+                    "val_loss",
+                    "val_accuracy",
+                    "lr",
+                    "seconds",
+                    "images_per_second",
+                    "early_stop",
+                )
+                if k in result
+            }
             record.history.append(row)
             record.worker_started = result.get("trial_started", record.worker_started)
             record.worker_last = result.get("reported_at", record.worker_last)
@@ -191,8 +245,13 @@ def _tune_callback_class():
             self.on_change(record)
 
         def _start_run(self, record: TrialRecord) -> str:
-            tags = {"hpo.kind": "trial", "hpo.trial_id": record.trial_id, "hpo.status": "running",
-                    "hpo.trial_key": f"{self.parent_run}:{record.number}", "hpo.attempt": record.attempts}
+            tags = {
+                "hpo.kind": "trial",
+                "hpo.trial_id": record.trial_id,
+                "hpo.status": "running",
+                "hpo.trial_key": f"{self.parent_run}:{record.number}",
+                "hpo.attempt": record.attempts,
+            }
             if record.retry_errors:
                 tags["hpo.retry_errors"] = " | ".join(record.retry_errors)
             run_id = self.tracker.start_run(f"trial-{record.number:03d}", parent=self.parent_run, tags=tags)
@@ -214,8 +273,14 @@ def _tune_callback_class():
     return TrialTracker
 
 
-RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "KILLED", "stopped": "KILLED",
-              "failed": "FAILED", "infeasible": "FAILED"}
+RUN_STATUS = {
+    "completed": "FINISHED",
+    "early_stopped": "FINISHED",
+    "pruned": "KILLED",
+    "stopped": "KILLED",
+    "failed": "FAILED",
+    "infeasible": "FAILED",
+}
 
 
 def _plan_logger(run_dir: StudyDir, view) -> Callable[[TrialRecord, str], None]:
@@ -232,6 +297,7 @@ def _plan_logger(run_dir: StudyDir, view) -> Callable[[TrialRecord, str], None]:
             from hpo.train.plan import ExecutionPlan
 
             view.note(f"plan for {family} (trial {record.number}): {ExecutionPlan.from_dict(record.plan).describe()}")
+
     return on_plan
 
 
@@ -257,15 +323,17 @@ def _error_text(trial) -> str:
     """``"TypeName: message"`` (first line, module path dropped) of the error that ended ``trial``."""
     text = _raw_error_text(trial)
     if "worker process has died" in text or "actor died unexpectedly" in text:
-        return ("TrialProcessDied: the trial's process died (killed by a signal, by the kernel's OOM killer, "
-                "or crashed in native code)")
+        return (
+            "TrialProcessDied: the trial's process died (killed by a signal, by the kernel's OOM killer, "
+            "or crashed in native code)"
+        )
     return re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=\w+(?::|$))", "", text)
 
 
 def _raw_error_text(trial) -> str:
     try:
         error = trial.get_pickled_error() or trial.get_error()
-    except Exception:  # noqa: BLE001 - reading the error must never break the search
+    except Exception:
         error = None
     if error is not None:
         cause = getattr(error, "cause", None) or error
@@ -276,10 +344,20 @@ def _raw_error_text(trial) -> str:
     return "unknown error"
 
 
-def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str, run_dir: StudyDir,
-               records: list[TrialRecord], view=None, points: list[dict] | None = None,
-               restarts: list[TrialRecord] | None = None, time_spent: float = 0.0, deadline: float | None = None,
-               after_search: Callable[[list[TrialRecord]], float | None] | None = None) -> list[TrialRecord]:
+def run_search(
+    study: Study,
+    data: ImageData,
+    tracker: Tracker,
+    parent_run: str,
+    run_dir: StudyDir,
+    records: list[TrialRecord],
+    view=None,
+    points: list[dict] | None = None,
+    restarts: list[TrialRecord] | None = None,
+    time_spent: float = 0.0,
+    deadline: float | None = None,
+    after_search: Callable[[list[TrialRecord]], float | None] | None = None,
+) -> list[TrialRecord]:
     """Run the search; fills ``records`` (also on interruption) and returns them. ``points`` are flat
     Optuna parameter sets to evaluate first (enqueued in the Optuna study), e.g. to warm-start or to
     compare schedulers on identical configurations.
@@ -313,24 +391,39 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
     metric, mode = c.objective.metric, c.objective.direction
     sampler = optuna.samplers.TPESampler(seed=c.seed, n_startup_trials=min(10, max(2, c.budget.trials // 3)))
     storage = optuna.storages.RDBStorage(run_dir.optuna_storage)
-    searcher = OptunaSearch(functools.partial(define_by_run, space=study.space), metric=metric, mode=mode,
-                            sampler=sampler, storage=storage, study_name=run_dir.optuna_study,
-                            points_to_evaluate=points or None)
+    searcher = OptunaSearch(
+        functools.partial(define_by_run, space=study.space),
+        metric=metric,
+        mode=mode,
+        sampler=sampler,
+        storage=storage,
+        study_name=run_dir.optuna_study,
+        points_to_evaluate=points or None,
+    )
     if c.scheduler.type == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=c.budget.max_epochs,
-                                  grace_period=c.scheduler.grace_period,
-                                  reduction_factor=c.scheduler.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=c.budget.max_epochs,
+            grace_period=c.scheduler.grace_period,
+            reduction_factor=c.scheduler.reduction_factor,
+        )
         seed_asha(scheduler, records, metric, mode)
     else:
         scheduler = FIFOScheduler()
 
     gpu_fraction = c.resources.gpus_per_trial if 0 < c.resources.gpus_per_trial < 1 else None
     memory = c.resources.memory_per_trial
-    settings = TrialSettings(max_epochs=c.budget.max_epochs, seed=c.seed,
-                             threads=max(1, math.floor(c.resources.cpus_per_trial)),
-                             memory_bytes=int(memory) if memory else None, gpu_fraction=gpu_fraction,
-                             precision=c.resources.precision, channels_last=c.resources.channels_last,
-                             compile=c.resources.compile, known_plans=run_dir.load_plans())
+    settings = TrialSettings(
+        max_epochs=c.budget.max_epochs,
+        seed=c.seed,
+        threads=max(1, math.floor(c.resources.cpus_per_trial)),
+        memory_bytes=int(memory) if memory else None,
+        gpu_fraction=gpu_fraction,
+        precision=c.resources.precision,
+        channels_last=c.resources.channels_last,
+        compile=c.resources.compile,
+        known_plans=run_dir.load_plans(),
+    )
     put_start = time.perf_counter()
     trainable = tune.with_parameters(run_trial, space=study.space, data=data, settings=settings)  # ray.put once
     put_seconds = time.perf_counter() - put_start
@@ -339,28 +432,48 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
         resources["memory"] = int(memory)
         largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
         if int(memory) > largest:  # Ray would leave every trial pending, silently
-            raise HpoError(f"resources.memory_per_trial is {memory.human_readable(separator=' ')}, but the largest node of the "
-                           f"Ray cluster offers {largest / 2**30:.1f} GiB to tasks: lower it")
+            raise HpoError(
+                f"resources.memory_per_trial is {memory.human_readable(separator=' ')}, but the largest node of the "
+                f"Ray cluster offers {largest / 2**30:.1f} GiB to tasks: lower it"
+            )
     trainable = tune.with_resources(trainable, resources)
     fit_start = time.time()
     callback = _tune_callback_class()(
-        study.space, tracker, parent_run, records, c.budget.max_epochs, restarts=restarts,
+        study.space,
+        tracker,
+        parent_run,
+        records,
+        c.budget.max_epochs,
+        restarts=restarts,
         journal=lambda recs: run_dir.save_trials(recs, time_spent + time.time() - fit_start),
-        on_change=view.trial_changed if view is not None else None, searcher=searcher,
-        on_plan=_plan_logger(run_dir, view))
+        on_change=view.trial_changed if view is not None else None,
+        searcher=searcher,
+        on_plan=_plan_logger(run_dir, view),
+    )
     stopper = None
     if deadline is not None and after_search is not None:
         stopper = _deadline_stopper_class()(deadline, after_search, records, callback)
     if remaining > 0 and (time_left is None or time_left > 0):
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
-                                        num_samples=remaining, max_concurrent_trials=concurrency,
-                                        time_budget_s=time_left, reuse_actors=True),
-            run_config=tune.RunConfig(name=f"search-{run_dir.state.attempts}",
-                                      storage_path=str((workdir / "ray").resolve()), callbacks=[callback],
-                                      verbose=0, failure_config=tune.FailureConfig(max_failures=c.failures.retries),
-                                      stop=stopper),
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=mode,
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=remaining,
+                max_concurrent_trials=concurrency,
+                time_budget_s=time_left,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=f"search-{run_dir.state.attempts}",
+                storage_path=str((workdir / "ray").resolve()),
+                callbacks=[callback],
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=c.failures.retries),
+                stop=stopper,
+            ),
         )
         _fit(tuner, view)
     fit_end = time.time()
@@ -372,16 +485,32 @@ def run_search(study: Study, data: ImageData, tracker: Tracker, parent_run: str,
     for record in callback.restarts:  # cut off by a crash, and no budget was left to run them again
         records.append(record)
         record.status = "stopped"
-        callback.end(record, f"stopped at epoch {record.epochs}: cut off by a crash, and the search's budget "
-                             "had no room to restart it")
+        callback.end(
+            record,
+            f"stopped at epoch {record.epochs}: cut off by a crash, and the search's budget had no room to restart it",
+        )
     records.sort(key=lambda r: r.number)
     run_dir.save_trials(records, time_spent + fit_end - fit_start)
-    stats = {"slots": concurrency, "data_put_seconds": put_seconds, "fit_start": fit_start, "fit_end": fit_end,
-             "tracking_seconds": tracker.busy_seconds,
-             "trials": [{"number": r.number, "status": r.status, "epochs": r.epochs,
-                         "compute_seconds": r.compute_seconds, "worker_started": r.worker_started,
-                         "worker_last": r.worker_last, "driver_started": r.started, "driver_ended": r.ended}
-                        for r in records]}
+    stats = {
+        "slots": concurrency,
+        "data_put_seconds": put_seconds,
+        "fit_start": fit_start,
+        "fit_end": fit_end,
+        "tracking_seconds": tracker.busy_seconds,
+        "trials": [
+            {
+                "number": r.number,
+                "status": r.status,
+                "epochs": r.epochs,
+                "compute_seconds": r.compute_seconds,
+                "worker_started": r.worker_started,
+                "worker_last": r.worker_last,
+                "driver_started": r.started,
+                "driver_ended": r.ended,
+            }
+            for r in records
+        ],
+    }
     (workdir / "search_stats.json").write_text(json.dumps(stats, indent=1))
     return records
 
@@ -409,8 +538,10 @@ def _deadline_stopper_class():
             need = self.after_search(self.records) if self.after_search else None
             if need is None or time.time() + need < self.deadline:
                 return False
-            self.callback.stop_reason = (f"the deadline is {time.strftime('%H:%M', time.localtime(self.deadline))} "
-                                         f"and the final stage needs about {need / 60:.1f} min")
+            self.callback.stop_reason = (
+                f"the deadline is {time.strftime('%H:%M', time.localtime(self.deadline))} "
+                f"and the final stage needs about {need / 60:.1f} min"
+            )
             return True
 
     return DeadlineStopper
@@ -449,8 +580,9 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                                  configure_logging=True)
+    kwargs: dict[str, Any] = dict(
+        include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True
+    )
     if address:
         ray.init(address=address, **kwargs)
     else:

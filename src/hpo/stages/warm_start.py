@@ -13,29 +13,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo.config import Study
-from hpo.resume import StudyDir
+from hpo.engine.run_dir import StudyDir
+from hpo.study import Study
 
 
 @dataclass
 class WarmStart:
-    points: list[dict[str, Any]]                     # flat Optuna parameters, best first
-    runs: int = 0                                    # earlier runs looked at
-    told: int = 0                                    # finished trials found in them
+    points: list[dict[str, Any]]  # flat Optuna parameters, best first
+    runs: int = 0  # earlier runs looked at
+    told: int = 0  # finished trials found in them
     skipped: list[str] = field(default_factory=list)  # why good configurations did not fit
 
     def describe(self, source: str) -> str:
         if not self.runs:
             return f"warm start: no earlier runs of '{source}' found; starting cold"
-        text = (f"warm start: {len(self.points)} configuration{'s' * (len(self.points) != 1)} from "
-                f"{self.told} trials of {self.runs} earlier run{'s' * (self.runs != 1)} of '{source}' enqueued")
+        text = (
+            f"warm start: {len(self.points)} configuration{'s' * (len(self.points) != 1)} from "
+            f"{self.told} trials of {self.runs} earlier run{'s' * (self.runs != 1)} of '{source}' enqueued"
+        )
         if self.skipped:
             text += f"; {len(self.skipped)} skipped (e.g. {self.skipped[0]})"
         return text
 
 
-def _earlier_studies(source: str, output_dir: Path, shared_storage: str | None,
-                     exclude: str) -> list[tuple[str, str]]:
+def _earlier_studies(source: str, output_dir: Path, shared_storage: str | None, exclude: str) -> list[tuple[str, str]]:
     """(storage URL, Optuna study name) of each earlier run of ``source``."""
     import optuna
 
@@ -55,8 +56,9 @@ def warm_start_points(study: Study, run_dir: StudyDir, source: str, top_k: int) 
 
     c = study.config
     studies = _earlier_studies(source, Path(c.output_dir), run_dir.shared_storage, run_dir.optuna_study)
-    want = optuna.study.StudyDirection.MAXIMIZE if c.objective.direction == "max" else \
-        optuna.study.StudyDirection.MINIMIZE
+    want = (
+        optuna.study.StudyDirection.MAXIMIZE if c.objective.direction == "max" else optuna.study.StudyDirection.MINIMIZE
+    )
     told = []
     result = WarmStart(points=[], runs=len(studies))
     for url, name in studies:

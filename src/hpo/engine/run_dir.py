@@ -46,13 +46,13 @@ class RunState:
     stage: str = "search"
     study_run_id: str | None = None
     attempts: int = 1
-    search_elapsed: float = 0.0           # search seconds spent by earlier attempts (the time budget)
+    search_elapsed: float = 0.0  # search seconds spent by earlier attempts (the time budget)
     recheck: dict[str, Any] | None = None  # {"winner": number, "best_epoch", "mean", "std"}
-    abandoned: bool = False                # superseded by `hpo run --fresh`
-    outcome: str | None = None             # at stage "done": completed | failed (no trial succeeded)
-    deadline: float | None = None          # budget.until, fixed when the run starts (epoch seconds)
-    champion_before: str | None = None     # the registry's champion version when the final stage began
-    final: dict[str, Any] | None = None    # the final stage's result, once it has registered the model
+    abandoned: bool = False  # superseded by `hpo run --fresh`
+    outcome: str | None = None  # at stage "done": completed | failed (no trial succeeded)
+    deadline: float | None = None  # budget.until, fixed when the run starts (epoch seconds)
+    champion_before: str | None = None  # the registry's champion version when the final stage began
+    final: dict[str, Any] | None = None  # the final stage's result, once it has registered the model
     baseline: dict[str, Any] | None = None  # the AutoKeras baseline: its MLflow run, seconds spent, result
 
 
@@ -98,7 +98,8 @@ class StudyDir:
                         f"{latest.path} holds an unfinished run of a different version of study '{study}' "
                         f"(fingerprint {latest.state.fingerprint}, now {fingerprint}). Restore the study as it "
                         "was to continue that run, or pass --fresh to start over (the unfinished run is kept "
-                        "on disk).")
+                        "on disk)."
+                    )
                 latest.state.attempts += 1
                 latest.save_state()
                 return latest, True
@@ -160,7 +161,8 @@ class StudyDir:
             os.close(fd)
             raise ResumeConflict(
                 f"study '{self.state.study}' is running now (pid {holder}, {self.path}); wait for it to end, "
-                "or pass --fresh to start a separate run") from None
+                "or pass --fresh to start a separate run"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
@@ -210,8 +212,7 @@ class StudyDir:
         return self.path / "trials.json"
 
     def save_trials(self, records: list, search_elapsed: float) -> None:
-        write_json(self.trials_file, {"search_elapsed": search_elapsed,
-                                      "trials": [r.to_json() for r in records]})
+        write_json(self.trials_file, {"search_elapsed": search_elapsed, "trials": [r.to_json() for r in records]})
 
     def load_trials(self) -> tuple[list[dict[str, Any]], float]:
         """The journal of trials (raw dicts) and the search seconds spent so far."""
@@ -220,8 +221,10 @@ class StudyDir:
         try:
             data = json.loads(self.trials_file.read_text())
         except ValueError as exc:
-            raise ResumeConflict(f"{self.trials_file} cannot be read ({exc}); pass --fresh to start over "
-                                 "(the damaged run is kept on disk)") from None
+            raise ResumeConflict(
+                f"{self.trials_file} cannot be read ({exc}); pass --fresh to start over "
+                "(the damaged run is kept on disk)"
+            ) from None
         return data["trials"], max(data.get("search_elapsed", 0.0), self.state.search_elapsed)
 
     @property
@@ -256,7 +259,7 @@ def first_stage(backends: list[str]) -> str:
 
 def advance_past(run_dir: StudyDir, config, backend: str) -> None:
     """``backend`` is done: move the run to the next backend the study names, or to done."""
-    later = config.backends[config.backends.index(backend) + 1:]
+    later = config.backends[config.backends.index(backend) + 1 :]
     if later:
         run_dir.advance(first_stage(later))
     else:
@@ -285,6 +288,13 @@ def describe(run: StudyDir, metric: str = "val_accuracy", mode: str = "max") -> 
         where = f"running: {stage}"
     else:
         where = f"interrupted in {stage}: `hpo run` continues it"
-    return {"folder": str(run.path), "state": where, "stage": stage, "attempts": run.state.attempts,
-            "trials": counts, "search_seconds": elapsed, f"best_{metric}": best,
-            "study_run_id": run.state.study_run_id}
+    return {
+        "folder": str(run.path),
+        "state": where,
+        "stage": stage,
+        "attempts": run.state.attempts,
+        "trials": counts,
+        "search_seconds": elapsed,
+        f"best_{metric}": best,
+        "study_run_id": run.state.study_run_id,
+    }

@@ -13,22 +13,22 @@ from hpo.config.trial import TrialConfig
 class TrialRecord:
     trial_id: str
     number: int
-    params: dict[str, Any]        # Optuna's flat parameters, as sampled
+    params: dict[str, Any]  # Optuna's flat parameters, as sampled
     config: TrialConfig
     run_id: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "running"       # running | retrying | completed | early_stopped | pruned | stopped | failed | infeasible
+    status: str = "running"  # running | retrying | completed | early_stopped | pruned | stopped | failed | infeasible
     error: str | None = None
     optuna_number: int | None = None  # the sampler's trial, to reconcile the two after a crash
-    attempts: int = 1             # > 1 when the retry policy restarted it
+    attempts: int = 1  # > 1 when the retry policy restarted it
     retry_errors: list[str] = field(default_factory=list)  # why earlier attempts failed
     worker_pid: int | None = None
-    node: str | None = None       # the Ray node it ran on
+    node: str | None = None  # the Ray node it ran on
     started: float = field(default_factory=time.time)
     ended: float | None = None
     worker_started: float | None = None  # wall clock in the trial's process: when it began
-    worker_last: float | None = None     # ... and when it last reported
-    plan: dict[str, Any] | None = None   # its execution plan (hpo.train.plan.ExecutionPlan.to_dict())
+    worker_last: float | None = None  # ... and when it last reported
+    plan: dict[str, Any] | None = None  # its execution plan (hpo.train.plan.ExecutionPlan.to_dict())
 
     @property
     def epochs(self) -> int:

@@ -31,9 +31,9 @@ class Study:
     space_data: dict[str, Any]  # the search space as written, for logging beside the study
     file: Path
     space_file: Path | None
-    doc: YamlDoc | None = None          # the study file, for errors found after loading (hpo plan)
-    space_doc: YamlDoc | None = None    # the document the space came from (the study's when inline)
-    space_base: tuple = ()              # where the space starts in space_doc
+    doc: YamlDoc | None = None  # the study file, for errors found after loading (hpo plan)
+    space_doc: YamlDoc | None = None  # the document the space came from (the study's when inline)
+    space_base: tuple = ()  # where the space starts in space_doc
 
     @property
     def name(self) -> str:
@@ -58,8 +58,10 @@ def load_study(file: str | Path) -> Study:
     if not isinstance(doc.data, dict):
         raise StudyError("a study must be a mapping of keys (name:, dataset:, ...)", file=file, line=1)
 
-    booleans = [doc.error(path, f"must be a number, not a YAML boolean (got {str(value).lower()})")
-                for path, value in boolean_numbers(StudyConfig, doc.data)]
+    booleans = [
+        doc.error(path, f"must be a number, not a YAML boolean (got {str(value).lower()})")
+        for path, value in boolean_numbers(StudyConfig, doc.data)
+    ]
     if booleans:
         raise StudyErrors(booleans)
     try:
@@ -74,11 +76,15 @@ def load_study(file: str | Path) -> Study:
     if isinstance(config.search_space, str):
         space_path = Path(os.path.normpath(file.parent / config.search_space))
         if not space_path.exists():
-            raise doc.error(("search_space",), f"search-space file not found: {config.search_space} "
-                                               f"(looked for {space_path.resolve()})")
+            raise doc.error(
+                ("search_space",),
+                f"search-space file not found: {config.search_space} (looked for {space_path.resolve()})",
+            )
         if not space_path.is_file():
-            raise doc.error(("search_space",), f"{config.search_space} is a directory, not a search-space file "
-                                               f"({space_path.resolve()})")
+            raise doc.error(
+                ("search_space",),
+                f"{config.search_space} is a directory, not a search-space file ({space_path.resolve()})",
+            )
         space_doc = load_space(space_path, display=_display)
         space = parse_space(space_doc)
         space_data = space_doc.data
@@ -92,13 +98,23 @@ def load_study(file: str | Path) -> Study:
         where = ("search_space",) if space_path is None else ()
         at = doc if space_path is None else space_doc
         raise StudyErrors([at.error((*where, *path), message) for path, message in problems])
-    outside = [doc.error(("start_with", i), f"not a point of the search space: {problem}")
-               for i, point in enumerate(config.start_with) if (problem := space.mismatch(point))]
+    outside = [
+        doc.error(("start_with", i), f"not a point of the search space: {problem}")
+        for i, point in enumerate(config.start_with)
+        if (problem := space.mismatch(point))
+    ]
     if outside:
         raise StudyErrors(outside)
-    return Study(config=config, space=space, space_data=space_data, file=file, space_file=space_path, doc=doc,
-                 space_doc=space_doc if space_path is not None else doc,
-                 space_base=() if space_path is not None else ("search_space",))
+    return Study(
+        config=config,
+        space=space,
+        space_data=space_data,
+        file=file,
+        space_file=space_path,
+        doc=doc,
+        space_doc=space_doc if space_path is not None else doc,
+        space_base=() if space_path is not None else ("search_space",),
+    )
 
 
 def _resolve_paths(config: StudyConfig, file: Path) -> None:
@@ -125,7 +141,9 @@ def _timm_models(space) -> list[tuple[tuple[str, ...], str]]:
     for name, where in names:
         if name not in known:
             close = difflib.get_close_matches(str(name), known, n=3)
-            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else " (timm.list_models() has them)"
+            hint = (
+                f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else " (timm.list_models() has them)"
+            )
             problems.append((where, f"timm has no model {name!r}{hint}"))
     return problems
 
@@ -154,8 +172,9 @@ Check = Callable[[StudyConfig, YamlDoc], "StudyError | None"]
 def _grace_within_epochs(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
     s, b = config.scheduler, config.budget
     if s.type == "asha" and s.grace_period > b.max_epochs:
-        return doc.error(("scheduler", "grace_period"),
-                         f"must be <= budget.max_epochs ({b.max_epochs}) (got {s.grace_period})")
+        return doc.error(
+            ("scheduler", "grace_period"), f"must be <= budget.max_epochs ({b.max_epochs}) (got {s.grace_period})"
+        )
     return None
 
 
@@ -163,8 +182,11 @@ def _mode_follows_metric(config: StudyConfig, doc: YamlDoc) -> StudyError | None
     o = config.objective
     natural = "max" if o.metric == "val_accuracy" else "min"
     if o.mode is not None and o.mode != natural:
-        return doc.error(("objective", "mode"), f"{o.metric} is {'maximised' if natural == 'max' else 'minimised'}; "
-                                                f"mode must be {natural!r} (got {o.mode!r})")
+        return doc.error(
+            ("objective", "mode"),
+            f"{o.metric} is {'maximised' if natural == 'max' else 'minimised'}; "
+            f"mode must be {natural!r} (got {o.mode!r})",
+        )
     return None
 
 
@@ -182,12 +204,17 @@ def _backends_installed(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
 
     missing = missing_packages(config.autokeras.keras_backend)
     if missing:
-        field = ("autokeras", "keras_backend") if config.autokeras.keras_backend == "tensorflow" and \
-            "autokeras" not in missing.packages else ("backends",)
+        field = (
+            ("autokeras", "keras_backend")
+            if config.autokeras.keras_backend == "tensorflow" and "autokeras" not in missing.packages
+            else ("backends",)
+        )
         return doc.error(field, str(missing))
     if config.budget.until:
-        return doc.error(("budget", "until"), "is not supported with the autokeras backend yet: give the "
-                                              "baseline a budget.time instead")
+        return doc.error(
+            ("budget", "until"),
+            "is not supported with the autokeras backend yet: give the baseline a budget.time instead",
+        )
     return None
 
 
@@ -196,11 +223,13 @@ def _task_fits_dataset(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
 
     multilabel = config.dataset.name in MULTILABEL_DATASETS
     if multilabel and config.task != "multilabel":
-        return doc.error(("task",), f"dataset {config.dataset.name} has several labels per image: "
-                                    "set task: multilabel")
+        return doc.error(("task",), f"dataset {config.dataset.name} has several labels per image: set task: multilabel")
     if config.task == "multilabel" and not multilabel:
-        return doc.error(("task",), f"dataset {config.dataset.name} has one class per image; task: multilabel "
-                                    f"needs one of: {', '.join(MULTILABEL_DATASETS)}")
+        return doc.error(
+            ("task",),
+            f"dataset {config.dataset.name} has one class per image; task: multilabel "
+            f"needs one of: {', '.join(MULTILABEL_DATASETS)}",
+        )
     if config.task == "multilabel" and "autokeras" in config.backends:
         return doc.error(("backends",), "the autokeras baseline runs multiclass tasks only")
     return None
@@ -213,11 +242,14 @@ def _stream_needs_files(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
     if not d.stream:
         return None
     if d.name not in FILE_DATASETS:
-        return doc.error(("dataset", "stream"), f"dataset {d.name} is read into memory whole; streaming is for "
-                                                f"image files: {', '.join(FILE_DATASETS)}")
+        return doc.error(
+            ("dataset", "stream"),
+            f"dataset {d.name} is read into memory whole; streaming is for image files: {', '.join(FILE_DATASETS)}",
+        )
     if d.image_size is None:
-        return doc.error(("dataset", "stream"), "streamed images need dataset.image_size (every batch is "
-                                                "decoded to that size)")
+        return doc.error(
+            ("dataset", "stream"), "streamed images need dataset.image_size (every batch is decoded to that size)"
+        )
     if "autokeras" in config.backends:
         return doc.error(("dataset", "stream"), "the autokeras baseline needs the images in memory")
     return None
@@ -232,14 +264,19 @@ def _data_dir_exists(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
     where = d.data_dir or os.environ.get("HPO_DATA_DIR")
     if d.data_dir and not Path(d.data_dir).is_dir():
         what = "not a folder" if Path(d.data_dir).exists() else "no such folder"
-        return doc.error(("dataset", "data_dir"), f"{what}: {d.data_dir} (a relative data_dir is taken from the "
-                                                  "study file's folder)")
+        return doc.error(
+            ("dataset", "data_dir"), f"{what}: {d.data_dir} (a relative data_dir is taken from the study file's folder)"
+        )
     if d.name in FILE_DATASETS and not where:
-        return doc.error(("dataset", "name"), f"dataset {d.name} reads image files and downloads nothing: set "
-                                              "dataset.data_dir (or $HPO_DATA_DIR) to their folder")
+        return doc.error(
+            ("dataset", "name"),
+            f"dataset {d.name} reads image files and downloads nothing: set "
+            "dataset.data_dir (or $HPO_DATA_DIR) to their folder",
+        )
     if d.name == "multilabel_csv" and d.data_dir and not (Path(d.data_dir) / d.csv).is_file():
-        return doc.error(("dataset", "csv"), f"no such file: {Path(d.data_dir) / d.csv} (dataset.csv is taken "
-                                             "from dataset.data_dir)")
+        return doc.error(
+            ("dataset", "csv"), f"no such file: {Path(d.data_dir) / d.csv} (dataset.csv is taken from dataset.data_dir)"
+        )
     return None
 
 
@@ -251,8 +288,11 @@ def _dataset_keys_apply(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
     if d.name not in FILE_DATASETS:
         for key in ("image_size", "channels", "test_split"):
             if key in d.model_fields_set:
-                return doc.error(("dataset", key), f"applies to datasets of image files ({', '.join(FILE_DATASETS)}); "
-                                                   f"{d.name} comes in one size and format")
+                return doc.error(
+                    ("dataset", key),
+                    f"applies to datasets of image files ({', '.join(FILE_DATASETS)}); "
+                    f"{d.name} comes in one size and format",
+                )
     if d.name != "multilabel_csv":
         for key in ("csv", "path_column", "label_columns"):
             if key in d.model_fields_set:
@@ -263,10 +303,22 @@ def _dataset_keys_apply(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
 def _recheck_within_trials(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
     r = config.final.recheck
     if r.top_k > config.budget.trials:
-        return doc.error(("final", "recheck", "top_k"), f"must be <= budget.trials ({config.budget.trials}): it "
-                                                        f"re-checks the best of the trials run (got {r.top_k})")
+        return doc.error(
+            ("final", "recheck", "top_k"),
+            f"must be <= budget.trials ({config.budget.trials}): it "
+            f"re-checks the best of the trials run (got {r.top_k})",
+        )
     return None
 
 
-CHECKS: list[Check] = [_data_dir_exists, _dataset_keys_apply, _recheck_within_trials, _grace_within_epochs, _mode_follows_metric, _final_epochs_positive, _backends_installed,
-                       _task_fits_dataset, _stream_needs_files]
+CHECKS: list[Check] = [
+    _data_dir_exists,
+    _dataset_keys_apply,
+    _recheck_within_trials,
+    _grace_within_epochs,
+    _mode_follows_metric,
+    _final_epochs_positive,
+    _backends_installed,
+    _task_fits_dataset,
+    _stream_needs_files,
+]

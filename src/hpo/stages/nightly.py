@@ -8,9 +8,15 @@ from typing import Any
 
 from hpo.tracking import Tracker
 
-ROWS = (("best_val_accuracy", "best validation accuracy"), ("test_accuracy", "test accuracy"),
-        ("test_loss", "test loss"), ("trials_completed", "trials completed"), ("trials_pruned", "trials pruned"),
-        ("trials_failed", "trials failed"), ("wall_seconds", "wall time (min)"))
+ROWS = (
+    ("best_val_accuracy", "best validation accuracy"),
+    ("test_accuracy", "test accuracy"),
+    ("test_loss", "test loss"),
+    ("trials_completed", "trials completed"),
+    ("trials_pruned", "trials pruned"),
+    ("trials_failed", "trials failed"),
+    ("wall_seconds", "wall time (min)"),
+)
 
 
 def _final_params(tracker: Tracker, study_run: str) -> dict[str, str]:
@@ -22,7 +28,9 @@ def _previous(tracker: Tracker, study: str, current: str):
     runs = tracker.client.search_runs(
         [tracker.experiment_id],
         filter_string=f"tags.`hpo.kind` = 'study' and tags.`hpo.study` = '{study}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=20)
+        order_by=["attributes.start_time DESC"],
+        max_results=20,
+    )
     return next((r for r in runs if r.info.run_id != current), None)
 
 
@@ -35,8 +43,9 @@ def _fmt(key: str, value: float | None, sign: bool = False) -> str:
     return f"{value:{plus}.0f}" if key.startswith("trials_") else f"{value:{plus}.4f}"
 
 
-def nightly_summary(tracker: Tracker, study: str, study_run: str, promotion: str | None,
-                    notes: list[str] | None = None) -> str:
+def nightly_summary(
+    tracker: Tracker, study: str, study_run: str, promotion: str | None, notes: list[str] | None = None
+) -> str:
     """The summary as Markdown; also logged as ``nightly_summary.md`` on ``study_run``."""
     now = tracker.client.get_run(study_run)
     before = _previous(tracker, study, study_run)
@@ -45,8 +54,12 @@ def nightly_summary(tracker: Tracker, study: str, study_run: str, promotion: str
         lines += ["First finished run of this study: nothing to compare with.", ""]
     else:
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(before.info.start_time / 1000))
-        lines += [f"Compared with the previous run `{before.info.run_id}` ({started}).", "",
-                  "| | previous | this run | change |", "|---|---|---|---|"]
+        lines += [
+            f"Compared with the previous run `{before.info.run_id}` ({started}).",
+            "",
+            "| | previous | this run | change |",
+            "|---|---|---|---|",
+        ]
         for key, label in ROWS:
             old, new = before.data.metrics.get(key), now.data.metrics.get(key)
             change = "" if old is None or new is None else _fmt(key, new - old, sign=True)

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hpo.backends.records import TrialRecord
-from hpo.config import Study, TrialConfig
+from hpo.config import TrialConfig
 from hpo.config.study import Resources
 from hpo.data import ImageData
+from hpo.engine.records import TrialRecord
+from hpo.study import Study
 from hpo.tracking import Tracker, flatten
 
 
@@ -42,20 +43,24 @@ class RecheckResult:
     candidates: list[Candidate]
 
 
-def _train_task(config_json: dict, data: ImageData, epochs: int, seed: int, threads: int,
-                resources: Resources) -> list[dict]:
+def _train_task(
+    config_json: dict, data: ImageData, epochs: int, seed: int, threads: int, resources: Resources
+) -> list[dict]:
     from hpo.train import Preferences, TrainData, train
 
     config = TrialConfig.model_validate(config_json)
-    train_data = TrainData.from_arrays(data.x_train, data.y_train, data.x_val, data.y_val, data.num_classes,
-                                       data.mean, data.std)
-    result = train(config, train_data, epochs=epochs, seed=seed, threads=threads,
-                   prefs=Preferences.from_resources(resources))
+    train_data = TrainData.from_arrays(
+        data.x_train, data.y_train, data.x_val, data.y_val, data.num_classes, data.mean, data.std
+    )
+    result = train(
+        config, train_data, epochs=epochs, seed=seed, threads=threads, prefs=Preferences.from_resources(resources)
+    )
     return [{"epoch": e.epoch, **e.metrics()} for e in result.history]
 
 
-def recheck(study: Study, data: ImageData, records: list[TrialRecord], tracker: Tracker,
-            parent_run: str) -> RecheckResult | None:
+def recheck(
+    study: Study, data: ImageData, records: list[TrialRecord], tracker: Tracker, parent_run: str
+) -> RecheckResult | None:
     import ray
 
     c = study.config
@@ -70,16 +75,23 @@ def recheck(study: Study, data: ImageData, records: list[TrialRecord], tracker: 
     task = ray.remote(num_cpus=c.resources.cpus_per_trial, num_gpus=c.resources.gpus_per_trial)(_train_task)
     data_ref = ray.put(data)
     threads = max(1, math.floor(c.resources.cpus_per_trial))
-    pending = {task.remote(cand.record.config.model_dump(mode="json"), data_ref, c.budget.max_epochs, seed,
-                           threads, c.resources): (cand, seed)
-               for cand in candidates for seed in seeds}
+    pending = {
+        task.remote(
+            cand.record.config.model_dump(mode="json"), data_ref, c.budget.max_epochs, seed, threads, c.resources
+        ): (cand, seed)
+        for cand in candidates
+        for seed in seeds
+    }
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         cand, seed = pending.pop(done[0])
         rows = ray.get(done[0])
         cand.histories[seed] = rows
-        run_id = tracker.start_run(f"recheck-trial-{cand.record.number:03d}-seed-{seed}", parent=parent_run,
-                                   tags={"hpo.kind": "recheck", "hpo.trial_id": cand.record.trial_id})
+        run_id = tracker.start_run(
+            f"recheck-trial-{cand.record.number:03d}-seed-{seed}",
+            parent=parent_run,
+            tags={"hpo.kind": "recheck", "hpo.trial_id": cand.record.trial_id},
+        )
         with tracker.finishing(run_id):
             tracker.log_params(run_id, {**flatten(cand.record.config.model_dump(mode="json")), "seed": seed})
             for row in rows:
@@ -105,8 +117,15 @@ def _log_table(tracker: Tracker, parent_run: str, result: RecheckResult, metric:
             writer.writerow(["trial", f"search_best_{metric}", f"mean_best_{metric}", "std", "seeds", "chosen"])
             for cand in result.candidates:
                 bests = cand.bests(metric, mode)
-                writer.writerow([cand.record.number, f"{cand.record.best(metric, mode)[0]:.4f}",
-                                 f"{np.mean(bests):.4f}", f"{np.std(bests):.4f}", len(bests),
-                                 cand.record is result.winner])
+                writer.writerow(
+                    [
+                        cand.record.number,
+                        f"{cand.record.best(metric, mode)[0]:.4f}",
+                        f"{np.mean(bests):.4f}",
+                        f"{np.std(bests):.4f}",
+                        len(bests),
+                        cand.record is result.winner,
+                    ]
+                )
         tracker.log_artifact(parent_run, path)
     tracker.log_metrics(parent_run, {f"recheck_mean_{metric}": result.mean, f"recheck_std_{metric}": result.std})

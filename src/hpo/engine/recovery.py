@@ -11,19 +11,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from hpo.backends.ray_tune import RUN_STATUS, classify
-from hpo.backends.records import TrialRecord
-from hpo.config import Study
-from hpo.resume import TERMINAL, StudyDir
+from hpo.engine.ray_tune import RUN_STATUS, classify
+from hpo.engine.records import TrialRecord
+from hpo.engine.run_dir import TERMINAL, StudyDir
+from hpo.study import Study
 from hpo.tracking import Tracker
 
 
 @dataclass
 class RecoveredSearch:
-    records: list[TrialRecord]   # finished before the crash: kept as they are, not re-run
+    records: list[TrialRecord]  # finished before the crash: kept as they are, not re-run
     restarts: list[TrialRecord]  # cut off: re-run from scratch with the same parameters and numbers
-                                 # (until then, as they were: history and MLflow run)
-    time_spent: float            # search seconds already used (counts against budget.time)
+    # (until then, as they were: history and MLflow run)
+    time_spent: float  # search seconds already used (counts against budget.time)
 
 
 def journal_records(run_dir: StudyDir, study: Study) -> tuple[list[TrialRecord], float]:
@@ -54,16 +54,24 @@ def recover_search(run_dir: StudyDir, study: Study, tracker: Tracker, parent_run
             record.status, record.error = "failed", "failed (the driver stopped before recording the error)"
             reason = record.error
             record.ended = time.time()
-            tracker.set_tags(record.run_id, {"hpo.status": record.status, "hpo.reason": reason,
-                                             "hpo.error": record.error, "hpo.epochs": record.epochs})
+            tracker.set_tags(
+                record.run_id,
+                {
+                    "hpo.status": record.status,
+                    "hpo.reason": reason,
+                    "hpo.error": record.error,
+                    "hpo.epochs": record.epochs,
+                },
+            )
             tracker.end_run(record.run_id, RUN_STATUS[record.status])
             kept.append(record)
         elif told is not None and told.state in (TrialState.COMPLETE, TrialState.PRUNED) and record.history:
             # The sampler heard the trial end, the journal did not (killed in between): close it here.
             record.status, reason = classify(record, c.budget.max_epochs)
             record.ended = time.time()
-            tracker.set_tags(record.run_id, {"hpo.status": record.status, "hpo.reason": reason,
-                                             "hpo.epochs": record.epochs})
+            tracker.set_tags(
+                record.run_id, {"hpo.status": record.status, "hpo.reason": reason, "hpo.epochs": record.epochs}
+            )
             tracker.end_run(record.run_id, RUN_STATUS[record.status])
             kept.append(record)
         else:
