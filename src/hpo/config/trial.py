@@ -178,7 +178,7 @@ MODEL_CONFIGS: dict[str, type[Strict]] = {
     "alexnet": AlexNetConfig,
     "timm": TimmConfig,
 }
-ModelConfig = Annotated[tuple(MODEL_CONFIGS.values()), Field(discriminator="name")]
+ModelConfig = Annotated[Union[tuple(MODEL_CONFIGS.values())], Field(discriminator="name")]  # noqa: UP007 (a runtime tuple)
 
 
 class OptimizerConfig(Strict):
