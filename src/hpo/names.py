@@ -123,6 +123,8 @@ class Tag(StrEnum):
     ROLE = "hpo.role"  # on a model version: champion | challenger
     KERAS = "hpo.keras"
     KERAS_BACKEND = "hpo.keras_backend"
+    AUTOKERAS = "hpo.autokeras"  # the AutoKeras version a baseline ran
+    WARM_START = "hpo.warm_start"  # on a study run: the study whose best configurations it evaluated first
     PLAN_DEVICE = "hpo.plan.device"
     PLAN_DEVICE_NAME = "hpo.plan.device_name"
     PLAN_PRECISION = "hpo.plan.precision"
