@@ -1,4 +1,4 @@
-"""The one place that imports torchvision.
+"""The one place that imports torchvision (and timm, which imports it).
 
 Some package indexes ship torchvision's CUDA build beside a CPU-only torch. Importing it then fails with
 "operator torchvision::nms does not exist", because torchvision registers fake kernels for detection ops
@@ -36,3 +36,9 @@ def import_torchvision() -> ModuleType:
     for schema in _SCHEMAS.values():
         _fragment.define(schema)
     return importlib.import_module("torchvision")
+
+
+def import_timm() -> ModuleType:
+    """``import timm``; timm imports torchvision, so through ``import_torchvision`` first."""
+    import_torchvision()
+    return importlib.import_module("timm")

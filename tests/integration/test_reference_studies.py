@@ -96,9 +96,9 @@ def test_cifar10_cnn_and_mobilenet(tmp_path, monkeypatch):
 
 
 def test_tiny_imagenet_at_32_px(tmp_path, monkeypatch):
-    import hpo.data.fashion_mnist as fm
+    import hpo.data.images as images
 
-    monkeypatch.setattr(fm, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(images, "CACHE_DIR", tmp_path / "cache")
     write_tiny_imagenet(tmp_path / "data", classes=6, train_per_class=10, val_per_class=3)
     outcome = _run(_shrunk("tiny_imagenet", tmp_path, tmp_path / "data"), tmp_path, monkeypatch)
     assert {r.config.model.name for r in outcome.records} == {"cnn", "alexnet", "densenet"}
@@ -108,9 +108,9 @@ def test_tiny_imagenet_at_32_px(tmp_path, monkeypatch):
 
 
 def test_apparel_multilabel_logs_per_label_metrics(tmp_path, monkeypatch):
-    import hpo.data.fashion_mnist as fm
+    import hpo.data.images as images
 
-    monkeypatch.setattr(fm, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(images, "CACHE_DIR", tmp_path / "cache")
     write_apparel_csv(tmp_path / "data", per_combination=12, size=32)
     outcome = _run(_shrunk("apparel_multilabel", tmp_path, tmp_path / "data", image_size=32), tmp_path, monkeypatch)
     client, final = _final_run(outcome)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hpo.config.study import DatasetConfig
-from hpo.data import DATASETS, load_data
+from hpo.data import get_loader, load_data
 from hpo.errors import DataError
 from hpo.testing import write_idx
 from hpo.testing.datasets import (
@@ -24,14 +24,14 @@ from hpo.testing.datasets import (
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path, monkeypatch):
     """Decoded images go to this test's folder, not the user's cache."""
-    import hpo.data.fashion_mnist as fm
+    import hpo.data.images as images
 
-    monkeypatch.setattr(fm, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(images, "CACHE_DIR", tmp_path / "cache")
 
 
 def _load(name: str, data_dir, **extra):
     config = DatasetConfig(name=name, data_dir=str(data_dir), download=False, **extra)
-    return DATASETS[name](config, data_dir)
+    return get_loader(name)(config, data_dir)
 
 
 def test_mnist_reads_the_four_idx_files(tmp_path):

@@ -15,9 +15,9 @@ from hpo.testing.datasets import write_image_folder
 
 @pytest.fixture()
 def folder(tmp_path, monkeypatch):
-    import hpo.data.fashion_mnist as fm
+    import hpo.data.images as images
 
-    monkeypatch.setattr(fm, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(images, "CACHE_DIR", tmp_path / "cache")
     return write_image_folder(tmp_path / "data", classes=["a", "b", "c"], per_class=30, size=16, channels=3)
 
 

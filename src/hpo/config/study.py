@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -10,10 +11,30 @@ from pydantic import ByteSize, ConfigDict, Field, WithJsonSchema, field_validato
 
 from hpo.config.trial import Strict
 
-# kept in step with hpo.data.DATASETS by a test
-DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tiny_imagenet", "image_folder", "multilabel_csv")
-MULTILABEL_DATASETS = ("multilabel_csv",)
-FILE_DATASETS = ("tiny_imagenet", "image_folder", "multilabel_csv")  # decoded from image files: may stream
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    """A dataset ``dataset.name`` can name: the function in ``hpo.data`` that reads it (``module:function``,
+    imported when the dataset is loaded), and what the study's checks need to know of it."""
+
+    loader: str
+    files: bool = False  # decoded from image files: may stream, takes image_size/channels/test_split
+    multilabel: bool = False  # labels are 0/1 vectors (N, labels)
+
+
+# The one list of datasets: adding one is its entry here and its loader in hpo.data.
+DATASET_FORMATS = {
+    "fashion_mnist": DatasetFormat("hpo.data.fashion_mnist:load_fashion_mnist"),
+    "mnist": DatasetFormat("hpo.data.fashion_mnist:load_mnist"),
+    "cifar10": DatasetFormat("hpo.data.formats:load_cifar10"),
+    "cifar100": DatasetFormat("hpo.data.formats:load_cifar100"),
+    "tiny_imagenet": DatasetFormat("hpo.data.formats:load_tiny_imagenet", files=True),
+    "image_folder": DatasetFormat("hpo.data.formats:load_image_folder", files=True),
+    "multilabel_csv": DatasetFormat("hpo.data.formats:load_multilabel_csv", files=True, multilabel=True),
+}
+DATASET_NAMES = tuple(DATASET_FORMATS)
+MULTILABEL_DATASETS = tuple(name for name, f in DATASET_FORMATS.items() if f.multilabel)
+FILE_DATASETS = tuple(name for name, f in DATASET_FORMATS.items() if f.files)
 
 # The search clock starts before the first trial's worker has imported torch and received the data,
 # which alone takes 3-5 s on 2 CPU cores: below this, not even the smallest model on the smallest

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from hpo.config.study import DatasetConfig
+from hpo.data import images
 from hpo.data.idx import read_idx
+from hpo.data.images import SourceData
 from hpo.errors import DataError
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -20,7 +22,6 @@ FILES = {
     "y_test": "t10k-labels-idx1-ubyte",
 }
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hpo" / "datasets"
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def candidate_dirs(data_dir: Path | None, spec: IdxDataset = FASHION_MNIST) -> l
     """Where the raw files are looked for, in order: the study's data_dir (or $HPO_DATA_DIR), the
     download cache, Debian's package. Each may hold the files directly or in torchvision's
     ``FashionMNIST/raw/`` (``MNIST/raw/``) layout."""
-    roots = [d for d in (data_dir, CACHE_DIR, spec.debian_dir) if d is not None]
+    roots = [d for d in (data_dir, images.CACHE_DIR, spec.debian_dir) if d is not None]
     return [p for root in roots for p in (root, root / spec.torchvision / "raw")]
 
 
@@ -52,26 +53,29 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def load_fashion_mnist(data_dir: Path | None, download: bool):
-    return load_idx_dataset(FASHION_MNIST, data_dir, download)
+def _find_all(directory: Path) -> dict[str, Path] | None:
+    """The four files in ``directory`` by key, or None unless all four are there."""
+    found = {key: _find(directory, stem) for key, stem in FILES.items()}
+    return {key: path for key, path in found.items() if path is not None} if all(found.values()) else None
 
 
-def load_mnist(data_dir: Path | None, download: bool):
-    return load_idx_dataset(MNIST, data_dir, download)
+def load_fashion_mnist(config: DatasetConfig, data_dir: Path | None) -> SourceData:
+    return load_idx_dataset(FASHION_MNIST, data_dir, config.download)
 
 
-def load_idx_dataset(spec: IdxDataset, data_dir: Path | None, download: bool):
-    from hpo.data._private import SourceData
+def load_mnist(config: DatasetConfig, data_dir: Path | None) -> SourceData:
+    return load_idx_dataset(MNIST, data_dir, config.download)
 
-    for directory in candidate_dirs(data_dir, spec):
-        found = {key: _find(directory, stem) for key, stem in FILES.items()}
-        if all(found.values()):
-            break
-    else:
+
+def load_idx_dataset(spec: IdxDataset, data_dir: Path | None, download: bool) -> SourceData:
+    found = next(filter(None, (_find_all(d) for d in candidate_dirs(data_dir, spec))), None)
+    if found is None:
         if not download:
             raise DataError(_not_found_message(data_dir, downloaded=False, spec=spec))
-        directory = _download(data_dir, spec)
-        found = {key: _find(directory, stem) for key, stem in FILES.items()}
+        found = _find_all(_download(data_dir, spec))
+        if found is None:
+            raise DataError(_not_found_message(data_dir, downloaded=True, spec=spec))
+    directory = found["x_train"].parent
 
     arrays = {key: read_idx(path) for key, path in found.items()}
     for split in ("train", "test"):
@@ -110,7 +114,7 @@ def _download(data_dir: Path | None, spec: IdxDataset = FASHION_MNIST) -> Path:
     """Fetch the files with torchvision into ``data_dir`` (or the cache)."""
     from hpo._torchvision import import_torchvision
 
-    root = data_dir or CACHE_DIR
+    root = data_dir or images.CACHE_DIR
     dataset = getattr(import_torchvision().datasets, spec.torchvision)
     try:
         dataset(str(root), train=True, download=True)
@@ -124,7 +128,13 @@ def _not_found_message(
     data_dir: Path | None, downloaded: bool, reason: Exception | None = None, spec: IdxDataset = FASHION_MNIST
 ) -> str:
     places = "\n".join(f"  - {p}" for p in candidate_dirs(data_dir, spec))
-    attempt = f"The download failed ({type(reason).__name__}: {reason}).\n" if downloaded else ""
+    attempt = ""
+    if downloaded:
+        attempt = (
+            f"The download failed ({type(reason).__name__}: {reason}).\n"
+            if reason is not None
+            else "The download finished without leaving these files.\n"
+        )
     debian = (
         (f"  - on Debian/Ubuntu: apt-get install dataset-fashion-mnist (installs them under {spec.debian_dir});\n")
         if spec.debian_dir
@@ -136,5 +146,5 @@ def _not_found_message(
         "To fix it, do one of:\n"
         "  - point HPO_DATA_DIR (or dataset.data_dir in the study) at a folder holding the four files;\n"
         f"{debian}"
-        "  - run once with internet access: hpo downloads them to " + str(CACHE_DIR)
+        "  - run once with internet access: hpo downloads them to " + str(images.CACHE_DIR)
     )

@@ -11,34 +11,26 @@
 - ``multilabel_csv``: a CSV of image paths and label columns. A column of 0/1 is one label; any other
   column gives one label per value (``colour=red``). A ``split`` column (train/test) is honoured.
 
-Decoded images are cached (``~/.cache/hpo/datasets/decoded/``) so the second run reads one file.
+Image files are decoded (and cached) by ``hpo.data.images``, or left on disk with ``dataset.stream``.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import os
 import tarfile
 import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from hpo.config.study import DatasetConfig
+from hpo.data import images
+from hpo.data.images import IMAGE_SUFFIXES, FileImages, Images, SourceData, cached_decode, image_channels
+from hpo.data.splits import split_indices
 from hpo.errors import DataError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-PARALLEL_FROM = 2000  # images: below this, decoding in one process is faster than starting a pool
-
-
-def _cache_dir() -> Path:
-    from hpo.data.fashion_mnist import CACHE_DIR
-
-    return CACHE_DIR
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR
@@ -87,16 +79,14 @@ def read_cifar_bin(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray
     return rows[:, label_bytes:].reshape(-1, 3, 32, 32).copy(), rows[:, label_bytes - 1].astype(np.int64)
 
 
-def load_cifar(spec: Cifar, data_dir: Path | None, download: bool):
-    from hpo.data._private import SourceData
-
-    roots = [d for d in (data_dir, _cache_dir()) if d is not None]
+def load_cifar(spec: Cifar, data_dir: Path | None, download: bool) -> SourceData:
+    roots = [d for d in (data_dir, images.CACHE_DIR) if d is not None]
     candidates = [p for root in roots for p in (root / spec.folder, root)]
     folder = next((c for c in candidates if all((c / f).is_file() for f in (*spec.train, *spec.test))), None)
     if folder is None:
         if not download:
             raise DataError(_cifar_missing(spec, candidates))
-        folder = _download_cifar(spec, data_dir or _cache_dir(), candidates)
+        folder = _download_cifar(spec, data_dir or images.CACHE_DIR, candidates)
     parts = {name: read_cifar_bin(folder / name, spec.label_bytes) for name in (*spec.train, *spec.test)}
     x_train = np.concatenate([parts[n][0] for n in spec.train])
     y_train = np.concatenate([parts[n][1] for n in spec.train])
@@ -138,95 +128,25 @@ def _download_cifar(spec: Cifar, root: Path, candidates: Sequence[Path]) -> Path
     return root / spec.folder
 
 
-def load_cifar10(config, data_dir: Path | None):
+def load_cifar10(config: DatasetConfig, data_dir: Path | None) -> SourceData:
     return load_cifar(CIFAR10, data_dir, config.download)
 
 
-def load_cifar100(config, data_dir: Path | None):
+def load_cifar100(config: DatasetConfig, data_dir: Path | None) -> SourceData:
     return load_cifar(CIFAR100, data_dir, config.download)
 
 
-# ------------------------------------------------------------------------------------- decoding images
-def _decode(args: tuple[str, int | None, int]) -> np.ndarray:
-    """One image file as uint8 (C, H, W): converted to ``channels``, resized to ``size`` if given."""
-    from PIL import Image
-
-    path, size, channels = args
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            if size and img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-            array = np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read this image ({exc})") from None
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-
-
-def decode_images(paths: Sequence[Path], size: int | None, channels: int | None) -> np.ndarray:
-    """Decode ``paths`` into one uint8 array (N, C, H, W), in worker processes for many files. Without
-    ``size`` every image must have the first one's size; without ``channels``, the first one's mode
-    decides (grey: 1, else 3)."""
-    from PIL import Image
-
-    if not paths:
-        raise DataError("no images to read")
-    if channels is None:
-        with Image.open(paths[0]) as first:
-            channels = 1 if first.mode in ("L", "1", "I;16", "I") else 3
-    jobs = [(str(p), size, channels) for p in paths]
-    if len(jobs) >= PARALLEL_FROM and (os.cpu_count() or 1) > 1:
-        with ProcessPoolExecutor(os.cpu_count()) as pool:
-            arrays = list(pool.map(_decode, jobs, chunksize=256))
-    else:
-        arrays = [_decode(j) for j in jobs]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise DataError(
-            f"images of different sizes ({', '.join(str(s[1:]) for s in sorted(shapes)[:4])}, ...): "
-            "set dataset.image_size to resize them all"
-        )
-    return np.stack(arrays)
-
-
-def cached_decode(key: str, paths: Sequence[Path], size: int | None, channels: int | None) -> np.ndarray:
-    """``decode_images`` once per (files as they are now, size, channels): later runs read one .npy file.
-    A file that changes (size or modification time) or moves makes a new entry."""
-    h = hashlib.sha256(f"{key}|{size}|{channels}|{len(paths)}".encode())
-    for p in paths:
-        st = p.stat()
-        h.update(f"\n{p}|{st.st_size}|{st.st_mtime_ns}".encode())
-    digest = h.hexdigest()[:20]
-    cache = _cache_dir() / "decoded" / f"{digest}.npy"
-    if cache.is_file():
-        try:
-            return np.load(cache, allow_pickle=False)
-        except (OSError, ValueError):
-            cache.unlink(missing_ok=True)
-    array = decode_images(paths, size, channels)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, array, allow_pickle=False)
-        tmp.replace(cache)
-    except OSError:
-        pass  # a read-only cache only costs time
-    return array
-
-
-def images_from(config, key: str, paths: Sequence[Path]):
+# ------------------------------------------------------------------------------------------ image files
+def images_from(config: DatasetConfig, key: str, paths: Sequence[Path]) -> Images:
     """The images of ``paths``: decoded into memory (cached), or with ``dataset.stream`` left on disk as
-    ``FileImages`` for worker processes to decode per batch."""
+    ``FileImages`` for worker processes to decode per batch (``dataset.image_size`` is required then)."""
     if not config.stream:
         return cached_decode(key, paths, config.image_size, config.channels)
-    from PIL import Image
-
-    from hpo.data.streaming import FileImages
-
     channels = config.channels
     if channels is None and paths:
-        with Image.open(paths[0]) as first:
-            channels = 1 if first.mode in ("L", "1", "I;16", "I") else 3
+        channels = image_channels(paths[0])
+    if config.image_size is None:
+        raise DataError("streamed images need dataset.image_size (every batch is decoded to that size)")
     return FileImages(tuple(str(p) for p in paths), config.image_size, channels or 3)
 
 
@@ -238,19 +158,8 @@ def _require(data_dir: Path | None, name: str) -> Path:
     return data_dir
 
 
-def _split(labels: np.ndarray, test_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (train, test) indices; multi-label rows are stratified by their label combination."""
-    from hpo.data._private import stratified_sample
-
-    strata = np.unique(labels, axis=0, return_inverse=True)[1].ravel() if labels.ndim == 2 else labels
-    test = stratified_sample(strata, max(1, round(len(labels) * test_split)), np.random.default_rng(seed))
-    return np.setdiff1d(np.arange(len(labels)), test), test
-
-
 # ------------------------------------------------------------------------------------- Tiny ImageNet
-def load_tiny_imagenet(config, data_dir: Path | None):
-    from hpo.data._private import SourceData
-
+def load_tiny_imagenet(config: DatasetConfig, data_dir: Path | None) -> SourceData:
     root = _require(data_dir, "tiny_imagenet")
     if (root / "tiny-imagenet-200").is_dir():
         root = root / "tiny-imagenet-200"
@@ -306,9 +215,7 @@ def _class_folders(folder: Path) -> dict[str, list[Path]]:
     return classes
 
 
-def load_image_folder(config, data_dir: Path | None):
-    from hpo.data._private import SourceData
-
+def load_image_folder(config: DatasetConfig, data_dir: Path | None) -> SourceData:
     root = _require(data_dir, "image_folder")
     if (root / "train").is_dir() and (root / "test").is_dir():
         train, test = _class_folders(root / "train"), _class_folders(root / "test")
@@ -331,14 +238,12 @@ def load_image_folder(config, data_dir: Path | None):
     paths = [p for c in classes for p in found[c]]
     labels = np.array([i for i, c in enumerate(classes) for _ in found[c]], dtype=np.int64)
     images = images_from(config, f"image_folder:{root.resolve()}", paths)
-    train, test = _split(labels, config.test_split, seed=0)
+    train, test = split_indices(labels, config.test_split, seed=0)
     return SourceData(images[train], labels[train], images[test], labels[test], classes, str(root))
 
 
 # -------------------------------------------------------------------------------------- multi-label CSV
-def load_multilabel_csv(config, data_dir: Path | None):
-    from hpo.data._private import SourceData
-
+def load_multilabel_csv(config: DatasetConfig, data_dir: Path | None) -> SourceData:
     root = _require(data_dir, "multilabel_csv")
     table = root / (config.csv or "labels.csv")
     if not table.is_file():
@@ -386,5 +291,5 @@ def load_multilabel_csv(config, data_dir: Path | None):
         if not len(test) or not len(train):
             raise DataError(f"{table}: the split column must mark some rows 'test' and some others")
     else:
-        train, test = _split(labels, config.test_split, seed=0)
+        train, test = split_indices(labels, config.test_split, seed=0)
     return SourceData(images[train], labels[train], images[test], labels[test], names, str(table))

@@ -14,6 +14,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from torch import nn
+
+from hpo._torchvision import import_timm, import_torchvision
+
 REACH_TIMEOUT = 5.0  # seconds to wait for a weights server before calling it unreachable
 
 
@@ -25,19 +30,13 @@ class WeightsSource:
 
 
 def torchvision_source(name: str) -> WeightsSource:
-    import torch
-
-    from hpo._torchvision import import_torchvision
-
     weights = import_torchvision().models.get_model_weights(name).DEFAULT
     file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     return WeightsSource(name, file, weights.url)
 
 
 def timm_source(name: str) -> WeightsSource:
-    from hpo.models.zoo import _import_timm
-
-    timm = _import_timm()
+    timm = import_timm()
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
         raise ValueError(f"timm has no pretrained weights for {name!r}")
@@ -47,7 +46,7 @@ def timm_source(name: str) -> WeightsSource:
         repo = cfg.hf_hub_id.split("@")[0]
         folder = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
         return WeightsSource(f"timm/{name}", folder, f"https://huggingface.co/{repo}")
-    file = Path(__import__("torch").hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
+    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
     return WeightsSource(f"timm/{name}", file, cfg.url)
 
 
@@ -88,17 +87,13 @@ def missing_weights(model: str) -> str | None:
     )
 
 
-def load_pretrained(net, model: str, in_channels: int | None = None) -> None:
+def load_pretrained(net: nn.Module, model: str, in_channels: int | None = None) -> None:
     """Load ``model``'s ImageNet weights into ``net`` (built with the original architecture)."""
     if model.startswith("timm/"):
-        from hpo.models.zoo import _import_timm
-
-        timm = _import_timm()
+        timm = import_timm()
         name = model.removeprefix("timm/")
         pretrained = timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_channels or 3)
         net.load_state_dict(pretrained.state_dict(), strict=False)
         return
-    from hpo._torchvision import import_torchvision
-
     weights = import_torchvision().models.get_model_weights(model).DEFAULT
     net.load_state_dict(weights.get_state_dict(progress=False, check_hash=True))

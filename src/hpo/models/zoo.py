@@ -8,12 +8,13 @@ registry wraps it in ``Classifier`` (normalisation). Small images go through an 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from hpo._torchvision import import_timm, import_torchvision
 from hpo.config.trial import (
     AlexNetConfig,
     DenseNetConfig,
@@ -27,6 +28,16 @@ from hpo.config.trial import (
 )
 from hpo.models._registry import register_family
 from hpo.models.weights import load_pretrained
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def _part(net: nn.Module, path: str, kind: type[M]) -> M:
+    """The submodule at ``path`` (``features.0.0``) of a torchvision network, checked to be a ``kind``."""
+    found = net.get_submodule(path)
+    if not isinstance(found, kind):
+        raise TypeError(f"{type(net).__name__}.{path} is a {type(found).__name__}, expected {kind.__name__}")
+    return found
 
 
 class Resize(nn.Module):
@@ -79,9 +90,7 @@ def _wrap(config: ZooConfig, net: nn.Module, in_channels: int) -> nn.Module:
     return nn.Sequential(*front, net) if front else net
 
 
-def _torchvision_model(name: str, config: ZooConfig, num_classes: int, **kwargs) -> nn.Module:
-    from hpo._torchvision import import_torchvision
-
+def _torchvision_model(name: str, config: ZooConfig, num_classes: int, **kwargs: object) -> nn.Module:
     models = import_torchvision().models
     if config.pretrained:
         net = models.get_model(name, weights=None, **kwargs)
@@ -97,26 +106,30 @@ def _new_head(linear: nn.Linear, num_classes: int) -> nn.Linear:
 @register_family("resnet")
 def build_resnet(config: ResNetConfig, in_channels: int, num_classes: int) -> nn.Module:
     net = _torchvision_model(config.variant, config, num_classes, zero_init_residual=config.zero_init_residual)
-    net.conv1 = _stem(net.conv1, config, in_channels)
+    net.set_submodule("conv1", _stem(_part(net, "conv1", nn.Conv2d), config, in_channels))
     if config.stem == "small":
-        net.maxpool = nn.Identity()
-    net.fc = nn.Sequential(nn.Dropout(config.dropout), _new_head(net.fc, num_classes))
+        net.set_submodule("maxpool", nn.Identity())
+    net.set_submodule(
+        "fc", nn.Sequential(nn.Dropout(config.dropout), _new_head(_part(net, "fc", nn.Linear), num_classes))
+    )
     return _wrap(config, net, in_channels)
 
 
 @register_family("vgg")
 def build_vgg(config: VGGConfig, in_channels: int, num_classes: int) -> nn.Module:
     net = _torchvision_model(config.variant, config, num_classes)
-    net.features[0] = _stem(net.features[0], config.model_copy(update={"stem": "imagenet"}), in_channels)
+    imagenet_stem = config.model_copy(update={"stem": "imagenet"})
+    net.set_submodule("features.0", _stem(_part(net, "features.0", nn.Conv2d), imagenet_stem, in_channels))
     if config.stem == "small":
-        pools = [i for i, m in enumerate(net.features) if isinstance(m, nn.MaxPool2d)]
-        net.features[pools[-1]] = nn.Identity()  # 28 px: 14, 7, 3, 1 after four pools instead of nothing
-        net.avgpool = nn.AdaptiveAvgPool2d(1)
+        features = _part(net, "features", nn.Sequential)
+        pools = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
+        features[pools[-1]] = nn.Identity()  # 28 px: 14, 7, 3, 1 after four pools instead of nothing
+        net.set_submodule("avgpool", nn.AdaptiveAvgPool2d(1))
         features = 512
     else:
         features = 512 * 7 * 7
     w = config.head_width
-    net.classifier = nn.Sequential(
+    classifier = nn.Sequential(
         nn.Linear(features, w),
         nn.ReLU(inplace=True),
         nn.Dropout(config.dropout),
@@ -125,6 +138,7 @@ def build_vgg(config: VGGConfig, in_channels: int, num_classes: int) -> nn.Modul
         nn.Dropout(config.dropout),
         nn.Linear(w, num_classes),
     )
+    net.set_submodule("classifier", classifier)
     return _wrap(config, net, in_channels)
 
 
@@ -133,10 +147,10 @@ def build_mobilenet(config: MobileNetConfig, in_channels: int, num_classes: int)
     if config.pretrained and config.width_mult != 1.0:
         raise ValueError("pretrained MobileNet weights exist for width_mult 1.0 only")
     net = _torchvision_model(config.variant, config, num_classes, width_mult=config.width_mult)
-    net.features[0][0] = _stem(net.features[0][0], config, in_channels)
-    last = net.classifier[-1]
-    net.classifier[-1] = _new_head(last, num_classes)
-    for m in net.classifier:
+    net.set_submodule("features.0.0", _stem(_part(net, "features.0.0", nn.Conv2d), config, in_channels))
+    classifier = _part(net, "classifier", nn.Sequential)
+    classifier[-1] = _new_head(_part(classifier, str(len(classifier) - 1), nn.Linear), num_classes)
+    for m in classifier:
         if isinstance(m, nn.Dropout):
             m.p = config.dropout
     return _wrap(config, net, in_channels)
@@ -145,8 +159,10 @@ def build_mobilenet(config: MobileNetConfig, in_channels: int, num_classes: int)
 @register_family("efficientnet")
 def build_efficientnet(config: EfficientNetConfig, in_channels: int, num_classes: int) -> nn.Module:
     net = _torchvision_model(config.variant, config, num_classes, stochastic_depth_prob=config.stochastic_depth)
-    net.features[0][0] = _stem(net.features[0][0], config, in_channels)
-    net.classifier = nn.Sequential(nn.Dropout(config.dropout), _new_head(net.classifier[-1], num_classes))
+    net.set_submodule("features.0.0", _stem(_part(net, "features.0.0", nn.Conv2d), config, in_channels))
+    classifier = _part(net, "classifier", nn.Sequential)
+    last = _part(classifier, str(len(classifier) - 1), nn.Linear)
+    net.set_submodule("classifier", nn.Sequential(nn.Dropout(config.dropout), _new_head(last, num_classes)))
     return _wrap(config, net, in_channels)
 
 
@@ -159,8 +175,6 @@ def build_densenet(config: DenseNetConfig, in_channels: int, num_classes: int) -
             config.variant, config, num_classes, drop_rate=config.drop_rate, memory_efficient=config.memory_efficient
         )
     else:  # DenseNet-121's blocks with any growth rate
-        from hpo._torchvision import import_torchvision
-
         net = import_torchvision().models.DenseNet(
             growth_rate=config.growth_rate,
             block_config=(6, 12, 24, 16),
@@ -169,10 +183,11 @@ def build_densenet(config: DenseNetConfig, in_channels: int, num_classes: int) -
             memory_efficient=config.memory_efficient,
             num_classes=num_classes,
         )
-    net.features.conv0 = _stem(net.features.conv0, config, in_channels)
+    net.set_submodule("features.conv0", _stem(_part(net, "features.conv0", nn.Conv2d), config, in_channels))
     if config.stem == "small":
-        net.features.pool0 = nn.Identity()
-    net.classifier = nn.Sequential(nn.Dropout(config.dropout), _new_head(net.classifier, num_classes))
+        net.set_submodule("features.pool0", nn.Identity())
+    head = _new_head(_part(net, "classifier", nn.Linear), num_classes)
+    net.set_submodule("classifier", nn.Sequential(nn.Dropout(config.dropout), head))
     return _wrap(config, net, in_channels)
 
 
@@ -190,29 +205,36 @@ class _MainLogits(nn.Module):
 
 @register_family("inception")
 def build_inception(config: InceptionConfig, in_channels: int, num_classes: int) -> nn.Module:
+    # Built without the auxiliary head (aux_logits=False leaves AuxLogits None) and without torchvision's
+    # input re-normalisation (Classifier normalises).
     net = _torchvision_model(
-        config.variant, config, num_classes, aux_logits=False, init_weights=True, dropout=config.dropout
+        config.variant,
+        config,
+        num_classes,
+        aux_logits=False,
+        transform_input=False,
+        init_weights=True,
+        dropout=config.dropout,
     )
     if config.pretrained:
-        net.AuxLogits = None
-        net.aux_logits = False
-        net.fc = _new_head(net.fc, num_classes)
-    net.Conv2d_1a_3x3.conv = _stem(net.Conv2d_1a_3x3.conv, config, in_channels)
-    net.transform_input = False
+        net.set_submodule("fc", _new_head(_part(net, "fc", nn.Linear), num_classes))
+    stem = _stem(_part(net, "Conv2d_1a_3x3.conv", nn.Conv2d), config, in_channels)
+    net.set_submodule("Conv2d_1a_3x3.conv", stem)
     return _wrap(config, _MainLogits(net), in_channels)
 
 
 @register_family("alexnet")
 def build_alexnet(config: AlexNetConfig, in_channels: int, num_classes: int) -> nn.Module:
     net = _torchvision_model("alexnet", config, num_classes, dropout=config.dropout)
-    net.features[0] = _stem(net.features[0], config, in_channels)  # 11x11 stride 4 would leave 28 px nothing
+    # 11x11 stride 4 would leave 28 px nothing
+    net.set_submodule("features.0", _stem(_part(net, "features.0", nn.Conv2d), config, in_channels))
     if config.stem == "small":
-        net.avgpool = nn.AdaptiveAvgPool2d(2)
+        net.set_submodule("avgpool", nn.AdaptiveAvgPool2d(2))
         features = 256 * 2 * 2
     else:
         features = 256 * 6 * 6
     w = config.head_width
-    net.classifier = nn.Sequential(
+    classifier = nn.Sequential(
         nn.Dropout(config.dropout),
         nn.Linear(features, w),
         nn.ReLU(inplace=True),
@@ -221,13 +243,13 @@ def build_alexnet(config: AlexNetConfig, in_channels: int, num_classes: int) -> 
         nn.ReLU(inplace=True),
         nn.Linear(w, num_classes),
     )
+    net.set_submodule("classifier", classifier)
     return _wrap(config, net, in_channels)
 
 
 @register_family("timm")
 def build_timm(config: TimmConfig, in_channels: int, num_classes: int) -> nn.Module:
-    import_timm = _import_timm()
-    net = import_timm.create_model(
+    net = import_timm().create_model(
         config.model,
         pretrained=False,
         num_classes=num_classes,
@@ -240,27 +262,6 @@ def build_timm(config: TimmConfig, in_channels: int, num_classes: int) -> nn.Mod
     return _wrap(config.model_copy(update={"pretrained": False}), net, in_channels)
 
 
-def _import_timm():
-    from hpo._torchvision import import_torchvision
-
-    import_torchvision()  # timm imports torchvision: through the one place that makes that work
-    import timm
-
-    return timm
-
-
-BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "resnet": build_resnet,
-    "vgg": build_vgg,
-    "mobilenet": build_mobilenet,
-    "efficientnet": build_efficientnet,
-    "densenet": build_densenet,
-    "inception": build_inception,
-    "alexnet": build_alexnet,
-    "timm": build_timm,
-}
-
-
 # ------------------------------------------------------------------------------------- transfer learning
 _EXPANDED = ("features", "stages", "layers", "blocks")  # containers whose children are the stages
 
@@ -268,14 +269,16 @@ _EXPANDED = ("features", "stages", "layers", "blocks")  # containers whose child
 def backbone_parts(model: nn.Module) -> tuple[list[nn.Module], nn.Module]:
     """(the backbone's stages from input to output, the classifier head) of a built model, for freezing
     and per-part learning rates."""
-    net = model.net if hasattr(model, "net") and not isinstance(model, _MainLogits) else model
+    inner = getattr(model, "net", None)  # Classifier's network
+    net = inner if isinstance(inner, nn.Module) and not isinstance(model, _MainLogits) else model
     while isinstance(net, nn.Sequential) and len(net) and isinstance(net[0], (Resize, RepeatChannels)):
         net = net[-1]
     if isinstance(net, _MainLogits):
         net = net.net
     head = getattr(net, "fc", None) or getattr(net, "classifier", None)
-    if head is None and hasattr(net, "get_classifier"):
-        head = net.get_classifier()
+    get_classifier = getattr(net, "get_classifier", None)  # timm's
+    if head is None and callable(get_classifier):
+        head = get_classifier()
     children = [(n, c) for n, c in net.named_children() if any(True for _ in c.parameters())]
     if head is None:
         head = children[-1][1]

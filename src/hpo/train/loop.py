@@ -3,8 +3,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -17,7 +17,24 @@ from hpo.data.augment import BatchAugment
 from hpo.data.streaming import FileImages, iterate_batches
 from hpo.models import Classifier, create_model
 from hpo.models.zoo import backbone_parts
+from hpo.train.ops import accuracy, channels_last_gradients, loss_fn, pick_device, to_float
 from hpo.train.plan import ExecutionPlan, Preferences, plan_training
+
+__all__ = [
+    "EpochResult",
+    "TrainData",
+    "TrainResult",
+    "accuracy",
+    "channels_last_gradients",
+    "evaluate",
+    "loss_fn",
+    "make_optimizer",
+    "make_schedule",
+    "pick_device",
+    "predict_logits",
+    "to_float",
+    "train",
+]
 
 EVAL_BATCH = 1024
 STREAM_WORKERS = 2  # processes decoding streamed images ahead of the model
@@ -90,12 +107,6 @@ class TrainResult:
 Report = Callable[[EpochResult, Classifier], None]
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def train(
     config: TrialConfig,
     data: TrainData,
@@ -105,7 +116,7 @@ def train(
     plan: ExecutionPlan | None = None,
     device: str = "auto",
     threads: int | None = None,
-    prefs: Preferences = Preferences(),
+    prefs: Preferences | None = None,
     report: Report | None = None,
     model: nn.Module | None = None,
 ) -> TrainResult:
@@ -124,7 +135,7 @@ def train(
             data,
             device=device,
             threads=threads or torch.get_num_threads(),
-            prefs=prefs,
+            prefs=prefs or Preferences(),
             epochs=epochs,
             model=model,
         )
@@ -249,44 +260,6 @@ class Freezer:
             stage.eval()  # frozen batch norm keeps its (pretrained) statistics
 
 
-class _ChannelsLastGrad(torch.autograd.Function):
-    """Identity forward; the gradient goes back channels_last."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous(memory_format=torch.channels_last)
-
-
-def _flatten_input(module: nn.Module, args: tuple) -> tuple | None:
-    x = args[0]
-    if x.ndim == 4 and x.requires_grad and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return (_ChannelsLastGrad.apply(x), *args[1:])
-    return None
-
-
-@contextmanager
-def channels_last_gradients(model: nn.Module) -> Iterator[None]:
-    """While training, send the gradient of each ``nn.Flatten`` of a channels_last feature map back
-    channels_last. Flatten makes its own (N, C*H*W) copy in NCHW order, so its gradient arrives NCHW, and
-    the layer before it (typically a max-pool) then converts layouts in its backward: on a 2-conv CNN on
-    the CPU, two full-size copies per step that cost more than the pool itself
-    (benchmarks/trainer_vs_baseline.py). The hooks are removed afterwards."""
-    handles = [m.register_forward_pre_hook(_flatten_input) for m in model.modules() if isinstance(m, nn.Flatten)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div_(255.0)
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, *, plan: ExecutionPlan | None = None) -> torch.Tensor:
     """Logits (float32, on the CPU) for uint8 images ``x``, in batches, on the plan's device with its
@@ -317,22 +290,6 @@ def evaluate(
     logits = predict_logits(model, x, plan=plan)
     y = y.cpu()
     return loss_fn(logits, y, multilabel=y.ndim == 2).item(), accuracy(logits, y)
-
-
-def loss_fn(
-    logits: torch.Tensor, targets: torch.Tensor, *, multilabel: bool = False, label_smoothing: float = 0.0
-) -> torch.Tensor:
-    """Binary cross-entropy per label for a multi-label task (0/1 or mixed targets, shaped as the
-    logits); otherwise cross-entropy against class indices or class probabilities (CutMix/MixUp)."""
-    if multilabel:
-        return F.binary_cross_entropy_with_logits(logits, targets.float())
-    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-
-
-def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    if y.ndim == 2:
-        return ((logits > 0) == (y > 0.5)).float().mean().item()
-    return (logits.argmax(1) == y).float().mean().item()
 
 
 def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpo._locks import exclusive
+from hpo.models import create_model
+from hpo.train.ops import channels_last_gradients, loss_fn, pick_device, to_float
 
 Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 AUTO = "auto"
 
 WARMUP_STEPS = 2  # the first steps allocate and build oneDNN/cuDNN primitives; never timed
@@ -226,7 +227,7 @@ class ExecutionPlan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExecutionPlan:
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -325,8 +326,6 @@ class _Stepper:
         self.loss = math.nan
 
     def step(self) -> None:
-        from hpo.train.loop import channels_last_gradients  # the step as training takes it
-
         self.plan.apply()
         _sync(self.device)
         start = time.perf_counter()
@@ -528,7 +527,7 @@ def choose_plan(
             (m,) = measure_many([plan])
             plan = replace(plan, images_per_second=batch / m.seconds_per_step)
     else:
-        plan, notes = choose(list(zip(options, measure_many(options))), batch)
+        plan, notes = choose(list(zip(options, measure_many(options), strict=True)), batch)
     if prefs.compile == AUTO and device.type == "cuda" and expected_steps:
         eager = measure_many([plan])[0] if plan.images_per_second is None else None
         step = eager.seconds_per_step if eager else batch / plan.images_per_second
@@ -559,9 +558,6 @@ def plan_training(
 ) -> ExecutionPlan:
     """The plan for one training run of ``config`` (a TrialConfig) on ``data`` (a TrainData), measured on
     its first batch of real images. ``model`` (as ``train`` takes it) replaces the config's network."""
-    from hpo.models import create_model
-    from hpo.train.loop import loss_fn, pick_device, to_float
-
     dev = pick_device(device) if isinstance(device, str) else device
     batch = min(config.batch_size, len(data.y_train))
     x = (

@@ -1,0 +1,31 @@
+"""Seeded, stratified sampling: what every loader and ``load_data`` split with."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def strata(labels: np.ndarray) -> np.ndarray:
+    """What stratified sampling keeps in proportion: the class, or a multi-label row's label combination."""
+    return np.unique(labels, axis=0, return_inverse=True)[1].ravel() if labels.ndim == 2 else labels
+
+
+def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices into ``labels`` keeping class proportions (largest remainders), sorted."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts / counts.sum() * n
+    take = np.floor(exact).astype(int)
+    for i in np.argsort(exact - take)[::-1][: n - take.sum()]:
+        take[i] += 1
+    chosen = [
+        rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def split_indices(labels: np.ndarray, test_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train, test) indices holding out ``test_split`` of ``labels`` (at least one example)."""
+    test = stratified_sample(strata(labels), max(1, round(len(labels) * test_split)), np.random.default_rng(seed))
+    return np.setdiff1d(np.arange(len(labels)), test), test

@@ -1,0 +1,71 @@
+"""What a training step is made of, shared by the loop (``hpo.train.loop``) and the execution plan's
+measurements (``hpo.train.plan``), so that the plan times the step training takes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255.0)
+
+
+def loss_fn(
+    logits: torch.Tensor, targets: torch.Tensor, *, multilabel: bool = False, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Binary cross-entropy per label for a multi-label task (0/1 or mixed targets, shaped as the
+    logits); otherwise cross-entropy against class indices or class probabilities (CutMix/MixUp)."""
+    if multilabel:
+        return F.binary_cross_entropy_with_logits(logits, targets.float())
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    if y.ndim == 2:
+        return ((logits > 0) == (y > 0.5)).float().mean().item()
+    return (logits.argmax(1) == y).float().mean().item()
+
+
+class _ChannelsLastGrad(torch.autograd.Function):
+    """Identity forward; the gradient goes back channels_last."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
+def _flatten_input(module: nn.Module, args: tuple) -> tuple | None:
+    x = args[0]
+    if x.ndim == 4 and x.requires_grad and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return (_ChannelsLastGrad.apply(x), *args[1:])
+    return None
+
+
+@contextmanager
+def channels_last_gradients(model: nn.Module) -> Iterator[None]:
+    """While training, send the gradient of each ``nn.Flatten`` of a channels_last feature map back
+    channels_last. Flatten makes its own (N, C*H*W) copy in NCHW order, so its gradient arrives NCHW, and
+    the layer before it (typically a max-pool) then converts layouts in its backward: on a 2-conv CNN on
+    the CPU, two full-size copies per step that cost more than the pool itself
+    (benchmarks/trainer_vs_baseline.py). The hooks are removed afterwards."""
+    handles = [m.register_forward_pre_hook(_flatten_input) for m in model.modules() if isinstance(m, nn.Flatten)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
