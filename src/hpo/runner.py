@@ -89,7 +89,7 @@ def run_study(
     from hpo.data import load_data
     from hpo.engine.ray_tune import start_ray
     from hpo.security import redact
-    from hpo.tracking import Tracker, default_tracking_uri
+    from hpo.tracking import MlflowTracker, default_tracking_uri
 
     console = console or Console(stderr=True)
     c = study.config
@@ -131,7 +131,7 @@ def run_study(
         begin = time.time()
         data = load_data(c.dataset, c.seed)
         seconds = time.time() - begin
-        return data, seconds, Tracker(uri, c.tracking.experiment or c.name)
+        return data, seconds, MlflowTracker(uri, c.tracking.experiment or c.name)
 
     started_ray = not ray.is_initialized()
     with ThreadPoolExecutor(1) as pool:

@@ -83,18 +83,19 @@ def test_damaged_or_newer_state_files_do_not_block_the_study(tmp_path):
 
 def test_the_champion_goes_back_to_its_holder_when_a_redone_final_stage_had_taken_it(tmp_path):
     from hpo.stages.finalize import CHAMPION, ChampionGuard
-    from hpo.tracking import Tracker
+    from hpo.tracking import MlflowTracker
 
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "guard")
-    client = tracker.client
-    client.create_registered_model("m")
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "guard")
+    tracker.ensure_registered_model("m", {})
     runs = [tracker.start_run(f"final-{i}") for i in range(2)]
     for run in runs:
-        client.create_model_version("m", source=f"runs:/{run}/model", run_id=run)
+        tracker.create_model_version(
+            "m", source=f"runs:/{run}/model", run_id=run, model_id=None, tags={}, description=""
+        )
     guard = ChampionGuard(tracker, "m")
-    client.set_registered_model_alias("m", CHAMPION, "1")
+    tracker.set_alias("m", CHAMPION, "1")
     before = guard.current()
-    client.set_registered_model_alias("m", CHAMPION, "2")  # the half-finished stage promoted v2 ...
+    tracker.set_alias("m", CHAMPION, "2")  # the half-finished stage promoted v2 ...
     tracker.delete_run(runs[1])  # ... and is discarded on resume
     assert guard.current() is None
     guard.restore(before)

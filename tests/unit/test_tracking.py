@@ -1,8 +1,16 @@
-"""The experiments hpo writes to open on their runs in MLflow's UI (not its GenAI overview), described."""
+"""The MLflow tracker: the experiments hpo writes open on their runs in MLflow's UI (not its GenAI
+overview), described; runs, lookups, the registry and model logging through the ``Tracker`` protocol,
+read back with MLflow's own client; and MLflow's process-wide state left as it was."""
 
 from __future__ import annotations
 
-from hpo.tracking import Tracker
+import os
+
+import pytest
+
+from hpo.names import RunKind, RunStatus, Tag, TrialStatus
+from hpo.tracking import InMemoryTracker, MlflowTracker, Tracker
+from hpo.tracking.base import PARENT_RUN_TAG
 from hpo.tracking.mlflow_tracker import (
     CUSTOM_MODEL_DEVELOPMENT,
     EXPERIMENT_DESCRIPTION,
@@ -11,12 +19,12 @@ from hpo.tracking.mlflow_tracker import (
 )
 
 
-def experiment_tags(tracker: Tracker) -> dict[str, str]:
-    return dict(tracker.client.get_experiment(tracker.experiment_id).tags)
+def experiment_tags(tracker: MlflowTracker) -> dict[str, str]:
+    return tracker.experiment_tags()
 
 
 def test_a_new_experiment_opens_on_its_runs_and_is_described(tmp_path):
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "fresh")
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "fresh")
     tags = experiment_tags(tracker)
     assert tags[EXPERIMENT_KIND] == CUSTOM_MODEL_DEVELOPMENT == "custom_model_development"
     assert tags[EXPERIMENT_NOTE] == EXPERIMENT_DESCRIPTION
@@ -26,7 +34,7 @@ def test_an_existing_experiment_is_tagged_where_it_lacks_the_tags(tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    Tracker(uri, "first")  # creates the store
+    MlflowTracker(uri, "first")  # creates the store
     client = MlflowClient(tracking_uri=uri)
     bare = client.create_experiment("bare")
     guessed = client.create_experiment(
@@ -34,7 +42,7 @@ def test_an_existing_experiment_is_tagged_where_it_lacks_the_tags(tmp_path):
     )
     chosen = client.create_experiment("chosen", tags={EXPERIMENT_KIND: "genai_development"})
 
-    trackers = {name: Tracker(uri, name) for name in ("bare", "guessed", "chosen")}
+    trackers = {name: MlflowTracker(uri, name) for name in ("bare", "guessed", "chosen")}
     assert [t.experiment_id for t in trackers.values()] == [bare, guessed, chosen]  # opened, not made anew
     tags = {name: experiment_tags(tracker) for name, tracker in trackers.items()}
     assert tags["bare"][EXPERIMENT_KIND] == CUSTOM_MODEL_DEVELOPMENT
@@ -43,3 +51,61 @@ def test_an_existing_experiment_is_tagged_where_it_lacks_the_tags(tmp_path):
     assert tags["guessed"][EXPERIMENT_NOTE] == "the team's own words"  # a description someone wrote stays
     assert tags["chosen"][EXPERIMENT_KIND] == "genai_development"  # so does a kind someone chose
     assert tags["chosen"][EXPERIMENT_NOTE] == EXPERIMENT_DESCRIPTION
+
+
+def mlflow_tracker(tmp_path) -> Tracker:
+    return MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "protocol")
+
+
+def memory_tracker(tmp_path) -> Tracker:
+    return InMemoryTracker("protocol")
+
+
+@pytest.mark.parametrize("make", [mlflow_tracker, memory_tracker])
+def test_runs_lookups_and_the_registry_through_the_protocol(tmp_path, make):
+    """The same behaviour from both trackers: the in-memory twin stands in for MLflow in unit tests."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    tracker = make(tmp_path)
+    assert isinstance(tracker, Tracker)
+    study = tracker.start_run("study", tags={Tag.KIND: RunKind.STUDY, Tag.STUDY: "s"})
+    trial = tracker.start_run("trial-001", parent=study, tags={Tag.KIND: RunKind.TRIAL})
+    tracker.log_params(trial, {"a.b": 1})
+    tracker.log_metrics(trial, {"val_accuracy": 0.5, "skipped": None}, step=1)
+    tracker.log_metrics(trial, {"val_accuracy": 0.75}, step=2)
+    with pytest.raises(ValueError), tracker.finishing(trial):
+        raise ValueError("boom")
+    tracker.log_text(study, "hello", "notes.md")
+    with tracker.finishing(study):
+        pass
+    old = tracker.start_run("study", tags={Tag.KIND: RunKind.STUDY, Tag.STUDY: "s"})
+    tracker.end_run(old, RunStatus.KILLED)
+
+    failed = tracker.get_run(trial)
+    assert failed.info.status == RunStatus.FAILED and failed.data.tags[Tag.ERROR] == "ValueError: boom"
+    assert failed.data.tags[Tag.STATUS] == TrialStatus.FAILED and failed.data.tags[PARENT_RUN_TAG] == study
+    assert failed.data.params == {"a.b": "1"} and failed.data.metrics == {"val_accuracy": 0.75}
+    assert [(p.step, p.value) for p in tracker.metric_history(trial, "val_accuracy")] == [(1, 0.5), (2, 0.75)]
+    assert [r.info.run_id for r in tracker.child_runs(study, RunKind.TRIAL)] == [trial]
+    assert tracker.child_runs(study, RunKind.FINAL) == []
+    assert [r.info.run_id for r in tracker.study_runs("s")] == [study]  # finished ones only
+    assert tracker.get_run(study).data.tags[Tag.STATUS] == TrialStatus.COMPLETED
+    tracker.reopen(study, {Tag.ATTEMPTS: 2})
+    assert tracker.get_run(study).info.status == RunStatus.RUNNING and tracker.study_runs("s") == []
+
+    tracker.ensure_registered_model("m", {Tag.STUDY: "s"})
+    tracker.ensure_registered_model("m", {})  # exists: left alone
+    version = tracker.create_model_version(
+        "m", source=f"runs:/{trial}/model", run_id=trial, model_id=None, tags={"test_accuracy": "0.9"},
+        description="",
+    )  # fmt: skip
+    assert version == "1" and tracker.version_by_alias("m", "champion") is None
+    tracker.set_alias("m", "champion", version)
+    tracker.set_version_tag("m", version, Tag.ROLE, "champion")
+    found = tracker.version_by_alias("m", "champion")
+    assert found is not None and found.version == "1" and found.tags["test_accuracy"] == "0.9"
+    assert found.tags[Tag.ROLE] == "champion"
+    tracker.delete_run(trial)  # with the version registered from it, and so its alias
+    assert tracker.version_by_alias("m", "champion") is None and tracker.child_runs(study, RunKind.TRIAL) == []
+    assert tracker.get_run(trial).info.lifecycle_stage == "deleted"
+    # nothing above touched MLflow's process-wide tracking URI
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before

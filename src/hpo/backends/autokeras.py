@@ -217,7 +217,7 @@ class AutoKerasBackend:
                 {},
                 status="running" if old.info.status == "RUNNING" else old.data.tags.get("hpo.status", "completed"),
             )
-            for m in self.tracker.client.get_metric_history(old.info.run_id, "val_accuracy"):
+            for m in self.tracker.metric_history(old.info.run_id, "val_accuracy"):
                 trial.history.append({"epoch": m.step, "val_accuracy": m.value})
             self.trials[key] = trial
         events = self.folder / "events.jsonl"

@@ -154,7 +154,7 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
             )
         run_dir.advance("finalize", final=asdict(final))
     if finished_before:  # nothing ran now: what was recorded then stands
-        seconds = tracker.client.get_run(parent).data.metrics.get("wall_seconds", 0.0)
+        seconds = tracker.get_run(parent).data.metrics.get("wall_seconds", 0.0)
         return SearchOutcome(parent, records, winner, final, seconds, run_dir.load_trials()[1], metric, mode)
     if final is not None:
         tracker.log_metrics(parent, {"test_accuracy": final.test_accuracy, "test_loss": final.test_loss})

@@ -9,19 +9,19 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hpo.engine.records import TrialRecord
+from hpo.engine.records import ACTIVE, TrialRecord
+from hpo.names import Metric, TrialStatus
 
 STATUS_STYLE = {
-    "running": "cyan",
-    "retrying": "magenta",
-    "completed": "green",
-    "early_stopped": "green",
-    "pruned": "yellow",
-    "stopped": "yellow",
-    "failed": "red",
-    "infeasible": "red",
+    TrialStatus.RUNNING: "cyan",
+    TrialStatus.RETRYING: "magenta",
+    TrialStatus.COMPLETED: "green",
+    TrialStatus.EARLY_STOPPED: "green",
+    TrialStatus.PRUNED: "yellow",
+    TrialStatus.STOPPED: "yellow",
+    TrialStatus.FAILED: "red",
+    TrialStatus.INFEASIBLE: "red",
 }
-ACTIVE = ("running", "retrying")
 MAX_ROWS = 20
 
 
@@ -89,7 +89,7 @@ class LiveView:
         for r in sorted(shown, key=lambda r: r.number):
             value, epoch = r.best(self.metric, self.mode)
             best = f"{value:.4f} (ep {epoch})" if value is not None else (r.error or "-")[:60]
-            status = r.status if r.status != "pruned" else f"pruned @{r.epochs}"
+            status = r.status if r.status != TrialStatus.PRUNED else f"pruned @{r.epochs}"
             per_epoch = f"{r.compute_seconds / r.epochs:.1f}" if r.epochs else "-"
             table.add_row(
                 str(r.number),
@@ -108,19 +108,19 @@ class LiveView:
         elapsed = time.time() - self.start
         done = sum(1 for r in self.records if r.status not in ACTIVE)
         shown, self.epochs_shown[record.trial_id] = self.epochs_shown.get(record.trial_id), record.epochs
-        if record.status == "running" and shown is not None and record.epochs > shown:
+        if record.status == TrialStatus.RUNNING and shown is not None and record.epochs > shown:
             last = record.history[-1]
             value, epoch = record.best(self.metric, self.mode)
             now = f"{self.metric} {last[self.metric]:.4f}" if last.get(self.metric) is not None else "no validation"
             best = f", best {value:.4f} (epoch {epoch})" if value is not None and epoch != record.epochs else ""
             line = (
                 f"trial {record.number} epoch {record.epochs}/{self.max_epochs}: {now}{best}, "
-                f"{last.get('seconds', 0.0):.0f} s"
+                f"{last.get(Metric.SECONDS, 0.0):.0f} s"
             )
-        elif record.status == "running":
+        elif record.status == TrialStatus.RUNNING:
             again = f" (attempt {record.attempts})" if record.attempts > 1 else ""
             line = f"trial {record.number} started{again}: {short_params(record.params)}"
-        elif record.status == "retrying":
+        elif record.status == TrialStatus.RETRYING:
             line = f"trial {record.number} failed, retrying: {record.retry_errors[-1]}"
         else:
             value, epoch = record.best(self.metric, self.mode)

@@ -8,20 +8,22 @@ import functools
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hpo.data import ImageData
+from hpo.engine.asha import seed_asha
 from hpo.engine.records import TrialRecord
 from hpo.engine.run_dir import StudyDir
+from hpo.engine.trial_book import TrialBook, classify
 from hpo.errors import HpoError
 from hpo.space import SearchSpace, define_by_run
 from hpo.study import Study
-from hpo.tracking import Tracker, flatten
+from hpo.tracking import Tracker
+
+__all__ = ["TrialSettings", "classify", "run_search", "run_trial", "seed_asha", "start_ray"]
 
 
 @dataclass(frozen=True)
@@ -102,187 +104,6 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
             ) from None
 
 
-def _tune_callback_class():
-    from ray import tune
-
-    class TrialTracker(tune.Callback):
-        """Runs in the driver: records every trial, mirrors it to MLflow, journals it to disk (for a
-        restart after a crash) and feeds the live view.
-
-        ``restarts`` are trials an earlier, killed attempt left unfinished; re-run with the same
-        parameters, each gets its old number back. One MLflow run per trial number: an attempt that is
-        cut off (crash, or a retry after an error) has its partial run deleted and a new one started."""
-
-        def __init__(
-            self,
-            space: SearchSpace,
-            tracker: Tracker,
-            parent_run: str,
-            records: list[TrialRecord],
-            max_epochs: int,
-            *,
-            restarts: list[TrialRecord] | None = None,
-            journal: Callable[[list[TrialRecord]], None] | None = None,
-            on_change: Callable[[TrialRecord], None] | None = None,
-            searcher: Any = None,
-            on_plan: Callable[[TrialRecord, str], None] | None = None,
-        ) -> None:
-            self.space, self.tracker, self.parent_run = space, tracker, parent_run
-            self.records, self.max_epochs = records, max_epochs
-            self.restarts = list(restarts or [])
-            self.journal = journal or _ignore
-            self.on_change = on_change or _ignore
-            self.searcher = searcher
-            self.on_plan = on_plan or _ignore_plan
-            self.by_id: dict[str, TrialRecord] = {}
-            self.stop_reason: str | None = None  # set when the search as a whole is stopped early
-            self.next_number = max((r.number for r in [*records, *self.restarts]), default=0) + 1
-
-        def __getstate__(self) -> dict:
-            # Ray pickles callbacks into its experiment state; the view, the journal and the searcher stay here.
-            return {
-                **self.__dict__,
-                "on_change": _ignore,
-                "journal": _ignore,
-                "searcher": None,
-                "on_plan": _ignore_plan,
-            }
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            if trial.trial_id in self.by_id:  # started again by the retry policy (see on_trial_recover)
-                record = self.by_id[trial.trial_id]
-                record.status = "running"
-                self.changed(record)
-                return
-            params = dict(trial.config)
-            record = TrialRecord(
-                trial.trial_id,
-                self._number_for(params),
-                params,
-                self.space.resolve(params),
-                optuna_number=self._optuna_number(trial.trial_id),
-            )
-            record.run_id = self._start_run(record)
-            self.records.append(record)
-            self.by_id[trial.trial_id] = record
-            self.changed(record)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            record = self.by_id[trial.trial_id]
-            row = {
-                k: result[k]
-                for k in (
-                    "epoch",
-                    "train_loss",
-                    "train_accuracy",
-                    "val_loss",
-                    "val_accuracy",
-                    "lr",
-                    "seconds",
-                    "images_per_second",
-                    "early_stop",
-                )
-                if k in result
-            }
-            record.history.append(row)
-            record.worker_started = result.get("trial_started", record.worker_started)
-            record.worker_last = result.get("reported_at", record.worker_last)
-            record.worker_pid = result.get("pid", record.worker_pid)
-            if result.get("node") and result["node"] != record.node:  # where it runs, on a cluster
-                record.node = result["node"]
-                self.tracker.set_tags(record.run_id, {"hpo.node": record.node})
-            if result.get("plan") and record.plan is None:  # how it trains: precision, layout, threads
-                record.plan = dict(result["plan"])
-                self.tracker.set_tags(record.run_id, result.get("plan_tags") or {})
-                self.on_plan(record, result.get("plan_key", ""))
-            metrics = {k: v for k, v in row.items() if k not in ("epoch", "early_stop")}
-            self.tracker.log_metrics(record.run_id, metrics, step=row["epoch"])
-            self.changed(record)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            record = self.by_id.get(trial.trial_id)
-            if record is None:
-                return
-            record.status, reason = classify(record, self.max_epochs)
-            if self.stop_reason and record.status == "pruned":
-                record.status, reason = "stopped", f"stopped at epoch {record.epochs}: {self.stop_reason}"
-            self.end(record, reason)
-
-        def on_trial_recover(self, iteration, trials, trial, **info):
-            record = self.by_id.get(trial.trial_id)
-            if record is None:
-                return
-            error = _error_text(trial)
-            self.tracker.delete_run(record.run_id)
-            record.retry_errors.append(error)
-            record.attempts += 1
-            record.history.clear()
-            record.status = "retrying"
-            record.run_id = self._start_run(record)
-            self.changed(record)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            record = self.by_id.get(trial.trial_id)
-            if record is None:
-                return
-            record.error = _error_text(trial)
-            record.status = "infeasible" if record.error.startswith("TrialOutOfMemory") else "failed"
-            self.end(record, f"{record.status}: {record.error}")
-
-        def end(self, record: TrialRecord, reason: str) -> None:
-            record.ended = time.time()
-            tags = {"hpo.status": record.status, "hpo.reason": reason, "hpo.epochs": record.epochs}
-            if record.status == "pruned":
-                tags["hpo.pruned_at_epoch"] = record.epochs
-            if record.error:
-                tags["hpo.error"] = record.error
-            self.tracker.set_tags(record.run_id, tags)
-            self.tracker.end_run(record.run_id, RUN_STATUS[record.status])
-            self.changed(record)
-
-        def changed(self, record: TrialRecord) -> None:
-            self.journal(self.records)
-            self.on_change(record)
-
-        def _start_run(self, record: TrialRecord) -> str:
-            tags = {
-                "hpo.kind": "trial",
-                "hpo.trial_id": record.trial_id,
-                "hpo.status": "running",
-                "hpo.trial_key": f"{self.parent_run}:{record.number}",
-                "hpo.attempt": record.attempts,
-            }
-            if record.retry_errors:
-                tags["hpo.retry_errors"] = " | ".join(record.retry_errors)
-            run_id = self.tracker.start_run(f"trial-{record.number:03d}", parent=self.parent_run, tags=tags)
-            self.tracker.log_params(run_id, flatten(record.config.model_dump(mode="json")))
-            return run_id
-
-        def _number_for(self, params: dict[str, Any]) -> int:
-            for i, cut_off in enumerate(self.restarts):
-                if cut_off.params == params:
-                    self.tracker.delete_run(cut_off.run_id)  # the cut-off attempt: replaced by this one
-                    return self.restarts.pop(i).number
-            number, self.next_number = self.next_number, self.next_number + 1
-            return number
-
-        def _optuna_number(self, trial_id: str) -> int | None:
-            ot_trial = getattr(self.searcher, "_ot_trials", {}).get(trial_id)
-            return None if ot_trial is None else ot_trial.number
-
-    return TrialTracker
-
-
-RUN_STATUS = {
-    "completed": "FINISHED",
-    "early_stopped": "FINISHED",
-    "pruned": "KILLED",
-    "stopped": "KILLED",
-    "failed": "FAILED",
-    "infeasible": "FAILED",
-}
-
-
 def _plan_logger(run_dir: StudyDir, view) -> Callable[[TrialRecord, str], None]:
     """Keeps each plan a trial reports in the run folder (a resumed run reuses it) and shows the plan
     once per model family."""
@@ -299,49 +120,6 @@ def _plan_logger(run_dir: StudyDir, view) -> Callable[[TrialRecord, str], None]:
             view.note(f"plan for {family} (trial {record.number}): {ExecutionPlan.from_dict(record.plan).describe()}")
 
     return on_plan
-
-
-def classify(record: TrialRecord, max_epochs: int) -> tuple[str, str]:
-    """(status, reason) of a trial that ended without an error."""
-    last = record.history[-1] if record.history else {}
-    if last.get("early_stop"):
-        return "early_stopped", f"early stopping at epoch {record.epochs}"
-    if record.epochs < max_epochs:
-        return "pruned", f"pruned by ASHA at epoch {record.epochs}"
-    return "completed", f"completed {record.epochs} epochs"
-
-
-def _ignore(record: TrialRecord) -> None:
-    return None
-
-
-def _ignore_plan(record: TrialRecord, key: str) -> None:
-    return None
-
-
-def _error_text(trial) -> str:
-    """``"TypeName: message"`` (first line, module path dropped) of the error that ended ``trial``."""
-    text = _raw_error_text(trial)
-    if "worker process has died" in text or "actor died unexpectedly" in text:
-        return (
-            "TrialProcessDied: the trial's process died (killed by a signal, by the kernel's OOM killer, "
-            "or crashed in native code)"
-        )
-    return re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=\w+(?::|$))", "", text)
-
-
-def _raw_error_text(trial) -> str:
-    try:
-        error = trial.get_pickled_error() or trial.get_error()
-    except Exception:
-        error = None
-    if error is not None:
-        cause = getattr(error, "cause", None) or error
-        return f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
-    if trial.error_file and Path(trial.error_file).is_file():
-        lines = Path(trial.error_file).read_text().strip().splitlines()
-        return (lines[-1] if lines else "unknown error")[:500]
-    return "unknown error"
 
 
 def run_search(
@@ -373,6 +151,9 @@ def run_search(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    from hpo.engine._private_api import optuna_trial_number
+    from hpo.engine.ray_callbacks import DeadlineStopper, TrialTracker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     c = study.config
@@ -438,7 +219,7 @@ def run_search(
             )
     trainable = tune.with_resources(trainable, resources)
     fit_start = time.time()
-    callback = _tune_callback_class()(
+    book = TrialBook(
         study.space,
         tracker,
         parent_run,
@@ -447,12 +228,14 @@ def run_search(
         restarts=restarts,
         journal=lambda recs: run_dir.save_trials(recs, time_spent + time.time() - fit_start),
         on_change=view.trial_changed if view is not None else None,
-        searcher=searcher,
+        optuna_number=functools.partial(optuna_trial_number, searcher),
         on_plan=_plan_logger(run_dir, view),
     )
-    stopper = None
-    if deadline is not None and after_search is not None:
-        stopper = _deadline_stopper_class()(deadline, after_search, records, callback)
+    stopper = (
+        DeadlineStopper(deadline, after_search, records, book)
+        if deadline is not None and after_search is not None
+        else None
+    )
     if remaining > 0 and (time_left is None or time_left > 0):
         tuner = tune.Tuner(
             trainable,
@@ -469,7 +252,7 @@ def run_search(
             run_config=tune.RunConfig(
                 name=f"search-{run_dir.state.attempts}",
                 storage_path=str((workdir / "ray").resolve()),
-                callbacks=[callback],
+                callbacks=[TrialTracker(book)],
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=c.failures.retries),
                 stop=stopper,
@@ -477,19 +260,7 @@ def run_search(
         )
         _fit(tuner, view)
     fit_end = time.time()
-    for record in records:  # trials still running when the time budget ran out get no completion event
-        if record.status in ("running", "retrying"):
-            record.status = "stopped"
-            reason = callback.stop_reason or "the search's time budget ran out"
-            callback.end(record, f"stopped at epoch {record.epochs}: {reason}")
-    for record in callback.restarts:  # cut off by a crash, and no budget was left to run them again
-        records.append(record)
-        record.status = "stopped"
-        callback.end(
-            record,
-            f"stopped at epoch {record.epochs}: cut off by a crash, and the search's budget had no room to restart it",
-        )
-    records.sort(key=lambda r: r.number)
+    book.close_unfinished()
     run_dir.save_trials(records, time_spent + fit_end - fit_start)
     stats = {
         "slots": concurrency,
@@ -518,54 +289,12 @@ def run_search(
 DEADLINE_MARGIN = 30.0  # seconds the search leaves before a deadline even without an estimate
 
 
-def _deadline_stopper_class():
-    from ray import tune
-
-    class DeadlineStopper(tune.Stopper):
-        """Ends the search when what must follow it (re-check, final stage) would no longer finish before
-        the deadline, as estimated from the epochs seen so far."""
-
-        def __init__(self, deadline: float, after_search, records: list[TrialRecord], callback) -> None:
-            self.deadline, self.after_search, self.records, self.callback = deadline, after_search, records, callback
-
-        def __getstate__(self) -> dict:
-            return {"deadline": self.deadline}  # Ray pickles stoppers into its state; the estimate stays here
-
-        def __call__(self, trial_id: str, result: dict) -> bool:
-            return False
-
-        def stop_all(self) -> bool:
-            need = self.after_search(self.records) if self.after_search else None
-            if need is None or time.time() + need < self.deadline:
-                return False
-            self.callback.stop_reason = (
-                f"the deadline is {time.strftime('%H:%M', time.localtime(self.deadline))} "
-                f"and the final stage needs about {need / 60:.1f} min"
-            )
-            return True
-
-    return DeadlineStopper
-
-
 def _fit(tuner, view) -> None:
     if view is None:
         tuner.fit()
         return
     with view:
         tuner.fit()
-
-
-def seed_asha(scheduler, records: list[TrialRecord], metric: str, mode: str) -> None:
-    """Give a fresh ASHA the rung results of trials finished before a crash, so that a resumed search
-    stops trials as the uninterrupted one would have. ASHA keeps, per rung, the metric (sign-adjusted)
-    each trial had when it reached the rung's epoch."""
-    sign = 1.0 if mode == "max" else -1.0
-    for bracket in scheduler._brackets:
-        for milestone, recorded in bracket._rungs:
-            for record in records:
-                epoch = int(milestone)
-                if len(record.history) >= epoch and record.history[epoch - 1].get(metric) is not None:
-                    recorded[f"resumed-{record.number}"] = sign * record.history[epoch - 1][metric]
 
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -580,9 +309,12 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = dict(
-        include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True
-    )
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": "ERROR",
+        "configure_logging": True,
+    }
     if address:
         ray.init(address=address, **kwargs)
     else:

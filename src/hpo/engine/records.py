@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpo.config.trial import TrialConfig
+from hpo.names import Metric, TrialStatus
+
+ACTIVE = frozenset({TrialStatus.RUNNING, TrialStatus.RETRYING})  # a trial with these has not finished
 
 
 @dataclass
@@ -17,7 +20,7 @@ class TrialRecord:
     config: TrialConfig
     run_id: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "running"  # running | retrying | completed | early_stopped | pruned | stopped | failed | infeasible
+    status: str = TrialStatus.RUNNING  # a TrialStatus (read back from the journal as its plain string)
     error: str | None = None
     optuna_number: int | None = None  # the sampler's trial, to reconcile the two after a crash
     attempts: int = 1  # > 1 when the retry policy restarted it
@@ -53,7 +56,7 @@ class TrialRecord:
 
     @property
     def compute_seconds(self) -> float:
-        return sum(r.get("seconds", 0.0) for r in self.history)
+        return sum(r.get(Metric.SECONDS, 0.0) for r in self.history)
 
 
 def best_trial(records: list[TrialRecord], metric: str, mode: str) -> TrialRecord | None:

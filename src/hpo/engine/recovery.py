@@ -9,13 +9,20 @@ resumed search is a new Ray Tune run over the same Optuna study, seeded with wha
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
-from hpo.engine.ray_tune import RUN_STATUS, classify
 from hpo.engine.records import TrialRecord
 from hpo.engine.run_dir import TERMINAL, StudyDir
+from hpo.engine.trial_book import classify, end_run
+from hpo.names import RunKind, TrialStatus
 from hpo.study import Study
 from hpo.tracking import Tracker
+
+CUT_OFF = "hpo:cut_off"  # the system attribute that marks a sampler trial a crash cut off
+# Optuna's trial states, by name (``optuna.trial.TrialState``): what the sampler was told of a trial
+RUNNING, COMPLETE, PRUNED, FAIL = "RUNNING", "COMPLETE", "PRUNED", "FAIL"
 
 
 @dataclass
@@ -26,53 +33,58 @@ class RecoveredSearch:
     time_spent: float  # search seconds already used (counts against budget.time)
 
 
+@dataclass(frozen=True)
+class SampledTrial:
+    """What the sampler's storage holds of one trial (from an ``optuna.trial.FrozenTrial``)."""
+
+    number: int
+    state: str  # RUNNING | COMPLETE | PRUNED | FAIL | WAITING
+    params: dict[str, Any]
+    cut_off: bool = False  # marked cut off by an earlier recovery
+
+
+@dataclass
+class Reconciled:
+    kept: list[TrialRecord]
+    restarts: list[TrialRecord]
+    cut_off: list[int] = field(default_factory=list)  # sampler trials to mark failed (and cut off)
+    to_enqueue: list[dict[str, Any]] = field(default_factory=list)  # parameters to run again, in order
+
+
 def journal_records(run_dir: StudyDir, study: Study) -> tuple[list[TrialRecord], float]:
     """The trials in a run's journal, and the search seconds spent so far."""
     raw, time_spent = run_dir.load_trials()
     return [TrialRecord.from_json(d, study.space.resolve(d["params"])) for d in raw], time_spent
 
 
-def recover_search(run_dir: StudyDir, study: Study, tracker: Tracker, parent_run: str) -> RecoveredSearch:
-    import optuna
-    from optuna.trial import TrialState
-
-    c = study.config
-    records, time_spent = journal_records(run_dir, study)
-    storage = optuna.storages.RDBStorage(run_dir.optuna_storage)
-    try:
-        sampled = {t.number: t for t in optuna.load_study(study_name=run_dir.optuna_study, storage=storage).trials}
-    except KeyError:  # killed before the sampler's study existed
-        sampled = {}
-
+def reconcile(
+    records: list[TrialRecord],
+    sampled: Iterable[SampledTrial],
+    tracker: Tracker,
+    parent_run: str,
+    max_epochs: int,
+) -> Reconciled:
+    """Make the journal's ``records``, the sampler's trials and the tracker's runs agree after a crash:
+    which trials are kept, which restart, what the sampler must be told. Ends the tracker runs of
+    trials that finished unjournaled and deletes runs no trial owns; the sampler is changed by the caller."""
+    by_number = {t.number: t for t in sampled}
     kept, restarts = [], []
     for record in records:
-        told = sampled.get(record.optuna_number)
+        told = by_number.get(record.optuna_number) if record.optuna_number is not None else None
         if record.status in TERMINAL:
             kept.append(record)
-        elif told is not None and told.state == TrialState.FAIL and not told.system_attrs.get("hpo:cut_off"):
+        elif told is not None and told.state == FAIL and not told.cut_off:
             # Ray told the sampler the trial failed, then the driver died before recording why.
-            record.status, record.error = "failed", "failed (the driver stopped before recording the error)"
-            reason = record.error
+            record.status = TrialStatus.FAILED
+            record.error = "failed (the driver stopped before recording the error)"
             record.ended = time.time()
-            tracker.set_tags(
-                record.run_id,
-                {
-                    "hpo.status": record.status,
-                    "hpo.reason": reason,
-                    "hpo.error": record.error,
-                    "hpo.epochs": record.epochs,
-                },
-            )
-            tracker.end_run(record.run_id, RUN_STATUS[record.status])
+            end_run(tracker, record, record.error)
             kept.append(record)
-        elif told is not None and told.state in (TrialState.COMPLETE, TrialState.PRUNED) and record.history:
+        elif told is not None and told.state in (COMPLETE, PRUNED) and record.history:
             # The sampler heard the trial end, the journal did not (killed in between): close it here.
-            record.status, reason = classify(record, c.budget.max_epochs)
+            record.status, reason = classify(record, max_epochs)
             record.ended = time.time()
-            tracker.set_tags(
-                record.run_id, {"hpo.status": record.status, "hpo.reason": reason, "hpo.epochs": record.epochs}
-            )
-            tracker.end_run(record.run_id, RUN_STATUS[record.status])
+            end_run(tracker, record, reason)
             kept.append(record)
         else:
             restarts.append(record)
@@ -80,27 +92,44 @@ def recover_search(run_dir: StudyDir, study: Study, tracker: Tracker, parent_run
     # The sampler: trials it handed out that never finished are marked failed (TPE ignores those) and
     # their parameters enqueued again, so the same configurations run next, before any new suggestion.
     kept_numbers = {r.optuna_number for r in kept}
-    to_enqueue = []
-    for trial in sampled.values():
-        if trial.state != TrialState.RUNNING:
-            continue
-        storage.set_trial_system_attr(trial._trial_id, "hpo:cut_off", True)
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        if trial.number not in kept_numbers:
-            to_enqueue.append(trial.params)
+    running = [t for t in by_number.values() if t.state == RUNNING]
+    result = Reconciled(kept, restarts, cut_off=[t.number for t in running])
+    result.to_enqueue = [t.params for t in running if t.number not in kept_numbers]
     # A cut-off trial whose sampler record is not RUNNING (rare orderings) is enqueued from the journal.
-    running = {t.number for t in sampled.values() if t.state == TrialState.RUNNING}
-    to_enqueue += [r.params for r in restarts if r.optuna_number not in running]
-    if to_enqueue:
-        study_obj = optuna.load_study(study_name=run_dir.optuna_study, storage=storage)
-        for params in to_enqueue:
-            study_obj.enqueue_trial(params, skip_if_exists=False)
+    running_numbers = {t.number for t in running}
+    result.to_enqueue += [r.params for r in restarts if r.optuna_number not in running_numbers]
 
-    # MLflow: runs that no trial in the journal owns (a kill right after creating one) are deleted. A
+    # The tracker: runs that no trial in the journal owns (a kill right after creating one) are deleted. A
     # cut-off trial's run stays until the trial restarts (then a new run replaces it) or, if the budget
     # has no room left to restart it, it is closed as stopped with what it had reached.
     own_runs = {r.run_id for r in [*kept, *restarts]}
-    for run in tracker.child_runs(parent_run, "trial"):
+    for run in tracker.child_runs(parent_run, RunKind.TRIAL):
         if run.info.run_id not in own_runs:
             tracker.delete_run(run.info.run_id)
-    return RecoveredSearch(kept, restarts, time_spent)
+    return result
+
+
+def recover_search(run_dir: StudyDir, study: Study, tracker: Tracker, parent_run: str) -> RecoveredSearch:
+    import optuna
+    from optuna.trial import TrialState
+
+    records, time_spent = journal_records(run_dir, study)
+    storage = optuna.storages.RDBStorage(run_dir.optuna_storage)
+    try:
+        study_id = storage.get_study_id_from_name(run_dir.optuna_study)
+    except KeyError:  # killed before the sampler's study existed
+        study_id = None
+    trials = storage.get_all_trials(study_id, deepcopy=False) if study_id is not None else []
+    sampled = [SampledTrial(t.number, t.state.name, dict(t.params), bool(t.system_attrs.get(CUT_OFF))) for t in trials]
+    done = reconcile(records, sampled, tracker, parent_run, study.config.budget.max_epochs)
+
+    for number in done.cut_off:
+        # the storage's own id of a trial, by public API (FrozenTrial keeps it in a private attribute)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        storage.set_trial_system_attr(trial_id, CUT_OFF, True)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    if done.to_enqueue:
+        study_obj = optuna.load_study(study_name=run_dir.optuna_study, storage=storage)
+        for params in done.to_enqueue:
+            study_obj.enqueue_trial(params, skip_if_exists=False)
+    return RecoveredSearch(done.kept, done.restarts, time_spent)

@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpo.names import Metric, RunKind, RunStatus, Tag
 from hpo.report.plots import pyplot
 
-PARENT_KINDS = {"study": "search", "baseline": None}  # hpo.kind -> backend (baseline: its hpo.backend tag)
+# hpo.kind -> backend (a baseline's is its hpo.backend tag)
+PARENT_KINDS: dict[str, str | None] = {RunKind.STUDY: "search", RunKind.BASELINE: None}
 
 
 @dataclass
@@ -28,26 +30,26 @@ def latest_backend_runs(client, experiment_id: str) -> dict[str, BackendRun]:
         for kind in PARENT_KINDS
         for run in client.search_runs(
             [experiment_id],
-            f"tags.`hpo.kind` = '{kind}' and attributes.status = 'FINISHED'",
+            f"tags.`{Tag.KIND}` = '{kind}' and attributes.status = '{RunStatus.FINISHED}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
     ]
     found: dict[str, BackendRun] = {}
-    for run in sorted(runs, key=lambda r: r.data.tags.get("hpo.backend") != "search"):
+    for run in sorted(runs, key=lambda r: r.data.tags.get(Tag.BACKEND) != "search"):
         tags = run.data.tags
-        backend = tags.get("hpo.backend") or PARENT_KINDS.get(tags.get("hpo.kind"), "search")
+        backend = tags.get(Tag.BACKEND) or PARENT_KINDS.get(tags.get(Tag.KIND, ""), "search")
         found.setdefault(backend, BackendRun(backend, run))
     return found
 
 
 def progress(
-    client, experiment_id: str, parent, metric: str = "val_accuracy", mode: str = "max"
+    client, experiment_id: str, parent, metric: str = Metric.VAL_ACCURACY, mode: str = "max"
 ) -> list[tuple[float, float]]:
     """(minutes since the parent run started, best ``metric`` of any trial so far), one point per epoch."""
     trials = client.search_runs(
         [experiment_id],
-        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`hpo.kind` = 'trial'",
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`{Tag.KIND}` = '{RunKind.TRIAL}'",
         max_results=5000,
     )
     points = sorted((m.timestamp, m.value) for t in trials for m in client.get_metric_history(t.info.run_id, metric))
@@ -63,7 +65,7 @@ def progress(
     return curve
 
 
-def comparison_rows(runs: dict[str, BackendRun], metric: str = "val_accuracy") -> list[list]:
+def comparison_rows(runs: dict[str, BackendRun], metric: str = Metric.VAL_ACCURACY) -> list[list]:
     """A table (header first): test accuracy, best validation metric, wall time, trials and epochs."""
     rows = [
         [
@@ -104,7 +106,7 @@ def progress_png(
     finals: dict[str, float | None],
     path: Path,
     title: str,
-    metric: str = "val_accuracy",
+    metric: str = Metric.VAL_ACCURACY,
 ) -> Path:
     """Best ``metric`` reached over wall time, one step line per backend; the test accuracy each ended
     with as a dashed level."""
@@ -113,7 +115,7 @@ def progress_png(
     for i, (name, curve) in enumerate(curves.items()):
         colour = f"C{i}"
         if curve:
-            xs, ys = zip(*curve)
+            xs, ys = zip(*curve, strict=False)
             ax.step(xs, ys, where="post", color=colour, lw=1.8, label=f"{name}: best {metric}")
             ax.plot(xs, ys, ".", color=colour, ms=3)
         if finals.get(name) is not None:

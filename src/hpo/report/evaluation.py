@@ -150,7 +150,7 @@ def _confident_errors_png(probs, y_true, images, classes, path: Path, title: str
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.0, rows * 2.3), dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, wrong):
+    for ax, i in zip(axes.flat, wrong, strict=False):
         img = images[i].transpose(1, 2, 0)
         ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
         ax.set_title(f"true {classes[y_true[i]]}\npred {classes[y_pred[i]]} {probs[i, y_pred[i]]:.0%}", fontsize=7)

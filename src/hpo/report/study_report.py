@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpo.errors import HpoError
+from hpo.names import RunKind, Tag
 from hpo.report.compare import comparison_rows, latest_backend_runs, progress, progress_png
 
 PLOTS = [
@@ -54,11 +55,11 @@ code { background: #f6f6f6; padding: 0 0.2rem; }
 {% if optuna %}<p>Optuna's plots (optimisation history, importances, parallel coordinates):
 <a href="{{ optuna }}">{{ optuna }}</a></p>{% endif %}
 </body></html>
-"""
+"""  # noqa: E501 (the template's lines are the page's)
 
 TABLE = """<table><thead><tr>{% for h in rows[0] %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
 {% for row in rows[1:] %}<tr>{% for cell in row %}<td{% if cell is number %} class="num"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
-{% endfor %}</tbody></table>"""
+{% endfor %}</tbody></table>"""  # noqa: E501
 
 
 @dataclass
@@ -82,7 +83,7 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
         raise HpoError(f"study {study_name!r} has no finished run at {tracking_uri}")
     study_run = (backends.get("search") or next(iter(backends.values()))).run
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{study_run.info.run_id}'")
-    finals = [r for r in children if r.data.tags.get("hpo.kind") == "final"]
+    finals = [r for r in children if r.data.tags.get(Tag.KIND) == RunKind.FINAL]
     if not finals:
         raise HpoError(f"study run {study_run.info.run_id} has no final run (final.enabled was false?)")
     final = finals[0]
@@ -138,20 +139,20 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
         return Markup(table_template.render(rows=[rows[0]] + [[_num(c) for c in r] for r in rows[1:]]))
 
     finished_at = dt.datetime.fromtimestamp((study_run.info.end_time or 0) / 1000).strftime("%Y-%m-%d %H:%M")
-    context = dict(
-        name=study_name,
-        study_run=study_run.info.run_id,
-        tracking_uri=tracking_uri,
-        finished=finished_at,
-        kpis=kpis,
-        leaderboard=leaderboard,
-        recheck=recheck,
-        families=families,
-        per_class=per_class,
-        config=config,
-        optuna=optuna,
-        comparison=comparison,
-    )
+    context = {
+        "name": study_name,
+        "study_run": study_run.info.run_id,
+        "tracking_uri": tracking_uri,
+        "finished": finished_at,
+        "kpis": kpis,
+        "leaderboard": leaderboard,
+        "recheck": recheck,
+        "families": families,
+        "per_class": per_class,
+        "config": config,
+        "optuna": optuna,
+        "comparison": comparison,
+    }
     html_path = out_dir / "report.html"
     html_path.write_text(env.from_string(HTML).render(**context, plots=embedded, table=table))
 
@@ -182,7 +183,7 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
 
 def _read_csv(path: Path, drop: tuple[str, ...] = ()) -> list[list[str]]:
     with path.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh)]
+        rows = list(csv.reader(fh))
     if rows and rows[0] and rows[0][0].startswith("# "):  # numpy's header marker
         rows[0][0] = rows[0][0][2:]
     keep = [i for i, h in enumerate(rows[0]) if h not in drop] if rows else []

@@ -9,17 +9,21 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from hpo.data import ImageData
 from hpo.data.streaming import FileImages, concat_images, head
 from hpo.engine.records import TrialRecord
+from hpo.names import Metric, RunKind, Tag
+from hpo.stages.champion import CHAMPION, ChampionGuard, ChampionRule, apply
 from hpo.study import Study
 from hpo.tracking import Tracker, flatten
 
-CHAMPION = "champion"
+__all__ = ["CHAMPION", "ChampionGuard", "FinalResult", "finalize", "register"]
 
 
 @dataclass
@@ -42,9 +46,8 @@ def pip_requirements() -> list[str]:
     import numpy
     import torch
 
-    import mlflow
-
-    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={numpy.__version__}"]
+    mlflow = metadata.version("mlflow")  # named, not imported: the tracker imports it where it is used
+    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow}", f"numpy=={numpy.__version__}"]
 
 
 def finalize(
@@ -83,7 +86,7 @@ def finalize(
     run_id = tracker.start_run(
         "final",
         parent=parent_run,
-        tags={"hpo.kind": "final", "hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id or ""},
+        tags={Tag.KIND: RunKind.FINAL, Tag.WINNER_TRIAL: winner.trial_id, Tag.WINNER_RUN: winner.run_id or ""},
     )
     tracker.log_params(
         run_id,
@@ -153,22 +156,22 @@ def finalize(
         }
         tracker.log_metrics(run_id, metrics)
 
-        model_uri, model_id = _log_model(run_id, model, data)
+        model_uri, model_id = _log_model(tracker, run_id, model, data)
         _log_exports(tracker, run_id, model, data, c.final.export)
         name, version, promotion = register(tracker, study, run_id, model_uri, model_id, metrics)
-        tracker.set_tags(run_id, {"hpo.promotion": promotion})
+        tracker.set_tags(run_id, {Tag.PROMOTION: promotion})
     return FinalResult(
         run_id, epochs, test_accuracy, test_loss, metrics, model_uri, name, version, promotion, time.time() - start
     )
 
 
-def _row(epoch) -> dict:
+def _row(epoch: Any) -> dict[str, Any]:
     return {
         "epoch": epoch.epoch,
-        "train_loss": epoch.train_loss,
-        "train_accuracy": epoch.train_accuracy,
-        "val_loss": epoch.val_loss,
-        "val_accuracy": epoch.val_accuracy,
+        Metric.TRAIN_LOSS: epoch.train_loss,
+        Metric.TRAIN_ACCURACY: epoch.train_accuracy,
+        Metric.VAL_LOSS: epoch.val_loss,
+        Metric.VAL_ACCURACY: epoch.val_accuracy,
     }
 
 
@@ -206,21 +209,13 @@ def background_kind(images: np.ndarray) -> str:
     return "varied"
 
 
-def _log_model(run_id: str, model, data: ImageData) -> tuple[str, str]:
+def _log_model(tracker: Tracker, run_id: str, model: Any, data: ImageData) -> tuple[str, str | None]:
     """Log the model as a torch.export program: graph and weights, no pickled Python objects."""
-    import mlflow
-
     example = head(data.x_test, 4).astype(np.float32) / 255.0  # batch > 1: the batch dim stays dynamic
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            input_example=example,
-            pip_requirements=pip_requirements(),
-            serialization_format="pt2",
-            metadata=model_metadata(data),
-        )
-    return info.model_uri, info.model_id
+    logged = tracker.log_model(
+        run_id, model, input_example=example, pip_requirements=pip_requirements(), metadata=model_metadata(data)
+    )
+    return logged.uri, logged.model_id
 
 
 def _log_exports(tracker: Tracker, run_id: str, model, data: ImageData, formats: list[str]) -> None:
@@ -249,44 +244,18 @@ def _log_exports(tracker: Tracker, run_id: str, model, data: ImageData, formats:
             tracker.log_artifact(run_id, path, "exports")
 
 
-class ChampionGuard:
-    """Keeps the ``champion`` alias right when a final stage is redone after a crash: deleting the
-    half-finished stage's model version also drops an alias it had taken, which then goes back to the
-    version that held it before."""
-
-    def __init__(self, tracker: Tracker, name: str) -> None:
-        self.client, self.name = tracker.client, name
-
-    def current(self) -> str | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return str(self.client.get_model_version_by_alias(self.name, CHAMPION).version)
-        except MlflowException:
-            return None
-
-    def restore(self, before: str | None) -> None:
-        if before and self.current() is None:
-            self.client.set_registered_model_alias(self.name, CHAMPION, before)
-
-
 def register(
     tracker: Tracker, study: Study, run_id: str, model_uri: str, model_id: str | None, metrics: dict[str, float]
 ) -> tuple[str, str, str]:
     """Create a registered version carrying its metrics and study; move ``champion`` per the study's rule.
     Returns (name, version, what happened to the alias)."""
     import yaml
-    from mlflow.exceptions import MlflowException
 
     c = study.config
-    client = tracker.client
     name = c.registered_model_name
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, tags={"hpo.study": study.name})
-    tags = {"hpo.study": study.name, "hpo.run_id": run_id, **{k: repr(float(v)) for k, v in metrics.items()}}
-    version = client.create_model_version(
+    tracker.ensure_registered_model(name, {Tag.STUDY: study.name})
+    tags = {Tag.STUDY: study.name, Tag.RUN_ID: run_id, **{k: repr(float(v)) for k, v in metrics.items()}}
+    version = tracker.create_model_version(
         name,
         source=model_uri,
         run_id=run_id,
@@ -294,29 +263,5 @@ def register(
         tags=tags,
         description=yaml.safe_dump(study.resolved(), sort_keys=False)[:5000],
     )
-    v = str(version.version)
-
-    metric = c.final.promote_metric
-    new = metrics[metric]
-    try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        current = None
-    old = float(current.tags[metric]) if current is not None and metric in current.tags else None
-    better = old is None or (
-        new - old > c.final.min_improvement if metric == "test_accuracy" else old - new > c.final.min_improvement
-    )
-    if c.final.promote == "always" or (c.final.promote == "if_better" and better):
-        client.set_registered_model_alias(name, CHAMPION, v)
-        client.set_model_version_tag(name, v, "hpo.role", CHAMPION)
-        was = f" (was v{current.version}: {metric} {old:.4f})" if current is not None and old is not None else ""
-        promotion = f"v{v} is now {CHAMPION}: {metric} {new:.4f}{was}"
-    else:
-        client.set_model_version_tag(name, v, "hpo.role", "challenger")
-        why = (
-            "promotion is off"
-            if c.final.promote == "never"
-            else (f"{CHAMPION} v{current.version} keeps the alias with {metric} {old:.4f}")
-        )
-        promotion = f"v{v} is a challenger ({metric} {new:.4f}); {why}"
-    return name, v, promotion
+    promotion = apply(tracker, name, version, ChampionRule.from_final(c.final), metrics)
+    return name, version, promotion

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from hpo.tracking import Tracker
+from hpo.names import RunKind, RunStatus
+from hpo.tracking import Run, Tracker
 
 ROWS = (
     ("best_val_accuracy", "best validation accuracy"),
@@ -20,17 +21,12 @@ ROWS = (
 
 
 def _final_params(tracker: Tracker, study_run: str) -> dict[str, str]:
-    finals = tracker.child_runs(study_run, "final")
+    finals = tracker.child_runs(study_run, RunKind.FINAL)
     return dict(finals[0].data.params) if finals else {}
 
 
-def _previous(tracker: Tracker, study: str, current: str):
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id],
-        filter_string=f"tags.`hpo.kind` = 'study' and tags.`hpo.study` = '{study}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=20,
-    )
+def _previous(tracker: Tracker, study: str, current: str) -> Run | None:
+    runs = tracker.study_runs(study, status=RunStatus.FINISHED, max_results=20)
     return next((r for r in runs if r.info.run_id != current), None)
 
 
@@ -47,7 +43,7 @@ def nightly_summary(
     tracker: Tracker, study: str, study_run: str, promotion: str | None, notes: list[str] | None = None
 ) -> str:
     """The summary as Markdown; also logged as ``nightly_summary.md`` on ``study_run``."""
-    now = tracker.client.get_run(study_run)
+    now = tracker.get_run(study_run)
     before = _previous(tracker, study, study_run)
     lines = [f"# {study}: run of {time.strftime('%Y-%m-%d %H:%M')}", ""]
     if before is None:
@@ -74,7 +70,7 @@ def nightly_summary(
         lines.append("")
     lines += [f"- {note}" for note in notes or []]
     text = "\n".join(lines).rstrip() + "\n"
-    tracker.client.log_text(study_run, text, "nightly_summary.md")
+    tracker.log_text(study_run, text, "nightly_summary.md")
     return text
 
 

@@ -16,6 +16,7 @@ from hpo.config import TrialConfig
 from hpo.config.study import Resources
 from hpo.data import ImageData
 from hpo.engine.records import TrialRecord
+from hpo.names import RunKind, Tag
 from hpo.study import Study
 from hpo.tracking import Tracker, flatten
 
@@ -90,7 +91,7 @@ def recheck(
         run_id = tracker.start_run(
             f"recheck-trial-{cand.record.number:03d}-seed-{seed}",
             parent=parent_run,
-            tags={"hpo.kind": "recheck", "hpo.trial_id": cand.record.trial_id},
+            tags={Tag.KIND: RunKind.RECHECK, Tag.TRIAL_ID: cand.record.trial_id},
         )
         with tracker.finishing(run_id):
             tracker.log_params(run_id, {**flatten(cand.record.config.model_dump(mode="json")), "seed": seed})

@@ -1,21 +1,33 @@
+"""The MLflow implementation of the ``Tracker`` protocol. MLflow is imported when a tracker is made, not
+when this module is: ``hpo --help`` and ``hpo validate`` stay fast."""
+
 from __future__ import annotations
 
 import functools
 import logging
 import os
-import platform
-import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, TypeVar
 
 from hpo import __version__
 from hpo._locks import exclusive
+from hpo.names import RunStatus, Tag
 from hpo.security import redact
+from hpo.tracking.base import (
+    DELETED,
+    PARENT_RUN_TAG,
+    RUN_NAME_TAG,
+    LoggedModel,
+    MetricPoint,
+    ModelVersion,
+    Run,
+    RunData,
+    RunInfo,
+    TrackerBase,
+)
 
 DEFAULT_STORE = Path("mlflow")
 MAX_PARAM_LENGTH = 6000
@@ -52,55 +64,43 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _git_commit() -> str | None:
-    try:
-        return (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
-def _timed(method):
+def _timed(method: _Method) -> _Method:
     """Accumulate the time spent writing to MLflow (reported as tracking overhead)."""
 
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: MlflowTracker, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
             return method(self, *args, **kwargs)
         finally:
             self.busy_seconds += time.perf_counter() - start
 
-    return wrapper
+    return wrapper  # type: ignore[return-value]
 
 
-class Tracker:
-    """Writes a study's runs. All calls take explicit run ids: no global active-run state."""
-
-    busy_seconds = 0.0
+class MlflowTracker(TrackerBase):
+    """The ``Tracker`` on MLflow: every call goes through one ``MlflowClient`` bound to ``uri``, so
+    nothing here reads or sets MLflow's process-wide tracking URI or active run (one exception, the
+    model logger: see ``_process_tracking_uri``)."""
 
     def __init__(self, uri: str, experiment: str) -> None:
         from mlflow.tracking import MlflowClient
 
-        import mlflow
-
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # table creation, registry chatter
         logging.getLogger("alembic").setLevel(logging.WARNING)
         self.uri = uri
-        mlflow.set_tracking_uri(uri)
-        self.mlflow = mlflow
+        self.busy_seconds = 0.0
         db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         # Two studies starting at once against a new SQLite file would both run MLflow's schema migrations
         # and trip over each other: the first to arrive creates the store while the other waits.
         with exclusive(db.with_name(db.name + ".lock")) if db is not None else nullcontext():
-            self.client = MlflowClient(tracking_uri=uri)
-            found = self.client.get_experiment_by_name(experiment)
+            self._client = MlflowClient(tracking_uri=uri)
+            found = self._client.get_experiment_by_name(experiment)
             if found is None:
                 artifacts = None
                 if db is not None:  # keep artifacts beside the database, not in the cwd
@@ -109,7 +109,7 @@ class Tracker:
                     # another database (postgresql://...) written directly: artifacts go to ./mlflow/ as for
                     # the local default (a tracking server decides for itself)
                     artifacts = (DEFAULT_STORE / "artifacts").resolve().as_uri()
-                self.experiment_id = self.client.create_experiment(
+                self.experiment_id = self._client.create_experiment(
                     experiment, artifact_location=artifacts, tags=_EXPERIMENT_TAGS
                 )
             else:
@@ -121,78 +121,20 @@ class Tracker:
         kind the UI only guessed (``*_inferred``) is replaced; a kind or a description someone set is kept."""
         kind = tags.get(EXPERIMENT_KIND, "")
         if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":
-            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT)
+            self._client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT)
         if not tags.get(EXPERIMENT_NOTE):
-            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_NOTE, EXPERIMENT_DESCRIPTION)
+            self._client.set_experiment_tag(self.experiment_id, EXPERIMENT_NOTE, EXPERIMENT_DESCRIPTION)
 
-    # ------------------------------------------------------------------------------------- runs
+    def experiment_tags(self) -> dict[str, str]:
+        return dict(self._client.get_experiment(self.experiment_id).tags)
+
+    # ------------------------------------------------------------------------------ writing runs
     @_timed
-    def start_run(self, name: str, *, parent: str | None = None, tags: Mapping[str, str] | None = None) -> str:
-        all_tags = {"mlflow.runName": name, "hpo.version": __version__, **{k: str(v) for k, v in (tags or {}).items()}}
+    def start_run(self, name: str, *, parent: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
+        all_tags = {RUN_NAME_TAG: name, Tag.VERSION: __version__, **{k: str(v) for k, v in (tags or {}).items()}}
         if parent:
-            all_tags["mlflow.parentRunId"] = parent
-        return self.client.create_run(self.experiment_id, tags=all_tags, run_name=name).info.run_id
-
-    def start_study(
-        self,
-        study,
-        resolved: Mapping[str, Any],
-        *,
-        name: str | None = None,
-        kind: str = "study",
-        backend: str = "search",
-    ) -> str:
-        """The parent run of one backend's work on a study: the study's settings as params (the same
-        columns for every backend), the resolved study file and the environment."""
-        import optuna
-        import ray
-        import torch
-
-        run_id = self.start_run(
-            name or study.name,
-            tags={
-                "hpo.kind": kind,
-                "hpo.backend": backend,
-                "hpo.study": study.name,
-                "hpo.study_file": str(study.file),
-                "hpo.fingerprint": study.fingerprint(),
-                "mlflow.source.git.commit": _git_commit() or "unknown",
-            },
-        )
-        c = study.config
-        self.log_params(
-            run_id,
-            {
-                "seed": c.seed,
-                "dataset.name": c.dataset.name,
-                "dataset.validation_split": c.dataset.validation_split,
-                "objective.metric": c.objective.metric,
-                "budget.trials": c.budget.trials,
-                "budget.time_s": c.budget.time,
-                "budget.max_epochs": c.budget.max_epochs,
-                "scheduler.type": c.scheduler.type,
-                "scheduler.grace_period": c.scheduler.grace_period,
-                "scheduler.reduction_factor": c.scheduler.reduction_factor,
-                "resources.cpus_per_trial": c.resources.cpus_per_trial,
-                "resources.gpus_per_trial": c.resources.gpus_per_trial,
-                "resources.compile": c.resources.compile,
-            },
-        )
-        self.client.log_text(run_id, redact(yaml.safe_dump(dict(resolved), sort_keys=False)), "study.resolved.yaml")
-        self.client.log_dict(
-            run_id,
-            {
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-                "hpo": __version__,
-                "torch": torch.__version__,
-                "ray": ray.__version__,
-                "optuna": optuna.__version__,
-                "mlflow": self.mlflow.__version__,
-            },
-            "environment.json",
-        )
-        return run_id
+            all_tags[PARENT_RUN_TAG] = parent
+        return self._client.create_run(self.experiment_id, tags=all_tags, run_name=name).info.run_id
 
     @_timed
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -200,78 +142,169 @@ class Tracker:
 
         items = [Param(k, redact(str(v))[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i : i + 100])
+            self._client.log_batch(run_id, params=items[i : i + 100])
 
     @_timed
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float | None], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
         if items:
-            self.client.log_batch(run_id, metrics=items)
+            self._client.log_batch(run_id, metrics=items)
 
     @_timed
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()])
+        self._client.log_batch(run_id, tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()])
 
     @_timed
-    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+    def end_run(self, run_id: str, status: str = RunStatus.FINISHED) -> None:
+        self._client.set_terminated(run_id, status=str(status))
 
-    def reopen(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        """Mark a run that a killed or interrupted attempt left behind as running again."""
-        self.client.update_run(run_id, status="RUNNING")
-        self.set_tags(run_id, {**tags, "hpo.status": "running"})
+    def _set_running(self, run_id: str) -> None:
+        self._client.update_run(run_id, status=RunStatus.RUNNING)
 
     @_timed
     def delete_run(self, run_id: str) -> None:
         """Discard a run whose work is being redone (MLflow keeps it, marked deleted, out of the UI), with
         any model versions registered from it."""
         try:
-            versions = self.client.search_model_versions(f"run_id = '{run_id}'")
+            versions = list(self._client.search_model_versions(f"run_id = '{run_id}'"))
         except Exception:
             versions = []
         for version in versions:
-            self.client.delete_model_version(version.name, version.version)
-        if self.client.get_run(run_id).info.lifecycle_stage != "deleted":
-            self.client.delete_run(run_id)
+            self._client.delete_model_version(version.name, version.version)
+        if self._client.get_run(run_id).info.lifecycle_stage != DELETED:
+            self._client.delete_run(run_id)
 
-    def child_runs(self, parent: str, kind: str) -> list:
-        """The live runs of one ``hpo.kind`` under a study run."""
-        return self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`hpo.kind` = '{kind}'",
-            max_results=5000,
-        )
-
-    @contextmanager
-    def finishing(self, run_id: str) -> Iterator[str]:
-        """End ``run_id`` when the block ends: completed, or failed with the error (killed on Ctrl-C)."""
-        try:
-            yield run_id
-        except BaseException as exc:
-            self.set_tags(run_id, {"hpo.status": "failed", "hpo.error": f"{type(exc).__name__}: {exc}"[:500]})
-            self.end_run(run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
-            raise
-        self.set_tags(run_id, {"hpo.status": "completed"})
-        self.end_run(run_id)
-
+    # ------------------------------------------------------------------------------ artifacts
     @_timed
     def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
-        self.client.log_dict(run_id, dict(data), artifact_file)
+        self._client.log_dict(run_id, dict(data), artifact_file)
 
-    def log_split(self, run_id: str, record: Mapping[str, Mapping[str, Any]], *, seen: bool = False) -> None:
-        """A split record (see ``ImageData.split_record``) as ``split.json`` and ``hpo.split.<part>.<key>``
-        tags; ``seen=True``: as reported back by a worker process (``split_seen.json``, ``hpo.split_seen.*``)."""
-        prefix = "hpo.split_seen" if seen else "hpo.split"
-        self.set_tags(
-            run_id, {f"{prefix}.{part}.{key}": value for part, row in record.items() for key, value in row.items()}
-        )
-        self.log_dict(run_id, record, "split_seen.json" if seen else "split.json")
+    @_timed
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self._client.log_text(run_id, text, artifact_file)
 
     @_timed
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        self._client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_model(
+        self, run_id: str, model: Any, *, input_example: Any, pip_requirements: list[str], metadata: dict[str, Any]
+    ) -> LoggedModel:
+        """Log the model as a torch.export program: graph and weights, no pickled Python objects."""
+        import mlflow.pytorch
+
+        with _process_tracking_uri(self.uri):
+            info = mlflow.pytorch.log_model(
+                model,
+                name="model",
+                input_example=input_example,
+                pip_requirements=pip_requirements,
+                serialization_format="pt2",
+                metadata=metadata,
+                run_id=run_id,  # passed on to mlflow.models.Model.log: no active run is started
+            )
+        return LoggedModel(info.model_uri, info.model_id)
+
+    # ------------------------------------------------------------------------------ reading runs
+    def get_run(self, run_id: str) -> Run:
+        return _run(self._client.get_run(run_id))
+
+    def child_runs(self, parent: str, kind: str) -> list[Run]:
+        found = self._client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.{PARENT_RUN_TAG} = '{parent}' and tags.`{Tag.KIND}` = '{kind}'",
+            max_results=5000,
+        )
+        return [_run(r) for r in found]
+
+    def study_runs(self, study: str, *, status: str = RunStatus.FINISHED, max_results: int = 20) -> list[Run]:
+        from hpo.names import RunKind
+
+        found = self._client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.`{Tag.KIND}` = '{RunKind.STUDY}' and tags.`{Tag.STUDY}` = '{study}' "
+                f"and attributes.status = '{status}'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=max_results,
+        )
+        return [_run(r) for r in found]
+
+    def metric_history(self, run_id: str, key: str) -> list[MetricPoint]:
+        return [MetricPoint(m.key, m.value, m.step, m.timestamp) for m in self._client.get_metric_history(run_id, key)]
+
+    # ------------------------------------------------------------------------------ model registry
+    def ensure_registered_model(self, name: str, tags: Mapping[str, str]) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.get_registered_model(name)
+        except MlflowException:
+            self._client.create_registered_model(name, tags=dict(tags))
+
+    def create_model_version(
+        self,
+        name: str,
+        *,
+        source: str,
+        run_id: str,
+        model_id: str | None,
+        tags: Mapping[str, str],
+        description: str,
+    ) -> str:
+        version = self._client.create_model_version(
+            name, source=source, run_id=run_id, model_id=model_id, tags=dict(tags), description=description
+        )
+        return str(version.version)
+
+    def version_by_alias(self, name: str, alias: str) -> ModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self._client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+        return ModelVersion(found.name, str(found.version), found.run_id, dict(found.tags))
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._client.set_registered_model_alias(name, alias, version)
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self._client.set_model_version_tag(name, version, key, value)
+
+
+def _run(run: Any) -> Run:
+    """An MLflow ``Run`` as the protocol's plain record."""
+    info = run.info
+    return Run(
+        RunInfo(
+            info.run_id, info.run_name or "", info.status, info.start_time or 0, info.end_time, info.lifecycle_stage
+        ),
+        RunData(dict(run.data.params), dict(run.data.metrics), dict(run.data.tags)),
+    )
+
+
+@contextmanager
+def _process_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's model logging (``mlflow.models.Model.log``) takes a run id but no tracking URI: it finds the
+    store through the process-wide URI. Set for that one call, and put back as it was (MLflow mirrors it in
+    ``$MLFLOW_TRACKING_URI``, which is restored too). The only place hpo touches MLflow's global state."""
+    import mlflow
+
+    before_env = os.environ.get("MLFLOW_TRACKING_URI")
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None: back to unset
+        if before_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before_env

@@ -1,0 +1,48 @@
+"""Every read of a private attribute of Ray Tune or Optuna, in one place.
+
+hpo needs two things neither library offers publicly:
+
+- which Optuna trial OptunaSearch asked for a Tune trial (``OptunaSearch._ot_trials``), so that after a
+  crash the driver's journal and the sampler's storage can be reconciled trial by trial;
+- ASHA's rungs (``AsyncHyperBandScheduler._brackets``, ``_Bracket._rungs``), so that a resumed search can
+  hand a fresh scheduler the rung results of trials finished before the crash.
+
+Each accessor raises ``PrivateApiChanged`` naming the attribute when a library update removes it, and
+``tests/unit/test_private_api.py`` builds the real objects to catch that on the upgrade, not in a run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PrivateApiChanged(RuntimeError):
+    """A private attribute hpo reads is gone: the library changed, and this module must follow."""
+
+
+def _attribute(owner: Any, name: str) -> Any:
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        raise PrivateApiChanged(
+            f"{type(owner).__module__}.{type(owner).__qualname__} has no attribute {name!r} any more: "
+            "update hpo/engine/_private_api.py for this version"
+        ) from None
+
+
+def optuna_trial_number(searcher: Any, trial_id: str) -> int | None:
+    """The number of the Optuna trial ``searcher`` (Ray's ``OptunaSearch``) asked for Tune trial
+    ``trial_id``; None if it asked none (a trial it did not suggest)."""
+    ot_trial = _attribute(searcher, "_ot_trials").get(trial_id)
+    return None if ot_trial is None else int(ot_trial.number)
+
+
+def asha_rungs(scheduler: Any) -> list[tuple[float, dict[str, float]]]:
+    """(milestone, recorded results) of every rung of every bracket of Ray's ASHA ``scheduler``. The dicts
+    are the scheduler's own: what is added to them counts in its cut-offs. ``recorded`` maps a trial id to
+    the trial's sign-adjusted metric at that milestone (ASHA always maximises)."""
+    rungs = []
+    for bracket in _attribute(scheduler, "_brackets"):
+        for milestone, recorded in _attribute(bracket, "_rungs"):
+            rungs.append((milestone, recorded))
+    return rungs

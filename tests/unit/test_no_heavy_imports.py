@@ -1,0 +1,34 @@
+"""The bookkeeping's unit tests run without Ray or MLflow: importing the modules they cover, and the
+tests themselves, loads neither (a fresh interpreter, so what other tests imported does not count)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+MODULES = [
+    "hpo.tracking",
+    "hpo.tracking.memory",
+    "hpo.engine.trial_book",
+    "hpo.engine.asha",
+    "hpo.engine.recovery",
+    "hpo.engine.ray_tune",
+    "hpo.stages.champion",
+    "hpo.stages.finalize",
+    "hpo.stages.nightly",
+    "tests.unit.test_trial_book",
+    "tests.unit.test_champion",
+    "tests.unit.test_recovery_reconcile",
+    "tests.unit.test_asha_seed",
+]
+
+
+def test_the_bookkeeping_and_its_tests_import_neither_ray_nor_mlflow():
+    code = (
+        "import importlib, sys\n"
+        f"for name in {MODULES!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
