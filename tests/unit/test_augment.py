@@ -1,19 +1,28 @@
 import pytest
 import torch
 
-from hpo.config.trial import AugmentConfig
-from hpo.data.augment import BatchAugment, hflip, rotate, translate
+from hpo.config.trial import AugmentConfig, Probability, TrialConfig
+from hpo.data.augment import (
+    AUGMENTATIONS,
+    BatchAugment,
+    check_registry,
+    geometric,
+    hflip,
+    register_augmentation,
+    translate,
+)
 
 
 @pytest.fixture(scope="module")
-def images(fashion_subset):
-    return torch.as_tensor(fashion_subset.x_train[:256]).float() / 255.0
+def images():
+    """Noise in (0.05, 0.95): every pixel differs from its neighbours, so any flip or shift shows."""
+    return 0.05 + 0.9 * torch.rand(256, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
 
 OPS = {
     "hflip": lambda x, p, g: hflip(x, p, g),
     "translate": lambda x, p, g: translate(x, p, 2, g),
-    "rotate": lambda x, p, g: rotate(x, p, 15.0, g),
+    "geometric": lambda x, p, g: geometric(x, AugmentConfig(rotate=p, rotate_degrees=15.0), g),
 }
 
 
@@ -46,7 +55,7 @@ def test_translate_moves_by_whole_pixels_within_range():
     out = translate(x, 1.0, 2, torch.Generator().manual_seed(0))
     ys, xs = torch.nonzero(out[:, 0] == 1.0, as_tuple=True)[1:]
     assert len(ys) == 500  # one bright pixel per image, moved not smeared
-    shifts = set(zip((ys - 4).tolist(), (xs - 4).tolist()))
+    shifts = set(zip((ys - 4).tolist(), (xs - 4).tolist(), strict=True))
     assert (0, 0) not in shifts
     assert shifts == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)} - {(0, 0)}
 
@@ -64,10 +73,70 @@ EVERY = ["hflip", "vflip", "translate", "rotate", "affine", "resized_crop", "col
 MIXING = ["cutmix", "mixup"]
 
 
-def test_every_probability_in_the_config_is_covered():
-    from hpo.data.augment import PROBABILITIES
+def test_every_probability_in_the_config_has_one_registered_op():
+    check_registry()  # also run at import: hpo.data.augment does not import when they disagree
+    assert AugmentConfig.probabilities() == tuple(EVERY + MIXING)
+    read = [name for aug in AUGMENTATIONS.values() for name in aug.reads]
+    assert sorted(read) == sorted(EVERY + MIXING) and len(read) == len(set(read))
+    assert [name for name, aug in AUGMENTATIONS.items() if aug.mixes_labels] == MIXING
 
-    assert set(PROBABILITIES) == set(EVERY + MIXING)
+
+def test_a_probability_without_an_op_fails_loudly():
+    class WithSharpen(AugmentConfig):
+        sharpen: Probability = 0.0
+
+    with pytest.raises(RuntimeError, match=r"probabilities without an op: \['sharpen'\]"):
+        check_registry(WithSharpen)
+
+
+class WithInvert(AugmentConfig):
+    """A config with one more augmentation, as adding one to ``AugmentConfig`` would make it."""
+
+    invert: Probability = 0.0
+
+
+@pytest.fixture
+def invert_registered():
+    """Register an ``invert`` op for the length of one test; yields the batch shapes it saw."""
+    seen: list[tuple[int, ...]] = []
+
+    @register_augmentation("invert")
+    def invert(x, targets, config, generator):
+        seen.append(tuple(x.shape))
+        return 1.0 - x, targets
+
+    try:
+        yield seen
+    finally:
+        del AUGMENTATIONS["invert"]
+
+
+def test_an_op_registered_with_its_probability_runs_in_every_training_batch(invert_registered):
+    from hpo.train import ExecutionPlan, TrainData, train
+
+    check_registry(WithInvert)  # the new probability and its op agree
+    with pytest.raises(RuntimeError, match=r"ops reading no declared probability: \['invert'\]"):
+        check_registry(AugmentConfig)  # an op the config does not declare is refused
+    config = TrialConfig(model={"depth": 1, "width": 4}, augment=WithInvert(invert=1.0), batch_size=16)
+    assert isinstance(config.augment, WithInvert)
+    assert not BatchAugment(WithInvert(invert=0.0)).active  # probability 0: left out
+    g = torch.Generator().manual_seed(0)
+    data = TrainData(
+        x_train=torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=g),
+        y_train=torch.arange(64) % 2,
+        x_val=None,
+        y_val=None,
+        num_classes=2,
+        mean=(0.5,),
+        std=(0.25,),
+    )
+    train(config, data, epochs=2, plan=ExecutionPlan())
+    assert invert_registered == [(16, 1, 8, 8)] * 8  # 4 batches per epoch, 2 epochs
+
+
+def test_the_registry_is_the_shipped_one_again_after_the_fixture():
+    assert "invert" not in AUGMENTATIONS
+    check_registry()
 
 
 def _noise(n: int, channels: int, seed: int = 0) -> torch.Tensor:
@@ -105,7 +174,7 @@ def test_colour_jitter_is_a_per_image_linear_map_on_grey_and_turns_hues_on_rgb()
     g = torch.Generator().manual_seed(0)
     grey = 0.3 + 0.4 * torch.rand(64, 1, 16, 16, generator=g)  # no clamping at this strength
     out = color_jitter(grey, 1.0, 0.2, 0.0, g)
-    for before, after in zip(grey.flatten(1), out.flatten(1)):
+    for before, after in zip(grey.flatten(1), out.flatten(1), strict=True):
         slope, icept = torch.linalg.lstsq(torch.stack([before, torch.ones_like(before)], 1), after[:, None]).solution
         assert torch.allclose(before * slope + icept, after, atol=1e-5) and 0.6 < slope.item() < 1.5
     red = torch.zeros(256, 3, 8, 8)

@@ -30,17 +30,23 @@ def test_trainer_runs_on_cuda_with_its_measured_plan(fashion_subset):
     capability = torch.cuda.get_device_capability()
     assert result.plan.precision in (("fp32", "bf16") if capability >= (8, 0) else ("fp32", "fp16"))
     assert result.history[-1].val_accuracy > 0.7
-    loss, acc = evaluate(result.model, torch.as_tensor(d.x_test), torch.as_tensor(d.y_test), plan=result.plan)
+    _, acc = evaluate(result.model, torch.as_tensor(d.x_test), torch.as_tensor(d.y_test), plan=result.plan)
     assert acc > 0.7
 
 
-def test_augmentation_runs_on_the_device(fashion_subset):
-    from hpo.data.augment import rotate, translate
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_augmentation_runs_on_the_device(channels):
+    from hpo.config.trial import AugmentConfig
+    from hpo.data.augment import BatchAugment
 
-    x = torch.as_tensor(fashion_subset.x_train[:64]).float().cuda() / 255
+    torch.manual_seed(0)  # kornia's erasing draws from the global generator
+    x = 0.05 + 0.9 * torch.rand(64, channels, 28, 28, device="cuda")
+    targets = torch.nn.functional.one_hot(torch.arange(64, device="cuda") % 10, 10).float()
     g = torch.Generator(device="cuda").manual_seed(0)
-    assert translate(x, 1.0, 2, g).device.type == "cuda"
-    assert rotate(x, 1.0, 10.0, g).device.type == "cuda"
+    config = AugmentConfig(**dict.fromkeys(AugmentConfig.probabilities(), 1.0))
+    out, mixed = BatchAugment(config, g, channels)(x, targets)
+    assert out.device.type == "cuda" and mixed.device.type == "cuda"
+    assert out.shape == x.shape and (out != x).flatten(1).any(1).all()
 
 
 def test_fractional_gpus_share_one_card(tmp_path, data_dir):

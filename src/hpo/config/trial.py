@@ -13,8 +13,13 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-def probability(default: float = 0.0):
-    return Field(default, ge=0.0, le=1.0)
+class _AugmentationProbability:
+    """Marks an ``AugmentConfig`` field as the probability of one augmentation (in the field's metadata, out
+    of the JSON schema): ``hpo.data.augment`` must implement an op for each such field, and only for them."""
+
+
+# The probability an augmentation picks a sample with.
+Probability = Annotated[float, Field(ge=0.0, le=1.0), _AugmentationProbability()]
 
 
 class Strict(BaseModel):
@@ -77,7 +82,7 @@ def _numbers_only(annotation: Any) -> bool:
 
 class DropoutConfig(Strict):
     placement: Literal["none", "after_pool", "head", "everywhere"] = "none"
-    rate: float = Field(0.0, ge=0.0, lt=1.0)
+    rate: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
 class CNNConfig(Strict):
@@ -85,13 +90,13 @@ class CNNConfig(Strict):
     the width doubles at every stage. Global average pooling, then an optional hidden layer."""
 
     name: Literal["cnn"] = "cnn"
-    depth: int = Field(4, ge=1, le=12)
-    width: int = Field(32, ge=4, le=512)
+    depth: int = Field(default=4, ge=1, le=12)
+    width: int = Field(default=32, ge=4, le=512)
     kernel_size: Literal[1, 3, 5, 7] = 3
     batchnorm: Literal["none", "before_activation", "after_activation"] = "before_activation"
     dropout: DropoutConfig = DropoutConfig()
     activation: Literal["relu", "leaky_relu", "gelu"] = "relu"
-    head_width: int = Field(0, ge=0, le=4096)
+    head_width: int = Field(default=0, ge=0, le=4096)
 
 
 class ZooConfig(Strict):
@@ -105,9 +110,9 @@ class ZooConfig(Strict):
     (torchvision's, or timm's): then the stem stays as trained and 1-channel images are repeated to 3."""
 
     stem: Literal["small", "imagenet"] = "small"
-    resize: int | None = Field(None, ge=16, le=1024)
+    resize: int | None = Field(default=None, ge=16, le=1024)
     pretrained: bool = False
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # before the classifier
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # before the classifier
 
 
 class ResNetConfig(ZooConfig):
@@ -119,26 +124,26 @@ class ResNetConfig(ZooConfig):
 class VGGConfig(ZooConfig):
     name: Literal["vgg"] = "vgg"
     variant: Literal["vgg11_bn", "vgg16_bn"] = "vgg11_bn"
-    head_width: int = Field(512, ge=16, le=4096)  # the hidden layers of the classifier (ImageNet: 4096)
+    head_width: int = Field(default=512, ge=16, le=4096)  # the hidden layers of the classifier (ImageNet: 4096)
 
 
 class MobileNetConfig(ZooConfig):
     name: Literal["mobilenet"] = "mobilenet"
     variant: Literal["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"] = "mobilenet_v3_small"
-    width_mult: float = Field(1.0, ge=0.25, le=2.0)
+    width_mult: float = Field(default=1.0, ge=0.25, le=2.0)
 
 
 class EfficientNetConfig(ZooConfig):
     name: Literal["efficientnet"] = "efficientnet"
     variant: Literal["efficientnet_b0", "efficientnet_b1", "efficientnet_b2"] = "efficientnet_b0"
-    stochastic_depth: float = Field(0.2, ge=0.0, lt=1.0)
+    stochastic_depth: float = Field(default=0.2, ge=0.0, lt=1.0)
 
 
 class DenseNetConfig(ZooConfig):
     name: Literal["densenet"] = "densenet"
     variant: Literal["densenet121"] = "densenet121"
-    growth_rate: int = Field(32, ge=4, le=64)
-    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)  # dropout after each dense layer
+    growth_rate: int = Field(default=32, ge=4, le=64)
+    drop_rate: float = Field(default=0.0, ge=0.0, lt=1.0)  # dropout after each dense layer
     memory_efficient: bool = False  # checkpointing: less memory, slower
 
 
@@ -148,12 +153,12 @@ class InceptionConfig(ZooConfig):
     name: Literal["inception"] = "inception"
     variant: Literal["inception_v3"] = "inception_v3"
     stem: Literal["imagenet"] = "imagenet"
-    resize: int = Field(75, ge=75, le=1024)
+    resize: int = Field(default=75, ge=75, le=1024)
 
 
 class AlexNetConfig(ZooConfig):
     name: Literal["alexnet"] = "alexnet"
-    head_width: int = Field(512, ge=16, le=4096)
+    head_width: int = Field(default=512, ge=16, le=4096)
 
 
 class TimmConfig(ZooConfig):
@@ -162,30 +167,34 @@ class TimmConfig(ZooConfig):
 
     name: Literal["timm"] = "timm"
     model: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=200)
-    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_path: float = Field(default=0.0, ge=0.0, lt=1.0)
     stem: Literal["imagenet"] = "imagenet"
 
 
-# One entry per model family; ``hpo.models`` registers a builder under the same name.
+# One entry per model family (``hpo.models`` registers a builder under each ``name``): adding a family is
+# its config class here, in this union, and its builder module in hpo.models.
+ModelConfig = Annotated[
+    CNNConfig
+    | ResNetConfig
+    | VGGConfig
+    | MobileNetConfig
+    | EfficientNetConfig
+    | DenseNetConfig
+    | InceptionConfig
+    | AlexNetConfig
+    | TimmConfig,
+    Field(discriminator="name"),
+]
 MODEL_CONFIGS: dict[str, type[Strict]] = {
-    "cnn": CNNConfig,
-    "resnet": ResNetConfig,
-    "vgg": VGGConfig,
-    "mobilenet": MobileNetConfig,
-    "efficientnet": EfficientNetConfig,
-    "densenet": DenseNetConfig,
-    "inception": InceptionConfig,
-    "alexnet": AlexNetConfig,
-    "timm": TimmConfig,
+    model.model_fields["name"].default: model for model in get_args(get_args(ModelConfig)[0])
 }
-ModelConfig = Annotated[Union[tuple(MODEL_CONFIGS.values())], Field(discriminator="name")]  # noqa: UP007 (a runtime tuple)
 
 
 class OptimizerConfig(Strict):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0.0, le=10.0)
-    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    lr: float = Field(default=0.05, gt=0.0, le=10.0)
+    weight_decay: float = Field(default=5e-4, ge=0.0, le=1.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
 
 
@@ -193,9 +202,9 @@ class ScheduleConfig(Strict):
     """Learning-rate schedule over the trial's epochs, stepped every batch."""
 
     name: Literal["constant", "cosine", "step", "onecycle"] = "onecycle"
-    warmup_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    step_every: int = Field(3, ge=1)
-    gamma: float = Field(0.2, gt=0.0, le=1.0)
+    warmup_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    step_every: int = Field(default=3, ge=1)
+    gamma: float = Field(default=0.2, gt=0.0, le=1.0)
 
 
 class AugmentConfig(Strict):
@@ -203,27 +212,36 @@ class AugmentConfig(Strict):
     device; the fields after each probability are its magnitude. CutMix and MixUp mix a picked sample with
     another of the batch and its label with the other's, by the area (CutMix) or weight (MixUp) taken."""
 
-    hflip: float = probability()
-    vflip: float = probability()
-    translate: float = probability()
-    translate_px: int = Field(2, ge=1, le=8)  # whole-pixel shifts up to this many pixels
-    rotate: float = probability()
-    rotate_degrees: float = Field(10.0, gt=0.0, le=180.0)
-    affine: float = probability()  # one random affine map per picked sample:
-    affine_translate: float = Field(0.1, ge=0.0, le=0.5)  # shift up to this fraction of the size,
-    affine_scale: float = Field(0.1, ge=0.0, le=0.5)  # zoom by 1 +- this,
-    affine_shear: float = Field(10.0, ge=0.0, le=45.0)  # shear up to this many degrees
-    resized_crop: float = probability()  # a random crop resized back to the full size
-    crop_scale: float = Field(0.5, gt=0.0, lt=1.0)  # the smallest crop, as a fraction of the area
-    color_jitter: float = probability()  # brightness and contrast (and saturation, hue on RGB)
-    jitter: float = Field(0.2, gt=0.0, le=1.0)
-    jitter_hue: float = Field(0.05, ge=0.0, le=0.5)
-    erasing: float = probability()  # a random rectangle set to zero
-    erasing_scale: float = Field(0.2, gt=0.02, le=0.5)  # the largest rectangle, as a fraction of the area
-    cutmix: float = probability()
-    cutmix_alpha: float = Field(1.0, gt=0.0, le=10.0)  # Beta(alpha, alpha) draws the kept area
-    mixup: float = probability()
-    mixup_alpha: float = Field(0.2, gt=0.0, le=10.0)  # Beta(alpha, alpha) draws the kept weight
+    hflip: Probability = 0.0
+    vflip: Probability = 0.0
+    translate: Probability = 0.0
+    translate_px: int = Field(default=2, ge=1, le=8)  # whole-pixel shifts up to this many pixels
+    rotate: Probability = 0.0
+    rotate_degrees: float = Field(default=10.0, gt=0.0, le=180.0)
+    affine: Probability = 0.0  # one random affine map per picked sample:
+    affine_translate: float = Field(default=0.1, ge=0.0, le=0.5)  # shift up to this fraction of the size,
+    affine_scale: float = Field(default=0.1, ge=0.0, le=0.5)  # zoom by 1 +- this,
+    affine_shear: float = Field(default=10.0, ge=0.0, le=45.0)  # shear up to this many degrees
+    resized_crop: Probability = 0.0  # a random crop resized back to the full size
+    crop_scale: float = Field(default=0.5, gt=0.0, lt=1.0)  # the smallest crop, as a fraction of the area
+    color_jitter: Probability = 0.0  # brightness and contrast (and saturation, hue on RGB)
+    jitter: float = Field(default=0.2, gt=0.0, le=1.0)
+    jitter_hue: float = Field(default=0.05, ge=0.0, le=0.5)
+    erasing: Probability = 0.0  # a random rectangle set to zero
+    erasing_scale: float = Field(default=0.2, gt=0.02, le=0.5)  # the largest rectangle, as a fraction of the area
+    cutmix: Probability = 0.0
+    cutmix_alpha: float = Field(default=1.0, gt=0.0, le=10.0)  # Beta(alpha, alpha) draws the kept area
+    mixup: Probability = 0.0
+    mixup_alpha: float = Field(default=0.2, gt=0.0, le=10.0)  # Beta(alpha, alpha) draws the kept weight
+
+    @classmethod
+    def probabilities(cls) -> tuple[str, ...]:
+        """The fields that are an augmentation's probability (declared ``Probability``), in order."""
+        return tuple(
+            name
+            for name, field in cls.model_fields.items()
+            if any(isinstance(m, _AugmentationProbability) for m in field.metadata)
+        )
 
 
 class TransferConfig(Strict):
@@ -232,14 +250,14 @@ class TransferConfig(Strict):
     ``backbone_lr_mult`` times the head's learning rate throughout."""
 
     freeze_backbone: bool = False
-    unfreeze_last: int = Field(0, ge=0, le=100)  # stages counted from the head; 100: all of them
-    unfreeze_after: int = Field(1, ge=0, le=10_000)  # epochs
-    backbone_lr_mult: float = Field(1.0, gt=0.0, le=1.0)
+    unfreeze_last: int = Field(default=0, ge=0, le=100)  # stages counted from the head; 100: all of them
+    unfreeze_after: int = Field(default=1, ge=0, le=10_000)  # epochs
+    backbone_lr_mult: float = Field(default=1.0, gt=0.0, le=1.0)
 
 
 class EarlyStoppingConfig(Strict):
-    patience: int | None = Field(None, ge=1)
-    min_delta: float = Field(0.0, ge=0.0)
+    patience: int | None = Field(default=None, ge=1)
+    min_delta: float = Field(default=0.0, ge=0.0)
 
 
 class TrialConfig(Strict):
@@ -247,8 +265,8 @@ class TrialConfig(Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     augment: AugmentConfig = AugmentConfig()
-    batch_size: int = Field(128, ge=2, le=8192)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    batch_size: int = Field(default=128, ge=2, le=8192)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     transfer: TransferConfig = TransferConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
 

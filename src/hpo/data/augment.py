@@ -13,11 +13,20 @@ Random erasing is kornia's. kornia has the others too (but not CutMix/MixUp's la
 (benchmarks/augmentation.py), its colour jitter (HSV round trips) is ~5x slower on CPU batches, and its
 geometric ops resample once each where the composed map resamples once for all, so those are written
 out below.
+
+Each op is registered once (``register_augmentation``) under the ``AugmentConfig`` probabilities it reads,
+and runs in registration order. The config declares which fields are probabilities (``Probability``);
+``check_registry`` runs at import, so a probability without an op, or an op without its probability,
+stops hpo from starting. Adding an augmentation: its fields in ``AugmentConfig``, its op here.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -66,26 +75,6 @@ def translate(x: torch.Tensor, p: float, max_px: int, generator: torch.Generator
         dy, dx = value // side - r, value % side - r
         moved[sel] = padded[sel, :, r - dy : r - dy + h, r - dx : r - dx + w]
     return x.clone().index_copy_(0, idx, moved)
-
-
-def rotate(x: torch.Tensor, p: float, max_degrees: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    mask = _pick(len(x), p, generator, x.device)
-    idx = mask.nonzero().squeeze(1)
-    if len(idx) == 0:
-        return x
-    n = len(idx)
-    # Magnitude in [max/10, max] with a random sign: a picked image visibly turns.
-    magnitude = max_degrees * (0.1 + 0.9 * torch.rand(n, generator=generator, device=x.device))
-    sign = torch.randint(0, 2, (n,), generator=generator, device=x.device) * 2 - 1
-    theta = magnitude * sign * (math.pi / 180.0)
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    zero = torch.zeros_like(cos)
-    affine = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    picked = x[idx]
-    grid = F.affine_grid(affine.to(picked.dtype), list(picked.shape), align_corners=False)
-    out = x.clone()
-    out[idx] = F.grid_sample(picked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out
 
 
 MIN_MIX = 1e-3  # a picked sample keeps at most 1 - MIN_MIX of itself: it is always changed
@@ -249,57 +238,155 @@ def color_jitter(
     return out
 
 
+# ------------------------------------------------------------------------------------------- registry
+Targets = torch.Tensor | None
+AugmentOp = Callable[[torch.Tensor, Targets, AugmentConfig, torch.Generator | None], tuple[torch.Tensor, Targets]]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """One registered op: the ``AugmentConfig`` probabilities that pick its samples, and the function that
+    augments a batch ``(x, targets, config, generator) -> (x, targets)``."""
+
+    reads: tuple[str, ...]
+    apply: AugmentOp
+    mixes_labels: bool = False  # changes the targets too: runs only where they are given (as probabilities)
+
+
+# By name (its first probability), in the order a batch goes through them.
+AUGMENTATIONS: dict[str, Augmentation] = {}
+
+
+def register_augmentation(*reads: str, mixes_labels: bool = False) -> Callable[[AugmentOp], AugmentOp]:
+    """Register an op under the ``AugmentConfig`` probabilities it reads (each field a ``Probability``).
+    Ops run in the order they are registered; ``check_registry`` holds the registry and config together."""
+
+    def decorate(apply: AugmentOp) -> AugmentOp:
+        taken = {name for aug in AUGMENTATIONS.values() for name in aug.reads}
+        if not reads or taken & set(reads):
+            raise ValueError(f"augmentation probabilities {sorted(taken & set(reads))} already have an op")
+        AUGMENTATIONS[reads[0]] = Augmentation(tuple(reads), apply, mixes_labels)
+        return apply
+
+    return decorate
+
+
+def check_registry(config: type[AugmentConfig] = AugmentConfig) -> None:
+    """Raise unless each probability ``config`` declares has exactly one registered op, and every op
+    reads only declared probabilities: an op left out would never run, silently."""
+    declared = config.probabilities()
+    read = [name for aug in AUGMENTATIONS.values() for name in aug.reads]
+    unimplemented = [name for name in declared if name not in read]
+    undeclared = [name for name in read if name not in declared]
+    if unimplemented or undeclared:
+        raise RuntimeError(
+            f"hpo.data.augment and {config.__name__} disagree: probabilities without an op: "
+            f"{unimplemented or 'none'}; ops reading no declared probability: {undeclared or 'none'}"
+        )
+
+
+@register_augmentation("hflip")
+def _hflip(
+    x: torch.Tensor, targets: Targets, c: AugmentConfig, g: torch.Generator | None
+) -> tuple[torch.Tensor, Targets]:
+    return hflip(x, c.hflip, g), targets
+
+
+@register_augmentation("vflip")
+def _vflip(
+    x: torch.Tensor, targets: Targets, c: AugmentConfig, g: torch.Generator | None
+) -> tuple[torch.Tensor, Targets]:
+    return vflip(x, c.vflip, g), targets
+
+
+@register_augmentation("translate")
+def _translate(
+    x: torch.Tensor, targets: Targets, c: AugmentConfig, g: torch.Generator | None
+) -> tuple[torch.Tensor, Targets]:
+    return translate(x, c.translate, c.translate_px, g), targets
+
+
+@register_augmentation("rotate", "affine", "resized_crop")  # one resampling for the three
+def _geometric(
+    x: torch.Tensor, targets: Targets, c: AugmentConfig, g: torch.Generator | None
+) -> tuple[torch.Tensor, Targets]:
+    return geometric(x, c, g), targets
+
+
+@register_augmentation("color_jitter")
+def _color_jitter(
+    x: torch.Tensor, targets: Targets, c: AugmentConfig, g: torch.Generator | None
+) -> tuple[torch.Tensor, Targets]:
+    return color_jitter(x, c.color_jitter, c.jitter, c.jitter_hue if x.shape[1] == 3 else 0.0, g), targets
+
+
+@functools.lru_cache(maxsize=8)
+def _kornia_erasing(p: float, scale: float) -> torch.nn.Module:
+    import kornia.augmentation as K  # as fast as a hand-written one (benchmarks/augmentation.py)
+
+    return K.RandomErasing(scale=(0.02, scale), ratio=(0.3, 3.3), value=0.0, p=p)
+
+
+@register_augmentation("erasing")
+def _erasing(
+    x: torch.Tensor, targets: Targets, c: AugmentConfig, g: torch.Generator | None
+) -> tuple[torch.Tensor, Targets]:
+    # kornia draws from torch's global generator (seeded by the trainer), not from ``g``
+    return _kornia_erasing(c.erasing, c.erasing_scale)(x), targets
+
+
+@register_augmentation("cutmix", mixes_labels=True)
+def _cutmix(
+    x: torch.Tensor, targets: Targets, c: AugmentConfig, g: torch.Generator | None
+) -> tuple[torch.Tensor, Targets]:
+    assert targets is not None  # BatchAugment runs label-mixing ops only with targets
+    return cutmix(x, targets, c.cutmix, c.cutmix_alpha, g)
+
+
+@register_augmentation("mixup", mixes_labels=True)
+def _mixup(
+    x: torch.Tensor, targets: Targets, c: AugmentConfig, g: torch.Generator | None
+) -> tuple[torch.Tensor, Targets]:
+    assert targets is not None  # BatchAugment runs label-mixing ops only with targets
+    return mixup(x, targets, c.mixup, c.mixup_alpha, g)
+
+
+check_registry()
+
+
 class BatchAugment:
     """The augmentations of one trial, applied to float image batches in [0, 1] and, for CutMix and
-    MixUp, their targets (class probabilities, or multi-hot labels)."""
+    MixUp, their targets (class probabilities, or multi-hot labels). The ops whose probabilities are all
+    zero are left out here, once, not per batch."""
 
     def __init__(self, config: AugmentConfig, generator: torch.Generator | None = None, channels: int = 1) -> None:
         self.config = config
         self.generator = generator
         self.channels = channels
-        self.erasing = None
-        if config.erasing > 0:  # kornia's: as fast as a hand-written one (benchmarks/augmentation.py)
-            import kornia.augmentation as K
-
-            self.erasing = K.RandomErasing(
-                scale=(0.02, config.erasing_scale), ratio=(0.3, 3.3), value=0.0, p=config.erasing
-            )
+        self.ops = [aug for aug in AUGMENTATIONS.values() if any(getattr(config, name) > 0 for name in aug.reads)]
 
     @property
     def active(self) -> bool:
-        c = self.config
-        return any(getattr(c, name) > 0 for name in PROBABILITIES)
+        return bool(self.ops)
 
     @property
     def mixes_labels(self) -> bool:
-        return self.config.cutmix > 0 or self.config.mixup > 0
+        return any(aug.mixes_labels for aug in self.ops)
 
-    def __call__(self, x: torch.Tensor, targets: torch.Tensor | None = None):
+    @overload
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+    @overload
+    def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def __call__(
+        self, x: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Augmented ``x``; with ``targets`` (N, classes) given, ``(x, targets)`` with mixed targets."""
-        c, g = self.config, self.generator
-        x = hflip(x, c.hflip, g)
-        x = vflip(x, c.vflip, g)
-        x = translate(x, c.translate, c.translate_px, g)
-        x = geometric(x, c, g)
-        x = color_jitter(x, c.color_jitter, c.jitter, c.jitter_hue if x.shape[1] == 3 else 0.0, g)
-        if self.erasing is not None:
-            x = self.erasing(x)  # kornia draws from torch's global generator (seeded by the trainer)
-        if targets is None:
+        mixed: Targets = targets
+        for aug in self.ops:
+            if aug.mixes_labels and targets is None:
+                continue
+            x, mixed = aug.apply(x, mixed, self.config, self.generator)
+        if mixed is None:
             return x
-        x, targets = cutmix(x, targets, c.cutmix, c.cutmix_alpha, g)
-        x, targets = mixup(x, targets, c.mixup, c.mixup_alpha, g)
-        return x, targets
-
-
-PROBABILITIES = (
-    "hflip",
-    "vflip",
-    "translate",
-    "rotate",
-    "affine",
-    "resized_crop",
-    "color_jitter",
-    "erasing",
-    "cutmix",
-    "mixup",
-)
+        return x, mixed
