@@ -39,7 +39,7 @@ def test_asha_still_keeps_its_rungs_per_bracket():
 
 
 def test_a_missing_attribute_is_named():
-    with pytest.raises(PrivateApiChanged, match="has no attribute '_brackets'.*_private_api.py"):
+    with pytest.raises(PrivateApiChanged, match=r"has no attribute '_brackets'.*_private_api\.py"):
         asha_rungs(SimpleNamespace())
     with pytest.raises(PrivateApiChanged, match="'_ot_trials'"):
         optuna_trial_number(object(), "t")

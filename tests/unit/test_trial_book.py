@@ -46,7 +46,7 @@ class Journal:
 def result(epoch: int, val_accuracy: float, **extra) -> dict:
     return {
         "epoch": epoch,
-        **{m: 0.5 for m in EPOCH_METRICS},
+        **dict.fromkeys(EPOCH_METRICS, 0.5),
         Metric.VAL_ACCURACY: val_accuracy,
         "early_stop": False,
         "trial_started": 100.0,
@@ -81,7 +81,7 @@ def test_a_trial_that_runs_its_budget_is_recorded_tracked_and_journaled(space):
 
     for epoch, value in enumerate([0.6, 0.7, 0.65], start=1):
         book.reported("t1", result(epoch, value))
-    assert list(record.history[0]) == [k for k in HISTORY_KEYS]  # Ray's own keys dropped, order kept
+    assert list(record.history[0]) == list(HISTORY_KEYS)  # Ray's own keys dropped, order kept
     assert tracker.metrics_of(record.run_id, Metric.VAL_ACCURACY) == [0.6, 0.7, 0.65]
     assert [p.step for p in tracker.metric_history(record.run_id, Metric.VAL_ACCURACY)] == [1, 2, 3]
     assert "epoch" not in run.metrics and "early_stop" not in run.metrics

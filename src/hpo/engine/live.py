@@ -12,7 +12,7 @@ from rich.table import Table
 from hpo.engine.records import ACTIVE, TrialRecord
 from hpo.names import Metric, TrialStatus
 
-STATUS_STYLE = {
+STATUS_STYLE: dict[str, str] = {
     TrialStatus.RUNNING: "cyan",
     TrialStatus.RETRYING: "magenta",
     TrialStatus.COMPLETED: "green",

@@ -76,7 +76,13 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
     with memory_cap(settings.memory_bytes, settings.gpu_fraction, device):
         try:
             train_data = TrainData.from_arrays(
-                data.x_train, data.y_train, data.x_val, data.y_val, data.num_classes, data.mean, data.std
+                data.x_train,  # type: ignore[arg-type]  # from_arrays takes FileImages too: hpo.train says ndarray
+                data.y_train,
+                data.x_val,  # type: ignore[arg-type]
+                data.y_val,
+                data.num_classes,
+                data.mean,
+                data.std,
             )
             prefs = Preferences(settings.precision, settings.channels_last, settings.compile)
             plan = plan_training(
@@ -149,7 +155,7 @@ def run_search(
     import optuna
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from hpo.engine._private_api import optuna_trial_number
@@ -181,6 +187,7 @@ def run_search(
         study_name=run_dir.optuna_study,
         points_to_evaluate=points or None,
     )
+    scheduler: TrialScheduler
     if c.scheduler.type == "asha":
         scheduler = ASHAScheduler(
             time_attr="training_iteration",

@@ -60,7 +60,7 @@ class TrialRecord:
 
 
 def best_trial(records: list[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
-    scored = [(r.best(metric, mode)[0], r) for r in records if r.best(metric, mode)[0] is not None]
+    scored = [(value, r) for r in records if (value := r.best(metric, mode)[0]) is not None]
     if not scored:
         return None
     pick = max if mode == "max" else min

@@ -123,9 +123,9 @@ def recover_search(run_dir: StudyDir, study: Study, tracker: Tracker, parent_run
     sampled = [SampledTrial(t.number, t.state.name, dict(t.params), bool(t.system_attrs.get(CUT_OFF))) for t in trials]
     done = reconcile(records, sampled, tracker, parent_run, study.config.budget.max_epochs)
 
-    for number in done.cut_off:
+    for number in done.cut_off:  # (none without a sampler study)
         # the storage's own id of a trial, by public API (FrozenTrial keeps it in a private attribute)
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id or 0, number)
         storage.set_trial_system_attr(trial_id, CUT_OFF, True)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
     if done.to_enqueue:

@@ -51,6 +51,10 @@ def _ignore(record: TrialRecord) -> None:
     return None
 
 
+def _ignore_journal(records: list[TrialRecord]) -> None:
+    return None
+
+
 def _ignore_plan(record: TrialRecord, key: str) -> None:
     return None
 
@@ -87,7 +91,7 @@ class TrialBook:
         self.space, self.tracker, self.parent_run = space, tracker, parent_run
         self.records, self.max_epochs = records, max_epochs
         self.restarts = list(restarts or [])
-        self.journal = journal or _ignore
+        self.journal = journal or _ignore_journal
         self.on_change = on_change or _ignore
         self.optuna_number = optuna_number or _no_number
         self.on_plan = on_plan or _ignore_plan
@@ -100,7 +104,7 @@ class TrialBook:
         return {
             **self.__dict__,
             "on_change": _ignore,
-            "journal": _ignore,
+            "journal": _ignore_journal,
             "optuna_number": _no_number,
             "on_plan": _ignore_plan,
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hpo.names import Metric, RunKind, RunStatus, Tag
 from hpo.report.plots import pyplot
@@ -16,7 +17,7 @@ PARENT_KINDS: dict[str, str | None] = {RunKind.STUDY: "search", RunKind.BASELINE
 @dataclass
 class BackendRun:
     backend: str
-    run: object  # mlflow Run
+    run: Any  # an MLflow Run
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -38,7 +39,7 @@ def latest_backend_runs(client, experiment_id: str) -> dict[str, BackendRun]:
     found: dict[str, BackendRun] = {}
     for run in sorted(runs, key=lambda r: r.data.tags.get(Tag.BACKEND) != "search"):
         tags = run.data.tags
-        backend = tags.get(Tag.BACKEND) or PARENT_KINDS.get(tags.get(Tag.KIND, ""), "search")
+        backend = tags.get(Tag.BACKEND) or PARENT_KINDS.get(tags.get(Tag.KIND, ""), "search") or RunKind.BASELINE
         found.setdefault(backend, BackendRun(backend, run))
     return found
 
@@ -67,7 +68,7 @@ def progress(
 
 def comparison_rows(runs: dict[str, BackendRun], metric: str = Metric.VAL_ACCURACY) -> list[list]:
     """A table (header first): test accuracy, best validation metric, wall time, trials and epochs."""
-    rows = [
+    rows: list[list[Any]] = [
         [
             "backend",
             "test accuracy",

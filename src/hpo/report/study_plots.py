@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import html
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hpo.engine.live import short_params
 from hpo.engine.records import TrialRecord
@@ -19,7 +21,7 @@ def optuna_plots_html(storage_url: str, study_name: str, path: Path) -> Path:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=study_name, storage=storage_url)
-    figures = [
+    figures: list[tuple[str, Callable[[Any], Any]]] = [
         ("Optimisation history", optuna.visualization.plot_optimization_history),
         ("Parameter importances", optuna.visualization.plot_param_importances),
         ("Parallel coordinates", optuna.visualization.plot_parallel_coordinate),
@@ -45,20 +47,17 @@ def family_table(
     records: list[TrialRecord], metric: str, mode: str, winner: TrialRecord, test_accuracy: float | None, path: Path
 ) -> list[dict]:
     """The best trial of each model family: what a hand-made results table would hold."""
-    best: dict[str, TrialRecord] = {}
+    best: dict[str, tuple[float, TrialRecord]] = {}  # family -> its best value, and the trial with it
     for r in records:
         value = r.best(metric, mode)[0]
         if value is None:
             continue
-        family = r.config.model.name
-        current = best.get(family)
-        if current is None or (
-            value > current.best(metric, mode)[0] if mode == "max" else value < current.best(metric, mode)[0]
-        ):
-            best[family] = r
+        held = best.get(r.config.model.name)
+        if held is None or (value > held[0] if mode == "max" else value < held[0]):
+            best[r.config.model.name] = (value, r)
     rows = []
-    for family, r in sorted(best.items()):
-        value, epoch = r.best(metric, mode)
+    for family, (value, r) in sorted(best.items()):
+        epoch = r.best(metric, mode)[1]
         rows.append(
             {
                 "family": family,

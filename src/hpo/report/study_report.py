@@ -111,10 +111,10 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
         if len(backends) > 1:  # the search and its baseline(s), side by side
             comparison = comparison_rows(backends)
             curves = {name: progress(client, experiment.experiment_id, b.run) for name, b in backends.items()}
-            finals = {name: b.metrics.get("test_accuracy") for name, b in backends.items()}
+            tested = {name: b.metrics.get("test_accuracy") for name, b in backends.items()}
             png = progress_png(
                 curves,
-                finals,
+                tested,
                 out_dir / "backends_over_time.png",
                 f"{study_name}: best validation accuracy reached over time",
             )

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -18,6 +18,7 @@ import numpy as np
 from hpo.data import ImageData
 from hpo.data.streaming import FileImages, concat_images, head
 from hpo.engine.records import TrialRecord
+from hpo.errors import HpoError
 from hpo.names import Metric, RunKind, Tag
 from hpo.stages.champion import CHAMPION, ChampionGuard, ChampionRule, apply
 from hpo.study import Study
@@ -77,6 +78,8 @@ def finalize(
     if best_epoch is None:
         best_epoch = winner.best(c.objective.metric, c.objective.direction)[1]
     epochs = best_epoch if c.final.epochs == "best" else c.final.epochs
+    if epochs is None:  # cannot happen for a winner picked by its best value, which has an epoch
+        raise HpoError(f"trial #{winner.number} reported no {c.objective.metric}: no epoch count to retrain for")
     if c.final.retrain_on == "train+val":
         x = concat_images([data.x_train, data.x_val])
         y = np.concatenate([data.y_train, data.y_val])
@@ -124,7 +127,7 @@ def finalize(
             data.x_test if isinstance(data.x_test, FileImages) else torch.as_tensor(data.x_test),
             plan=result.plan,
         )
-        model = result.model.cpu().to(memory_format=torch.contiguous_format).eval()
+        model = result.model.cpu().to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
         y_test = torch.as_tensor(data.y_test)
         test_loss = loss_fn(logits, y_test, multilabel=data.multilabel).item()
         test_accuracy = accuracy(logits, y_test)  # multi-label: the mean per-label accuracy
@@ -134,7 +137,14 @@ def finalize(
             if data.multilabel:
                 metrics = write_multilabel_evaluation(logits.numpy(), data.y_test, data.classes, out, study.name)
             else:
-                metrics = write_evaluation(logits.numpy(), data.y_test, data.x_test, data.classes, out, study.name)
+                metrics = write_evaluation(
+                    logits.numpy(),
+                    data.y_test,
+                    data.x_test,  # type: ignore[arg-type]  # FileImages too
+                    data.classes,
+                    out,
+                    study.name,
+                )
             learning_curves_png(
                 winner.history,
                 [_row(e) for e in result.history],
@@ -218,7 +228,7 @@ def _log_model(tracker: Tracker, run_id: str, model: Any, data: ImageData) -> tu
     return logged.uri, logged.model_id
 
 
-def _log_exports(tracker: Tracker, run_id: str, model, data: ImageData, formats: list[str]) -> None:
+def _log_exports(tracker: Tracker, run_id: str, model: Any, data: ImageData, formats: Sequence[str]) -> None:
     """TorchScript and ONNX files beside the logged model (artifact folder ``exports/``)."""
     import torch
 

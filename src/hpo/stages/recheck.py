@@ -51,7 +51,13 @@ def _train_task(
 
     config = TrialConfig.model_validate(config_json)
     train_data = TrainData.from_arrays(
-        data.x_train, data.y_train, data.x_val, data.y_val, data.num_classes, data.mean, data.std
+        data.x_train,  # type: ignore[arg-type]  # from_arrays takes FileImages too: hpo.train says ndarray
+        data.y_train,
+        data.x_val,  # type: ignore[arg-type]
+        data.y_val,
+        data.num_classes,
+        data.mean,
+        data.std,
     )
     result = train(
         config, train_data, epochs=epochs, seed=seed, threads=threads, prefs=Preferences.from_resources(resources)
@@ -69,7 +75,7 @@ def recheck(
     scored = [r for r in records if r.best(metric, mode)[0] is not None]
     if not scored or c.final.recheck.top_k == 0:
         return None
-    scored.sort(key=lambda r: r.best(metric, mode)[0], reverse=(mode == "max"))
+    scored.sort(key=lambda r: r.best(metric, mode)[0] or 0.0, reverse=(mode == "max"))  # all have a value
     candidates = [Candidate(r) for r in scored[: c.final.recheck.top_k]]
     seeds = [c.seed + 1000 + i for i in range(c.final.recheck.seeds)]
 

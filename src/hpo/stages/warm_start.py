@@ -69,7 +69,7 @@ def warm_start_points(study: Study, run_dir: StudyDir, source: str, top_k: int) 
         for trial in earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if trial.value is not None and not trial.system_attrs.get("hpo:cut_off"):
                 told.append(trial)
-    told.sort(key=lambda t: t.value, reverse=c.objective.direction == "max")
+    told.sort(key=lambda t: t.value or 0.0, reverse=c.objective.direction == "max")  # all have a value
     result.told = len(told)
     seen: set[tuple] = set()
     for trial in told:
