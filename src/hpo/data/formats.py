@@ -142,12 +142,10 @@ def images_from(config: DatasetConfig, key: str, paths: Sequence[Path]) -> Image
     ``FileImages`` for worker processes to decode per batch (``dataset.image_size`` is required then)."""
     if not config.stream:
         return cached_decode(key, paths, config.image_size, config.channels)
-    channels = config.channels
-    if channels is None and paths:
-        channels = image_channels(paths[0])
     if config.image_size is None:
         raise DataError("streamed images need dataset.image_size (every batch is decoded to that size)")
-    return FileImages(tuple(str(p) for p in paths), config.image_size, channels or 3)
+    channels = config.channels or (image_channels(paths[0]) if paths else 3)
+    return FileImages(tuple(str(p) for p in paths), config.image_size, channels)
 
 
 def _require(data_dir: Path | None, name: str) -> Path:
@@ -218,25 +216,26 @@ def _class_folders(folder: Path) -> dict[str, list[Path]]:
 def load_image_folder(config: DatasetConfig, data_dir: Path | None) -> SourceData:
     root = _require(data_dir, "image_folder")
     if (root / "train").is_dir() and (root / "test").is_dir():
-        train, test = _class_folders(root / "train"), _class_folders(root / "test")
-        classes = sorted(set(train) | set(test))
-        if set(test) - set(train):
-            raise DataError(f"{root / 'test'}: classes {sorted(set(test) - set(train))} have no training images")
+        train_folders, test_folders = _class_folders(root / "train"), _class_folders(root / "test")
+        classes = sorted(set(train_folders) | set(test_folders))
+        if set(test_folders) - set(train_folders):
+            unseen = sorted(set(test_folders) - set(train_folders))
+            raise DataError(f"{root / 'test'}: classes {unseen} have no training images")
         parts = {}
-        for name, found in (("train", train), ("test", test)):
+        for name, found in (("train", train_folders), ("test", test_folders)):
             paths = [p for c in classes for p in found.get(c, [])]
             labels = np.array([i for i, c in enumerate(classes) for _ in found.get(c, [])], dtype=np.int64)
             parts[name] = (images_from(config, f"image_folder:{root.resolve()}:{name}", paths), labels)
         return SourceData(*parts["train"], *parts["test"], classes, str(root))
-    found = _class_folders(root)
-    if len(found) < 2:
+    folders = _class_folders(root)
+    if len(folders) < 2:
         raise DataError(
             f"{root}: expected one sub-folder of images per class (at least two), or train/ and test/ "
-            f"folders holding those; found {len(found)} class folder(s)"
+            f"folders holding those; found {len(folders)} class folder(s)"
         )
-    classes = sorted(found)
-    paths = [p for c in classes for p in found[c]]
-    labels = np.array([i for i, c in enumerate(classes) for _ in found[c]], dtype=np.int64)
+    classes = sorted(folders)
+    paths = [p for c in classes for p in folders[c]]
+    labels = np.array([i for i, c in enumerate(classes) for _ in folders[c]], dtype=np.int64)
     images = images_from(config, f"image_folder:{root.resolve()}", paths)
     train, test = split_indices(labels, config.test_split, seed=0)
     return SourceData(images[train], labels[train], images[test], labels[test], classes, str(root))
@@ -261,7 +260,7 @@ def load_multilabel_csv(config: DatasetConfig, data_dir: Path | None) -> SourceD
     if missing:
         raise DataError(f"{table}: no column(s) {', '.join(missing)}; columns: {', '.join(columns)}")
     names: list[str] = []
-    encoders = []
+    encoders: list[tuple[str, list[str] | None]] = []  # (column, its values; None for a 0/1 column)
     for column in label_columns:
         values = sorted({r[column].strip() for r in rows})
         if set(values) <= {"0", "1"}:
@@ -273,13 +272,13 @@ def load_multilabel_csv(config: DatasetConfig, data_dir: Path | None) -> SourceD
     labels = np.zeros((len(rows), len(names)), dtype=np.uint8)
     for i, row in enumerate(rows):
         j = 0
-        for column, values in encoders:
-            if values is None:
+        for column, column_values in encoders:
+            if column_values is None:
                 labels[i, j] = row[column].strip() == "1"
                 j += 1
             else:
-                labels[i, j + values.index(row[column].strip())] = 1
-                j += len(values)
+                labels[i, j + column_values.index(row[column].strip())] = 1
+                j += len(column_values)
     paths = [root / r[path_column] for r in rows]
     absent = [str(p) for p in paths if not p.is_file()]
     if absent:

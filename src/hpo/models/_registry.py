@@ -40,6 +40,9 @@ def create_model(
 class Classifier(nn.Module):
     """Normalise float images in [0, 1], then classify. Input (N, C, H, W), output logits (N, classes)."""
 
+    mean: torch.Tensor  # buffers (1, C, 1, 1): saved and moved with the model
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.net = net

@@ -121,9 +121,9 @@ def build_vgg(config: VGGConfig, in_channels: int, num_classes: int) -> nn.Modul
     imagenet_stem = config.model_copy(update={"stem": "imagenet"})
     net.set_submodule("features.0", _stem(_part(net, "features.0", nn.Conv2d), imagenet_stem, in_channels))
     if config.stem == "small":
-        features = _part(net, "features", nn.Sequential)
-        pools = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
-        features[pools[-1]] = nn.Identity()  # 28 px: 14, 7, 3, 1 after four pools instead of nothing
+        layers = _part(net, "features", nn.Sequential)
+        pools = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
+        layers[pools[-1]] = nn.Identity()  # 28 px: 14, 7, 3, 1 after four pools instead of nothing
         net.set_submodule("avgpool", nn.AdaptiveAvgPool2d(1))
         features = 512
     else:

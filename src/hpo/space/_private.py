@@ -194,13 +194,14 @@ class SearchSpace:
         return "; ".join(problems) or None
 
     def pretrained_models(self) -> list[tuple[str, tuple[str, ...]]]:
-        """(weights name, where ``pretrained`` is set in the space file) for every model the space can build with ``pretrained: true``: torchvision
-        names (``resnet18``) and ``timm/<model>``. ``hpo validate`` checks that their weights can be had."""
+        """(weights name, where ``pretrained`` is set in the space file) for every model the space can build
+        with ``pretrained: true``: torchvision names (``resnet18``) and ``timm/<model>``. ``hpo validate``
+        checks that their weights can be had."""
         from hpo.config.trial import MODEL_CONFIGS
 
         model = self.root.get("model")
         branches = model.options if isinstance(model, Branches) else {None: model} if isinstance(model, dict) else {}
-        found = []
+        found: list[tuple[str, tuple[str, ...]]] = []
         for branch, node in branches.items():
             family = branch or _values(node.get("name"), [None])[0]
             schema = MODEL_CONFIGS.get(family)
@@ -217,7 +218,7 @@ class SearchSpace:
         """(value, where in the space file) of every value ``key`` of model family ``family`` can take."""
         model = self.root.get("model")
         branches = model.options if isinstance(model, Branches) else {None: model} if isinstance(model, dict) else {}
-        found = []
+        found: list[tuple[Any, tuple[str, ...]]] = []
         for branch, node in branches.items():
             if (branch or _values(node.get("name"), [None])[0]) != family or key not in node:
                 continue

@@ -19,8 +19,12 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 def find_fashion_mnist() -> Path | None:
     """A directory holding the four Fashion-MNIST files: $HPO_DATA_DIR, ../shared/datasets beside the
     repository, or Debian's package. None if there is none."""
-    candidates = [os.environ.get("HPO_DATA_DIR"), REPO_ROOT.parent / "shared" / "datasets", DEBIAN_DIR]
-    for root in filter(None, candidates):
+    candidates: list[str | Path | None] = [
+        os.environ.get("HPO_DATA_DIR"),
+        REPO_ROOT.parent / "shared" / "datasets",
+        DEBIAN_DIR,
+    ]
+    for root in [c for c in candidates if c]:
         for d in (Path(root), Path(root) / "FashionMNIST" / "raw"):
             if all((d / s).is_file() or (d / (s + ".gz")).is_file() for s in FILES.values()):
                 return Path(root)
@@ -68,10 +72,13 @@ def run_hpo(
 def probe_shared_arrays(data) -> dict:
     """Run inside a Ray worker: how the worker holds ``data.x_train`` (a module-level function, so Ray can
     import it there)."""
+    import torch
+
     from hpo.train import TrainData
 
     x = data.x_train
     wrapped = TrainData.from_arrays(x, data.y_train, data.x_val, data.y_val, data.num_classes, data.mean, data.std)
+    assert isinstance(wrapped.x_train, torch.Tensor)  # in-memory images: a tensor over the same memory
     return {
         "pid": os.getpid(),
         "owndata": x.flags.owndata,

@@ -48,7 +48,7 @@ def write_cifar(
         return np.concatenate([np.stack(heads, 1).astype(np.uint8), pixels], axis=1).tobytes()
 
     chunks = np.array_split(np.arange(len(y_train)), len(spec.train))
-    for name, chunk in zip(spec.train, chunks):
+    for name, chunk in zip(spec.train, chunks, strict=True):
         (out / name).write_bytes(records(y_train[chunk], seed=len(chunk)))
     (out / spec.test[0]).write_bytes(records(y_test, seed=99))
     names = [f"class_{i}" for i in range(classes)] + (
@@ -81,7 +81,7 @@ def write_tiny_imagenet(root: Path, *, classes: int, train_per_class: int, val_p
         (base / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
     lines = []
     labels = np.repeat(np.arange(classes), val_per_class)
-    for i, (label, image) in enumerate(zip(labels, pattern_images(labels, size, 3, seed=77))):
+    for i, (label, image) in enumerate(zip(labels, pattern_images(labels, size, 3, seed=77), strict=True)):
         _save(image, base / "val" / "images" / f"val_{i}.JPEG", "JPEG")
         lines.append(f"val_{i}.JPEG\t{wnids[label]}\t0\t0\t{size - 1}\t{size - 1}")
     (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
@@ -15,9 +15,10 @@ from torch import nn
 from hpo.config.trial import ScheduleConfig, TrialConfig
 from hpo.data.augment import BatchAugment
 from hpo.data.streaming import FileImages, iterate_batches
-from hpo.models import Classifier, create_model
+from hpo.models import create_model
 from hpo.models.zoo import backbone_parts
-from hpo.train.ops import accuracy, channels_last_gradients, loss_fn, pick_device, to_float
+from hpo.names import EPOCH_METRICS
+from hpo.train.ops import accuracy, channels_last_gradients, loss_fn, pick_device, to_device, to_float
 from hpo.train.plan import ExecutionPlan, Preferences, plan_training
 
 __all__ = [
@@ -45,9 +46,9 @@ class TrainData:
     """Tensors for one training run; uint8 images (N, C, H, W); int64 class labels (N,), or for a
     multi-label task 0/1 labels (N, labels). ``x_val`` may be None."""
 
-    x_train: torch.Tensor
+    x_train: torch.Tensor | FileImages  # streamed images stay files until each batch
     y_train: torch.Tensor
-    x_val: torch.Tensor | None
+    x_val: torch.Tensor | FileImages | None
     y_val: torch.Tensor | None
     num_classes: int  # classes, or labels of a multi-label task
     mean: tuple[float, ...]
@@ -93,18 +94,20 @@ class EpochResult:
     early_stop: bool = False  # this is the last epoch: early stopping ends the run here
 
     def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if v is not None and k not in ("epoch", "early_stop")}
+        """The epoch's metrics by their names (``hpo.names.Metric``); validation ones only where measured."""
+        values = asdict(self)
+        return {m.value: values[m.value] for m in EPOCH_METRICS if values[m.value] is not None}
 
 
 @dataclass
 class TrainResult:
-    model: Classifier
+    model: nn.Module  # a Classifier, unless ``train`` was handed a model
     plan: ExecutionPlan
     history: list[EpochResult] = field(default_factory=list)
     stopped_early: bool = False
 
 
-Report = Callable[[EpochResult, Classifier], None]
+Report = Callable[[EpochResult, nn.Module], None]
 
 
 def train(
@@ -147,14 +150,13 @@ def train(
     if model is None:
         model = create_model(config.model, data.x_train.shape[1], data.num_classes, data.mean, data.std)
     # Master weights and the loss stay fp32 whatever the plan's precision.
-    model = model.to(dev, memory_format=plan.memory_format)
+    model = to_device(model, dev, plan.memory_format)
     scaler = plan.grad_scaler()
     optimizer = make_optimizer(config, model)
     steps_per_epoch = math.ceil(len(data.y_train) / config.batch_size)
     scheduler = make_schedule(config.schedule, optimizer, config.optimizer.lr, epochs, steps_per_epoch)
     augment = BatchAugment(config.augment, gen, channels=data.x_train.shape[1])
-    streamed = isinstance(data.x_train, FileImages)
-    x_train = data.x_train if streamed else data.x_train.to(dev)
+    x_train = data.x_train if isinstance(data.x_train, FileImages) else data.x_train.to(dev)
     y_train = data.y_train.to(dev)
     multilabel = data.multilabel
     soft = multilabel or augment.mixes_labels  # targets as probabilities / label vectors, mixable
@@ -173,9 +175,14 @@ def train(
             correct = torch.zeros((), device=dev)  # per-label hits / labels for a multi-label task
             # batch norm cannot train on a single sample: a last batch of one is left out
             batches = [b for b in torch.split(order, config.batch_size) if len(b) >= 2]
-            decoded = iterate_batches(x_train, [b.cpu().numpy() for b in batches], STREAM_WORKERS) if streamed else None
-            for batch in batches:
-                x = to_float(next(decoded).to(dev, non_blocking=True) if streamed else x_train[batch])
+            images: Iterator[torch.Tensor]  # uint8, one batch at a time, on the device
+            if isinstance(x_train, FileImages):  # decoded by worker processes ahead of the model
+                spans = [b.cpu().numpy() for b in batches]
+                images = (b.to(dev, non_blocking=True) for b in iterate_batches(x_train, spans, STREAM_WORKERS))
+            else:
+                images = (x_train[b] for b in batches)
+            for batch, uint8 in zip(batches, images, strict=True):
+                x = to_float(uint8)
                 y = y_train[batch]
                 targets = y
                 if soft:
@@ -204,7 +211,7 @@ def train(
 
             n = len(y_train)
             val_loss = val_acc = None
-            if data.x_val is not None:
+            if data.x_val is not None and data.y_val is not None:
                 val_loss, val_acc = evaluate(model, data.x_val, data.y_val, plan=plan)
             seconds = time.perf_counter() - start
 
@@ -214,7 +221,7 @@ def train(
                     best, since_best = val_acc, 0
                 else:
                     since_best += 1
-            stop = bool(patience) and since_best >= patience
+            stop = patience is not None and since_best >= patience
             epoch_result = EpochResult(
                 epoch=epoch,
                 train_loss=loss_sum.item() / n,
@@ -261,7 +268,9 @@ class Freezer:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, *, plan: ExecutionPlan | None = None) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor | FileImages, *, plan: ExecutionPlan | None = None
+) -> torch.Tensor:
     """Logits (float32, on the CPU) for uint8 images ``x``, in batches, on the plan's device with its
     precision and layout (default: fp32 on the CPU)."""
     plan = plan or ExecutionPlan()
@@ -282,7 +291,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, *, plan: ExecutionPlan | N
 
 
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, plan: ExecutionPlan | None = None
+    model: nn.Module, x: torch.Tensor | FileImages, y: torch.Tensor, *, plan: ExecutionPlan | None = None
 ) -> tuple[float, float]:
     """(mean loss, accuracy) of ``model`` on uint8 images ``x`` with labels ``y``: cross-entropy and
     accuracy; for multi-label ``y`` (N, labels), binary cross-entropy and the mean per-label accuracy

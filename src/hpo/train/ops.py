@@ -17,6 +17,12 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def to_device(model: nn.Module, device: torch.device, memory_format: torch.memory_format) -> nn.Module:
+    """``model.to(device, memory_format=...)``: ``Module.to`` takes a memory format (for 4-D parameters),
+    though torch's type stub does not say so."""
+    return model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
+
+
 def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 

@@ -35,9 +35,10 @@ from torch import nn
 
 from hpo._locks import exclusive
 from hpo.models import create_model
-from hpo.train.ops import channels_last_gradients, loss_fn, pick_device, to_float
+from hpo.train.ops import channels_last_gradients, loss_fn, pick_device, to_device, to_float
 
 Precision = Literal["fp32", "bf16", "fp16"]
+_PRECISIONS: dict[str, Precision] = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
 AUTO = "auto"
 
 WARMUP_STEPS = 2  # the first steps allocate and build oneDNN/cuDNN primitives; never timed
@@ -143,6 +144,10 @@ class Preferences:
         """From a study's ``resources`` (``hpo.config.study.Resources``)."""
         return cls(resources.precision, resources.channels_last, resources.compile)
 
+    def fixed_precision(self) -> Precision | None:
+        """The precision the preferences fix; None for ``auto``."""
+        return None if self.precision == AUTO else _PRECISIONS[self.precision]
+
     def key(self) -> str:
         return f"precision={self.precision},channels_last={self.channels_last},compile={self.compile}"
 
@@ -237,8 +242,8 @@ def default_plan(machine: Machine, device: torch.device, prefs: Preferences, thr
     preferences where they fix a part."""
     cuda = device.type == "cuda"
     capability = machine.gpus[device.index or 0].capability if cuda and machine.gpus else (0, 0)
-    fast = "bf16" if (capability >= (8, 0) if cuda else machine.bf16_native) else "fp16" if cuda else "fp32"
-    precision = fast if prefs.precision == AUTO else prefs.precision
+    fast: Precision = "bf16" if (capability >= (8, 0) if cuda else machine.bf16_native) else "fp16" if cuda else "fp32"
+    precision = prefs.fixed_precision() or fast
     layout = prefs.channels_last if isinstance(prefs.channels_last, bool) else precision != "fp32"
     return ExecutionPlan(
         device=str(device),
@@ -259,8 +264,10 @@ def candidates(machine: Machine, device: torch.device, prefs: Preferences, threa
     capability = (0, 0)
     if cuda and machine.gpus:
         capability = machine.gpus[device.index or 0].capability
-    if prefs.precision != AUTO:
-        precisions = [prefs.precision]
+    fixed = prefs.fixed_precision()
+    precisions: list[Precision]
+    if fixed is not None:
+        precisions = [fixed]
     elif cuda:
         precisions = ["fp32", "bf16"] if capability >= (8, 0) else ["fp32", "fp16"]
     else:
@@ -317,7 +324,7 @@ class _Stepper:
         self.device = plan.torch_device
         plan.apply()
         torch.manual_seed(0)  # every candidate starts from the same weights
-        self.model = build().to(self.device, memory_format=plan.memory_format).train()
+        self.model = to_device(build(), self.device, plan.memory_format).train()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.scaler = plan.grad_scaler()
         self.forward = torch.compile(self.model) if plan.compile else self.model
@@ -522,15 +529,15 @@ def choose_plan(
         return measure_all(build, x, y, plans, loss=loss)
 
     if len(options) == 1:  # the preferences fixed precision and layout (and the threads leave no choice)
-        plan, notes = replace(options[0], source="override"), []
+        plan, notes = replace(options[0], source="override"), list[str]()
         if always_measure:
             (m,) = measure_many([plan])
             plan = replace(plan, images_per_second=batch / m.seconds_per_step)
     else:
         plan, notes = choose(list(zip(options, measure_many(options), strict=True)), batch)
     if prefs.compile == AUTO and device.type == "cuda" and expected_steps:
-        eager = measure_many([plan])[0] if plan.images_per_second is None else None
-        step = eager.seconds_per_step if eager else batch / plan.images_per_second
+        rate = plan.images_per_second
+        step = batch / rate if rate else measure_many([plan])[0].seconds_per_step
         if expected_steps * step > COMPILE_WORTH_SECONDS:
             (m,) = measure_many([replace(plan, compile=True)])
             if m.finite and m.first_step_seconds + expected_steps * m.seconds_per_step < expected_steps * step:
