@@ -1,5 +1,6 @@
-"""``hpo run``: load the data once, search, finalize, summarise. Heavy imports happen here, not at CLI
-start-up."""
+"""``hpo run``: load the data once, run each backend the study names, let each summarise what it found,
+then compare them. Heavy imports happen here, not at CLI start-up. Nothing here knows a backend by name:
+their declarations (:mod:`hpo.config.backends`) give the run's stages, their results print themselves."""
 
 from __future__ import annotations
 
@@ -7,54 +8,38 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Console
 from rich.table import Table
 
 from hpo.backends import backend_class
-from hpo.backends.base import BackendSummary, RunContext
-from hpo.backends.search import STATUSES, SearchFailed, SearchOutcome
-from hpo.engine.run_dir import StudyDir, first_stage
+from hpo.backends.base import BackendResult, BackendSummary, RunContext
+from hpo.config.backends import stage_sequence
+from hpo.engine.run_dir import StudyDir
 from hpo.errors import HpoError, RunRefused
 from hpo.study import Study
 
-__all__ = ["SearchFailed", "StudyOutcome", "run_study"]
+__all__ = ["StudyOutcome", "run_study"]
 
 MIN_DEADLINE_LEAD = 60.0  # seconds: a deadline closer than this leaves no room for a trial and the final stage
+R = TypeVar("R")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StudyOutcome:
-    """What ``hpo run`` produced: each backend's result, by name (``search``, ``autokeras``)."""
+    """What ``hpo run`` produced: each backend's result, by the name the study gives the backend."""
 
-    results: dict[str, object]
+    results: dict[str, BackendResult]
     seconds: float
     tracking_uri: str
 
-    @property
-    def search(self) -> SearchOutcome | None:
-        return self.results.get("search")
-
-    # the search's fields, for callers that ran only the search
-    @property
-    def study_run_id(self) -> str | None:
-        return self.search.run_id if self.search else None
-
-    @property
-    def records(self):
-        return self.search.records if self.search else []
-
-    @property
-    def winner(self):
-        return self.search.winner if self.search else None
-
-    @property
-    def final(self):
-        return self.search.final if self.search else None
-
-    @property
-    def baseline(self):
-        return self.results.get("autokeras")
+    def result(self, kind: type[R]) -> R:
+        """The result of type ``kind``: a backend's own result class, with its own fields."""
+        for result in self.results.values():
+            if isinstance(result, kind):
+                return result
+        raise LookupError(f"no {kind.__name__} among this run's results ({', '.join(self.results)})")
 
     def summaries(self) -> list[BackendSummary]:
         return [result.summary() for result in self.results.values()]
@@ -79,8 +64,9 @@ def run_study(
     fresh: bool = False,
     warm_start: str | None = None,
 ) -> StudyOutcome:
-    """Run ``study`` through its stages (search -> recheck -> finalize). If an earlier run of the same
-    study was killed, continue it (``fresh=True`` starts over instead): see :mod:`hpo.engine.run_dir`.
+    """Run ``study``: each backend it names, in turn, through the stages the backend declares
+    (:mod:`hpo.config.backends`). If an earlier run of the same study was killed, continue it
+    (``fresh=True`` starts over instead): see :mod:`hpo.engine.run_dir`.
     ``warm_start`` names a study whose earlier runs' best configurations to evaluate first (overrides
     the study's ``warm_start.from``)."""
     import ray
@@ -105,9 +91,9 @@ def run_study(
             f"budget.until {c.budget.until!r} is {until - start:.0f} s away: too close for even one "
             "trial and the final stage; move it later"
         )
-    run_dir, resumed = StudyDir.open(Path(c.output_dir), c.name, study.fingerprint(), fresh=fresh)
-    if not resumed and run_dir.state.stage != first_stage(c.backends):
-        run_dir.advance(first_stage(c.backends))
+    # the run's stages, from the declarations of the backends it names, go into its state file
+    stages = stage_sequence(c.backends)
+    run_dir, resumed = StudyDir.open(Path(c.output_dir), c.name, study.fingerprint(), stages=stages, fresh=fresh)
     run_dir.shared_storage = c.tracking.optuna_storage
     deadline = run_dir.state.deadline or until  # fixed when the run began: "06:00" means that night's 06:00
     if deadline is not None and run_dir.state.deadline is None:
@@ -156,39 +142,32 @@ def run_study(
         console.print(f"[bold]tracking[/] {redact(uri)}  experiment {c.tracking.experiment or c.name}")
         warm_from = warm_start or (c.warm_start.source if c.warm_start else None)
         run = RunContext(
-            study,
-            data,
-            tracker,
-            run_dir,
-            resumed,
-            console,
-            live,
-            points,
-            warm_from,
-            deadline,
-            start,
-            data_seconds,
-            ray_seconds,
+            study=study,
+            data=data,
+            tracker=tracker,
+            run_dir=run_dir,
+            resumed=resumed,
+            console=console,
+            tracking_uri=redact(uri),
+            live=live,
+            points=points,
+            warm_from=warm_from,
+            deadline=deadline,
+            start=start,
+            data_seconds=data_seconds,
+            ray_seconds=ray_seconds,
         )
-        results = {}
-        for name in c.backends:
-            results[name] = backend_class(name)(run).run()
-        outcome = StudyOutcome(results, time.time() - start, redact(uri))
+        results = {name: backend_class(name)(run).run() for name in c.backends}
+        outcome = StudyOutcome(results=results, seconds=time.time() - start, tracking_uri=redact(uri))
     finally:
         if started_ray:
             ray.shutdown()
         run_dir.unlock()
-    print_summary(console, study, outcome)
-    return outcome
-
-
-def print_summary(console: Console, study: Study, outcome: StudyOutcome) -> None:
-    if outcome.search is not None:
-        _print_search(console, study, outcome.search, outcome)
-    if outcome.baseline is not None:
-        _print_baseline(console, study, outcome.baseline)
+    for result in outcome.results.values():  # each backend says what it found
+        result.print_summary(console, run)
     if len(outcome.results) > 1:
         print_comparison(console, study, outcome.summaries())
+    return outcome
 
 
 def print_comparison(console: Console, study: Study, rows: list[BackendSummary]) -> None:
@@ -206,48 +185,4 @@ def print_comparison(console: Console, study: Study, rows: list[BackendSummary])
             f"{r.search_seconds / 60:.1f} min",
             f"{r.wall_seconds / 60:.1f} min",
         )
-    console.print(table)
-
-
-def _print_baseline(console: Console, study: Study, b) -> None:
-    table = Table(title=f"study {study.name}: autokeras baseline", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("trials", f"{b.trials} ({b.trial_epochs} epochs)")
-    if b.best_val_accuracy is not None:
-        table.add_row(f"best {study.config.objective.metric}", f"{b.best_val_accuracy:.4f}")
-    table.add_row("test accuracy", f"{b.test_accuracy:.4f} (loss {b.test_loss:.4f}), {b.parameters:,} parameters")
-    table.add_row("final run", b.final_run_id)
-    table.add_row("baseline run", b.run_id)
-    table.add_row("wall time", f"{b.wall_seconds / 60:.1f} min")
-    console.print(table)
-
-
-def _print_search(console: Console, study: Study, search: SearchOutcome, outcome: StudyOutcome) -> None:
-    c = study.config
-    w = search.winner
-    value, epoch = w.best(c.objective.metric, c.objective.direction)
-    table = Table(title=f"study {study.name}: summary", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    counts = ", ".join(
-        f"{sum(r.status == s for r in search.records)} {s}"
-        for s in STATUSES
-        if any(r.status == s for r in search.records)
-    )
-    table.add_row("trials", f"{len(search.records)} ({counts})")
-    table.add_row("best trial", f"#{w.number}: {c.objective.metric} {value:.4f} at epoch {epoch}")
-    table.add_row("best params", "\n".join(f"{k} = {v}" for k, v in w.params.items()))
-    f = search.final
-    if f is not None:
-        table.add_row(
-            "test accuracy",
-            f"{f.test_accuracy:.4f} (loss {f.test_loss:.4f}), retrained {f.epochs} epochs on {c.final.retrain_on}",
-        )
-        if f.registered_name:
-            table.add_row("model", f"models:/{f.registered_name}/{f.registered_version} ({f.promotion})")
-        table.add_row("final run", f.run_id)
-    table.add_row("study run", search.run_id)
-    table.add_row("tracking", outcome.tracking_uri)
-    table.add_row("wall time", f"{search.seconds / 60:.1f} min")
     console.print(table)

@@ -14,8 +14,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hpo.config.backends import backend_checks
 from hpo.config.messages import to_study_errors
-from hpo.config.study import StudyConfig
+from hpo.config.study import FILE_DATASETS, MULTILABEL_DATASETS, StudyConfig
 from hpo.config.trial import boolean_numbers
 from hpo.config.yaml_loader import YamlDoc, load_yaml
 from hpo.errors import StudyError, StudyErrors
@@ -69,7 +70,7 @@ def load_study(file: str | Path) -> Study:
     except ValidationError as exc:
         raise StudyErrors(to_study_errors(exc, doc, StudyConfig)) from None
     _resolve_paths(config, file)
-    errors = [e for check in CHECKS if (e := check(config, doc)) is not None]
+    errors = study_errors(config, doc)
     if errors:
         raise StudyErrors(errors)
 
@@ -166,7 +167,7 @@ def _display(path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------- cross-field checks
-Check = Callable[[StudyConfig, YamlDoc], "StudyError | None"]
+Check = Callable[[StudyConfig, YamlDoc], StudyError | None]
 
 
 def _grace_within_epochs(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
@@ -196,32 +197,8 @@ def _final_epochs_positive(config: StudyConfig, doc: YamlDoc) -> StudyError | No
     return None
 
 
-def _backends_installed(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
-    """A study that asks for AutoKeras fails here, before anything runs, when its extra is missing."""
-    if "autokeras" not in config.backends:
-        return None
-    from hpo.backends.autokeras import missing_packages
-
-    missing = missing_packages(config.autokeras.keras_backend)
-    if missing:
-        field = (
-            ("autokeras", "keras_backend")
-            if config.autokeras.keras_backend == "tensorflow" and "autokeras" not in missing.packages
-            else ("backends",)
-        )
-        return doc.error(field, str(missing))
-    if config.budget.until:
-        return doc.error(
-            ("budget", "until"),
-            "is not supported with the autokeras backend yet: give the baseline a budget.time instead",
-        )
-    return None
-
-
 def _task_fits_dataset(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
-    from hpo.config.study import MULTILABEL_DATASETS
-
-    multilabel = config.dataset.name in MULTILABEL_DATASETS
+    multilabel = config.dataset.multilabel
     if multilabel and config.task != "multilabel":
         return doc.error(("task",), f"dataset {config.dataset.name} has several labels per image: set task: multilabel")
     if config.task == "multilabel" and not multilabel:
@@ -230,18 +207,14 @@ def _task_fits_dataset(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
             f"dataset {config.dataset.name} has one class per image; task: multilabel "
             f"needs one of: {', '.join(MULTILABEL_DATASETS)}",
         )
-    if config.task == "multilabel" and "autokeras" in config.backends:
-        return doc.error(("backends",), "the autokeras baseline runs multiclass tasks only")
     return None
 
 
 def _stream_needs_files(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
-    from hpo.config.study import FILE_DATASETS
-
     d = config.dataset
     if not d.stream:
         return None
-    if d.name not in FILE_DATASETS:
+    if not d.from_files:
         return doc.error(
             ("dataset", "stream"),
             f"dataset {d.name} is read into memory whole; streaming is for image files: {', '.join(FILE_DATASETS)}",
@@ -250,16 +223,12 @@ def _stream_needs_files(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
         return doc.error(
             ("dataset", "stream"), "streamed images need dataset.image_size (every batch is decoded to that size)"
         )
-    if "autokeras" in config.backends:
-        return doc.error(("dataset", "stream"), "the autokeras baseline needs the images in memory")
     return None
 
 
 def _data_dir_exists(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
     """A named data folder must be there (relative paths resolve from the study file); datasets of image
     files have nothing to download, so they need one."""
-    from hpo.config.study import FILE_DATASETS
-
     d = config.dataset
     where = d.data_dir or os.environ.get("HPO_DATA_DIR")
     if d.data_dir and not Path(d.data_dir).is_dir():
@@ -282,8 +251,6 @@ def _data_dir_exists(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
 
 def _dataset_keys_apply(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
     """Keys that only image-file datasets read are an error elsewhere, not silently ignored."""
-    from hpo.config.study import FILE_DATASETS
-
     d = config.dataset
     if d.name not in FILE_DATASETS:
         for key in ("image_size", "channels", "test_split"):
@@ -311,6 +278,8 @@ def _recheck_within_trials(config: StudyConfig, doc: YamlDoc) -> StudyError | No
     return None
 
 
+# The study's own checks; each backend's (hpo.config.backends) run between the two lists, for the backends
+# the study names.
 CHECKS: list[Check] = [
     _data_dir_exists,
     _dataset_keys_apply,
@@ -318,7 +287,15 @@ CHECKS: list[Check] = [
     _grace_within_epochs,
     _mode_follows_metric,
     _final_epochs_positive,
-    _backends_installed,
-    _task_fits_dataset,
-    _stream_needs_files,
 ]
+DATA_CHECKS: list[Check] = [_task_fits_dataset, _stream_needs_files]
+
+
+def study_errors(config: StudyConfig, doc: YamlDoc) -> list[StudyError]:
+    """Every cross-field problem of ``config``: the study's checks, then its backends', then the data's."""
+    checks: list[Callable[[StudyConfig, YamlDoc], StudyError | None]] = [
+        *CHECKS,
+        *backend_checks(config.backends),
+        *DATA_CHECKS,
+    ]
+    return [e for check in checks if (e := check(config, doc)) is not None]

@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 
+from hpo.config.backends import BACKENDS, stage_sequence
 from hpo.errors import StudyError, StudyErrors
+from hpo.names import Stage
 from hpo.study import load_study
 from hpo.testing import REPO_ROOT
 
@@ -156,11 +158,33 @@ def _hide(monkeypatch, *packages: str) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in packages else real(name, *a))
 
 
-def test_the_backends_a_study_may_name_are_the_registered_ones():
-    from hpo.backends import BACKENDS
-    from hpo.config.study import BACKENDS as NAMES
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_each_registered_backend_is_implemented_as_declared(name):
+    """The declaration (hpo.config.backends) and the implementation agree on the name and the stages."""
+    from hpo.backends import backend_class
 
-    assert set(NAMES) == set(BACKENDS)
+    declared = BACKENDS[name]
+    cls = backend_class(name)
+    assert (cls.name, cls.stages) == (declared.name, declared.stages)
+    assert declared.stages and Stage.DONE not in declared.stages
+    assert all(hasattr(cls, method) for method in ("run", "__init__"))
+
+
+def test_a_study_may_name_exactly_the_registered_backends(tmp_path):
+    from hpo.config.study import StudyConfig
+
+    assert StudyConfig.model_json_schema()["properties"]["backends"]["items"]["enum"] == list(BACKENDS)
+    with pytest.raises(StudyErrors) as info:
+        load_study(write(tmp_path, STUDY.format(trials=2, grace=1) + "backends: [search, sklearn]\n"))
+    *others, last = (repr(n) for n in BACKENDS)  # pydantic's way: 'a', 'b' or 'c'
+    assert messages(info) == [
+        f"{tmp_path / 'study.yaml'}:6: backends.1: must be one of {', '.join(others)} or {last} (got 'sklearn')"
+    ]
+
+
+def test_a_run_passes_through_its_backends_stages_in_the_order_the_study_names_them():
+    both = stage_sequence(["autokeras", "search"])
+    assert both == (*BACKENDS["autokeras"].stages, *BACKENDS["search"].stages, Stage.DONE)
 
 
 @pytest.mark.parametrize(

@@ -10,31 +10,39 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from hpo.engine.run_dir import ResumeConflict, StudyDir
+from hpo.config.backends import BACKENDS, stage_sequence
+from hpo.engine.run_dir import ResumeConflict, StudyDir, describe
+from hpo.names import Stage
 from hpo.testing import run_hpo
+
+STAGES = (Stage.SEARCH, Stage.RECHECK, Stage.DONE)  # a made-up backend's stages, then done
+
+
+def _open(root, fingerprint: str = "fp1", **options):
+    return StudyDir.open(root, "s", fingerprint, stages=STAGES, **options)
 
 
 def _finish(run: StudyDir) -> None:
-    run.advance("done", outcome="completed")
+    run.advance(Stage.DONE, outcome="completed")
     run.unlock()
 
 
 def test_an_unfinished_run_is_continued_and_a_finished_one_is_not(tmp_path):
-    first, resumed = StudyDir.open(tmp_path, "s", "fp1")
+    first, resumed = _open(tmp_path)
     assert not resumed
     first.unlock()  # "killed"
-    again, resumed = StudyDir.open(tmp_path, "s", "fp1")
+    again, resumed = _open(tmp_path)
     assert resumed and again.path == first.path and again.state.attempts == 2
     _finish(again)
-    third, resumed = StudyDir.open(tmp_path, "s", "fp1")
+    third, resumed = _open(tmp_path)
     assert not resumed and third.path != first.path
 
 
 def test_a_changed_study_does_not_continue_an_old_run(tmp_path):
-    StudyDir.open(tmp_path, "s", "fp1")[0].unlock()
-    with pytest.raises(ResumeConflict, match="different version of study 's'.*--fresh"):
-        StudyDir.open(tmp_path, "s", "fp2")
-    fresh, resumed = StudyDir.open(tmp_path, "s", "fp2", fresh=True)
+    _open(tmp_path)[0].unlock()
+    with pytest.raises(ResumeConflict, match=r"different version of study 's'.*--fresh"):
+        _open(tmp_path, "fp2")
+    _, resumed = _open(tmp_path, "fp2", fresh=True)
     assert not resumed
     assert [r.state.abandoned for r in StudyDir.all(tmp_path / "s")] == [True, False]
 
@@ -47,7 +55,8 @@ def test_a_running_study_is_not_joined_but_fresh_starts_beside_it(tmp_path):
             "-c",
             (
                 "import sys, time; from pathlib import Path; from hpo.engine.run_dir import StudyDir; "
-                f"StudyDir.open(Path({str(tmp_path)!r}), 's', 'fp1'); print('ready', flush=True); time.sleep(60)"
+                f"StudyDir.open(Path({str(tmp_path)!r}), 's', 'fp1', stages=['search', 'done']); "
+                "print('ready', flush=True); time.sleep(60)"
             ),
         ],
         stdout=subprocess.PIPE,
@@ -56,8 +65,8 @@ def test_a_running_study_is_not_joined_but_fresh_starts_beside_it(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(ResumeConflict, match=r"is running now \(pid \d+"):
-            StudyDir.open(tmp_path, "s", "fp1")
-        beside, resumed = StudyDir.open(tmp_path, "s", "fp1", fresh=True)
+            _open(tmp_path)
+        beside, resumed = _open(tmp_path, fresh=True)
         assert not resumed
         running = [r for r in StudyDir.all(tmp_path / "s") if r.path != beside.path]
         assert running and not running[0].state.abandoned  # the running one is left alone
@@ -67,7 +76,7 @@ def test_a_running_study_is_not_joined_but_fresh_starts_beside_it(tmp_path):
 
 
 def test_damaged_or_newer_state_files_do_not_block_the_study(tmp_path):
-    good, _ = StudyDir.open(tmp_path, "s", "fp1")
+    good, _ = _open(tmp_path)
     good.unlock()
     state = json.loads((good.path / "state.json").read_text())
     (good.path / "state.json").write_text(json.dumps({**state, "added_by_a_newer_hpo": 1}))
@@ -78,7 +87,7 @@ def test_damaged_or_newer_state_files_do_not_block_the_study(tmp_path):
     runs = StudyDir.all(tmp_path / "s", problems)
     assert [r.path for r in runs] == [good.path]
     assert len(problems) == 1 and "unreadable state.json" in problems[0]
-    assert StudyDir.open(tmp_path, "s", "fp1")[1]  # the good run is still continued
+    assert _open(tmp_path)[1]  # the good run is still continued
 
 
 def test_the_champion_goes_back_to_its_holder_when_a_redone_final_stage_had_taken_it(tmp_path):
@@ -100,6 +109,49 @@ def test_the_champion_goes_back_to_its_holder_when_a_redone_final_stage_had_take
     assert guard.current() is None
     guard.restore(before)
     assert guard.current() == "1"
+
+
+def test_a_run_records_its_stages_and_passes_through_them_in_order(tmp_path):
+    run, _ = _open(tmp_path)
+    state = json.loads((run.path / "state.json").read_text())
+    assert state["stages"] == list(STAGES) and state["stage"] == Stage.SEARCH
+    run.advance_past((Stage.SEARCH,))
+    assert run.state.stage == Stage.RECHECK
+    run.advance_past((Stage.RECHECK,))
+    assert (run.state.stage, run.state.outcome) == (Stage.DONE, "completed")
+    assert StudyDir.load(run.path).state.stage == Stage.DONE
+
+
+def test_a_state_file_from_an_older_hpo_is_continued_and_learns_its_stages(tmp_path):
+    """Before the stages were recorded, a baseline backend kept its state under the stage's name."""
+    folder = tmp_path / "s" / "20260101-000000"
+    folder.mkdir(parents=True)
+    old = {"study": "s", "fingerprint": "fp1", "created": 1.0, "stage": Stage.BASELINE, "attempts": 1}
+    (folder / "state.json").write_text(json.dumps({**old, "baseline": {"run_id": "r1", "elapsed": 5.0}}))
+    run, resumed = _open(tmp_path)
+    assert resumed and run.path == folder and run.state.attempts == 2
+    assert run.state.stages == list(STAGES)  # recorded now: the same study has the same stages
+    assert run.state.stage_state == {Stage.BASELINE: {"run_id": "r1", "elapsed": 5.0}}
+    assert json.loads((folder / "state.json").read_text())["stages"] == list(STAGES)
+
+
+def test_hpo_status_says_how_far_a_run_is_from_its_recorded_stages(tmp_path):
+    run, _ = _open(tmp_path)
+    run.advance(Stage.RECHECK)
+    assert describe(run)["state"] == "running: recheck (stage 2 of 2)"
+    run.unlock()
+    assert describe(run)["state"].startswith("interrupted in recheck (stage 2 of 2)")
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_each_backend_owns_its_stages_of_the_sequence(tmp_path, name):
+    """A run of a study naming every backend passes through each backend's stages, then the next's."""
+    sequence = stage_sequence(list(BACKENDS))
+    run, _ = StudyDir.open(tmp_path, "s", "fp", stages=sequence)
+    owned = BACKENDS[name].stages
+    run.advance(owned[0])
+    run.advance_past(owned)
+    assert run.state.stage == sequence[sequence.index(owned[-1]) + 1]
 
 
 def test_a_deadline_too_close_refuses_the_run_and_leaves_nothing(tmp_path):

@@ -1,13 +1,16 @@
-"""Backends: the ways ``hpo run`` finds a model for a study (see :mod:`hpo.backends.base`)."""
+"""Backends: the ways ``hpo run`` finds a model for a study (see :mod:`hpo.backends.base`). Each is declared
+in :mod:`hpo.config.backends` (name, stages, checks) and implemented in a module here."""
 
 from __future__ import annotations
 
 import importlib
 
-# The study's ``backends`` names -> the classes implementing them (imported when a study uses them).
-BACKENDS = {"search": "hpo.backends.search:SearchBackend", "autokeras": "hpo.backends.autokeras:AutoKerasBackend"}
+from hpo.backends.base import Backend
+from hpo.config.backends import BACKENDS
 
 
-def backend_class(name: str) -> type:
-    module, attr = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+def backend_class(name: str) -> type[Backend]:
+    """The class implementing the backend the study's ``backends`` list calls ``name`` (imported now)."""
+    module, attr = BACKENDS[name].implementation.split(":")
+    cls: type[Backend] = getattr(importlib.import_module(module), attr)
+    return cls

@@ -20,64 +20,44 @@ compares them column by column and shows that they saw the same images.
 from __future__ import annotations
 
 import csv
-import importlib.metadata
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, TextIO
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from hpo.backends.base import BackendSummary, RunContext
-from hpo.engine.run_dir import BACKEND_STAGES, advance_past
+from hpo.config.backends import BACKENDS
 from hpo.errors import HpoError
+from hpo.names import Metric, RunKind, RunStatus, Stage, Tag, TrialStatus
 
-KERAS_RANGE = ((3, 12), (3, 13))  # AutoKeras 3.0.0 breaks on Keras 3.13+
-INSTALL = {"torch": 'pip install -e ".[autokeras]"', "tensorflow": 'pip install -e ".[tensorflow]"'}
 POLL_SECONDS = 0.5
-STATUS = {"COMPLETED": "completed", "INVALID": "failed", "FAILED": "failed", "STOPPED": "stopped"}
-RUN_STATUS = {"completed": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
+# Keras Tuner's trial statuses -> hpo's
+STATUS = {
+    "COMPLETED": TrialStatus.COMPLETED,
+    "INVALID": TrialStatus.FAILED,
+    "FAILED": TrialStatus.FAILED,
+    "STOPPED": TrialStatus.STOPPED,
+}
+COUNTED = (TrialStatus.COMPLETED, TrialStatus.STOPPED, TrialStatus.FAILED)  # how its trials end
+# what the worker reports per epoch of a trial, and of the final fit
+TRIAL_METRICS = (Metric.TRAIN_LOSS, Metric.TRAIN_ACCURACY, Metric.VAL_LOSS, Metric.VAL_ACCURACY, Metric.SECONDS)
+FINAL_METRICS = (Metric.TRAIN_LOSS, Metric.TRAIN_ACCURACY, Metric.SECONDS)
 
 
 class BaselineFailed(HpoError):
     """The AutoKeras worker failed: its log says why."""
 
 
-@dataclass
-class Missing:
-    packages: list[str]
-    keras_backend: str
-    detail: str = ""
-
-    def __str__(self) -> str:
-        what = ", ".join(self.packages)
-        return (
-            f"the autokeras backend on Keras' {self.keras_backend} backend needs {what}{self.detail}: "
-            f"{INSTALL[self.keras_backend]}"
-        )
-
-
-def missing_packages(keras_backend: str = "torch") -> Missing | None:
-    """What the baseline lacks in this environment (None: ready). Imports nothing heavy."""
-    needed = ["autokeras", "keras"] + (["tensorflow"] if keras_backend == "tensorflow" else [])
-    missing = [name for name in needed if importlib.util.find_spec(name) is None]
-    if missing:
-        return Missing(missing, keras_backend)
-    version = importlib.metadata.version("keras")
-    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-    if not KERAS_RANGE[0] <= parts < KERAS_RANGE[1]:
-        return Missing(
-            ["keras>=3.12,<3.13"], keras_backend, f" (found keras {version}, which AutoKeras 3.0.0 cannot run on)"
-        )
-    return None
-
-
-@dataclass
+@dataclass(kw_only=True)
 class BaselineResult:
     """What the baseline reached: the same fields the search reports, for the side-by-side table."""
 
@@ -94,26 +74,43 @@ class BaselineResult:
 
     def summary(self) -> BackendSummary:
         return BackendSummary(
-            "autokeras",
-            self.run_id,
-            self.test_accuracy,
-            self.test_loss,
-            self.trials,
-            self.trial_epochs,
-            self.best_val_accuracy,
-            self.search_seconds,
-            self.wall_seconds,
+            backend=AutoKerasBackend.name,
+            run_id=self.run_id,
+            test_accuracy=self.test_accuracy,
+            test_loss=self.test_loss,
+            trials=self.trials,
+            trial_epochs=self.trial_epochs,
+            best_value=self.best_val_accuracy,
+            search_seconds=self.search_seconds,
+            wall_seconds=self.wall_seconds,
         )
 
+    def print_summary(self, console: Console, run: RunContext) -> None:
+        c = run.study.config
+        table = Table(title=f"study {run.study.name}: autokeras baseline", show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("trials", f"{self.trials} ({self.trial_epochs} epochs)")
+        if self.best_val_accuracy is not None:
+            table.add_row(f"best {c.objective.metric}", f"{self.best_val_accuracy:.4f}")
+        table.add_row(
+            "test accuracy",
+            f"{self.test_accuracy:.4f} (loss {self.test_loss:.4f}), {self.parameters:,} parameters",
+        )
+        table.add_row("final run", self.final_run_id)
+        table.add_row("baseline run", self.run_id)
+        table.add_row("wall time", f"{self.wall_seconds / 60:.1f} min")
+        console.print(table)
 
-@dataclass
+
+@dataclass(kw_only=True)
 class _Trial:
     key: str
     number: int
     run_id: str
-    params: dict
-    history: list[dict] = field(default_factory=list)
-    status: str = "running"
+    params: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    status: str = TrialStatus.RUNNING
 
     def best(self, metric: str, mode: str) -> tuple[float | None, int | None]:
         rows = [r for r in self.history if r.get(metric) is not None]
@@ -123,8 +120,14 @@ class _Trial:
         return row[metric], row["epoch"]
 
 
+class _Status(Protocol):
+    """Where progress goes: rich's spinner (``console.status``), or nowhere on replay."""
+
+    def update(self, status: str) -> None: ...
+
+
 class _Quiet:
-    def update(self, *_args) -> None:
+    def update(self, status: str) -> None:
         pass
 
 
@@ -133,8 +136,8 @@ class AutoKerasBackend:
     Keras Tuner keeps finished trials in ``<run folder>/autokeras/``, their MLflow runs are kept, and the
     trial or final fit that was cut off is redone."""
 
-    name = "autokeras"
-    stages = BACKEND_STAGES["autokeras"]
+    name = BACKENDS["autokeras"].name
+    stages = BACKENDS["autokeras"].stages
 
     def __init__(self, run: RunContext) -> None:
         self.study, self.data, self.tracker, self.run_dir = run.study, run.data, run.tracker, run.run_dir
@@ -142,16 +145,17 @@ class AutoKerasBackend:
         self.folder = run.run_dir.path / "autokeras"
         self.trials: dict[str, _Trial] = {}
         self.final_run: str | None = None
-        self.final_params: dict = {}
-        self.done: dict | None = None
+        self.final_params: dict[str, Any] = {}
+        self.done: dict[str, Any] | None = None
+        self.parent = ""
         self.search_seconds = 0.0
         self._begin, self._elapsed_before = time.time(), 0.0
 
     # ----------------------------------------------------------------------------------- the run
     def run(self) -> BaselineResult:
-        c = self.study.config
         self.folder.mkdir(parents=True, exist_ok=True)
-        state = dict(self.run_dir.state.baseline or {})
+        # its MLflow run, the seconds spent, how far the events were read, and at last its result
+        state = dict(self.run_dir.state.stage_state.get(Stage.BASELINE) or {})
         if state.get("result"):
             return BaselineResult(**state["result"])
         start = time.time()
@@ -159,24 +163,24 @@ class AutoKerasBackend:
         if parent is None:
             parent = self._start_parent()
             state = {"run_id": parent, "elapsed": 0.0}
-            self.run_dir.advance("baseline", baseline=state)
+            self.run_dir.save_stage_state(Stage.BASELINE, state)
         else:
             self.parent = parent
-            self.tracker.reopen(parent, {"hpo.attempts": self.run_dir.state.attempts})
+            self.tracker.reopen(parent, {Tag.ATTEMPTS: self.run_dir.state.attempts})
             self._adopt_children(parent, state)
         self.parent = parent
         elapsed_before = float(state.get("elapsed", 0.0))
         with self.tracker.finishing(parent):
             self._run_worker(elapsed_before, state)
             result = self._finish(time.time() - start + elapsed_before)
-        self.run_dir.advance(self.run_dir.state.stage, baseline={**state, "result": result.__dict__})
-        advance_past(self.run_dir, c, self.name)
+        self.run_dir.save_stage_state(Stage.BASELINE, {**state, "result": asdict(result)})
+        self.run_dir.advance_past(self.stages)
         return result
 
     def _start_parent(self) -> str:
         c = self.study.config
         run_id = self.tracker.start_study(
-            self.study, self.study.resolved(), name=f"{c.name}/autokeras", kind="baseline", backend="autokeras"
+            self.study, self.study.resolved(), name=f"{c.name}/autokeras", kind=RunKind.BASELINE, backend=self.name
         )
         a = c.autokeras
         self.tracker.log_params(
@@ -204,18 +208,20 @@ class AutoKerasBackend:
         c = self.study.config
         return c.autokeras.max_trials or c.budget.trials
 
-    def _adopt_children(self, parent: str, state: dict) -> None:
+    def _adopt_children(self, parent: str, state: dict[str, Any]) -> None:
         """After a kill: take over the trial runs, log what the dead worker wrote that the dead driver had
         not read (``state["offset"]`` on), then drop what was cut off: a trial still running (Keras Tuner
         runs it again) and an unfinished final run (the worker redoes the final fit)."""
-        for old in self.tracker.child_runs(parent, "trial"):
-            key = old.data.tags.get("hpo.trial_id", "")
+        for old in self.tracker.child_runs(parent, RunKind.TRIAL):
+            key = old.data.tags.get(Tag.TRIAL_ID, "")
             trial = _Trial(
-                key,
-                int(old.data.tags.get("hpo.number", 0)),
-                old.info.run_id,
-                {},
-                status="running" if old.info.status == "RUNNING" else old.data.tags.get("hpo.status", "completed"),
+                key=key,
+                number=int(old.data.tags.get(Tag.NUMBER, 0)),
+                run_id=old.info.run_id,
+                params={},
+                status=TrialStatus.RUNNING
+                if old.info.status == RunStatus.RUNNING
+                else old.data.tags.get(Tag.STATUS, TrialStatus.COMPLETED),
             )
             for m in self.tracker.metric_history(old.info.run_id, "val_accuracy"):
                 trial.history.append({"epoch": m.step, "val_accuracy": m.value})
@@ -226,14 +232,14 @@ class AutoKerasBackend:
                 fh.seek(state.get("offset", 0))
                 self._drain(fh, None, state)
         for key, trial in list(self.trials.items()):
-            if trial.status == "running":
+            if trial.status == TrialStatus.RUNNING:
                 self.tracker.delete_run(trial.run_id)
                 del self.trials[key]
-        for old in self.tracker.child_runs(parent, "final"):
+        for old in self.tracker.child_runs(parent, RunKind.FINAL):
             self.tracker.delete_run(old.info.run_id)
         self.final_run, self.done = None, None
 
-    def _drain(self, fh, status, state: dict) -> int:
+    def _drain(self, fh: TextIO, status: _Status | None, state: dict[str, Any]) -> int:
         """Handle every complete event line from ``fh``'s position on (a line still being written waits);
         the offset reached goes into ``state``. Returns how many were handled."""
         handled = 0
@@ -247,7 +253,7 @@ class AutoKerasBackend:
             state["offset"] = fh.tell()
             handled += 1
 
-    def _run_worker(self, elapsed_before: float, state: dict) -> None:
+    def _run_worker(self, elapsed_before: float, state: dict[str, Any]) -> None:
         c = self.study.config
         data_file = self.folder / "data.npz"
         if not data_file.exists():
@@ -315,7 +321,7 @@ class AutoKerasBackend:
                         handled = self._drain(fh, status, state)
                         state["elapsed"] = elapsed_before + (time.time() - begin)
                         if handled:  # a kill from here on loses neither the events read nor the time spent
-                            self.run_dir.advance(self.run_dir.state.stage, baseline=state)
+                            self.run_dir.save_stage_state(Stage.BASELINE, state)
                         if exited:
                             break
                         time.sleep(POLL_SECONDS)
@@ -325,9 +331,9 @@ class AutoKerasBackend:
                     worker.wait(10)
                 except subprocess.TimeoutExpired:
                     worker.kill()
-                self.run_dir.advance(self.run_dir.state.stage, baseline=state)
+                self.run_dir.save_stage_state(Stage.BASELINE, state)
                 raise
-        self.run_dir.advance(self.run_dir.state.stage, baseline=state)
+        self.run_dir.save_stage_state(Stage.BASELINE, state)
         if worker.returncode != 0 or self.done is None:
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
             raise BaselineFailed(
@@ -335,7 +341,7 @@ class AutoKerasBackend:
             )
 
     # ----------------------------------------------------------------------------------- events
-    def _on_event(self, event: dict, status) -> None:
+    def _on_event(self, event: dict[str, Any], status: _Status | None) -> None:
         """One event from the worker into MLflow (``status``: the terminal's spinner, None on replay)."""
         kind = event["event"]
         if status is None:
@@ -348,9 +354,9 @@ class AutoKerasBackend:
             self.tracker.set_tags(
                 self.parent,
                 {
-                    "hpo.keras": event["keras"],
-                    "hpo.autokeras": event["autokeras"],
-                    "hpo.keras_backend": event["backend"],
+                    Tag.KERAS: event["keras"],
+                    Tag.AUTOKERAS: event["autokeras"],
+                    Tag.KERAS_BACKEND: event["backend"],
                 },
             )
         elif kind == "trial_begin":
@@ -362,26 +368,22 @@ class AutoKerasBackend:
                 f"autokeras-trial-{number:03d}",
                 parent=self.parent,
                 tags={
-                    "hpo.kind": "trial",
-                    "hpo.backend": "autokeras",
-                    "hpo.trial_id": key,
-                    "hpo.number": str(number),
-                    "hpo.status": "running",
+                    Tag.KIND: RunKind.TRIAL,
+                    Tag.BACKEND: self.name,
+                    Tag.TRIAL_ID: key,
+                    Tag.NUMBER: str(number),
+                    Tag.STATUS: TrialStatus.RUNNING,
                 },
             )
             self.tracker.log_params(run_id, {f"autokeras.{k}": v for k, v in event["params"].items()})
-            self.trials[key] = _Trial(key, number, run_id, event["params"])
+            self.trials[key] = _Trial(key=key, number=number, run_id=run_id, params=event["params"])
             status.update(
                 f"autokeras: trial {number}/{self.max_trials} "
                 f"({event['params'].get('image_block_1/block_type', '?')}){self._best_so_far()}"
             )
         elif kind == "epoch":
             trial = self.trials[event["trial"]]
-            row = {
-                k: event[k]
-                for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
-                if k in event
-            }
+            row: dict[str, Any] = {k: event[k] for k in ("epoch", *TRIAL_METRICS) if k in event}
             trial.history.append(row)
             self.tracker.log_metrics(trial.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
             status.update(
@@ -390,14 +392,17 @@ class AutoKerasBackend:
             )
         elif kind == "trial_end":
             trial = self.trials[event["trial"]]
-            trial.status = "stopped" if event["stopped_by_deadline"] else STATUS.get(event["status"], "failed")
-            tags = {"hpo.status": trial.status, "hpo.epochs": len(trial.history)}
+            status_now = (
+                TrialStatus.STOPPED if event["stopped_by_deadline"] else STATUS.get(event["status"], TrialStatus.FAILED)
+            )
+            trial.status = status_now
+            tags: dict[str, Any] = {Tag.STATUS: status_now, Tag.EPOCHS: len(trial.history)}
             if event["stopped_by_deadline"]:
-                tags["hpo.reason"] = "stopped by the time budget"
+                tags[Tag.REASON] = "stopped by the time budget"
             if event.get("message"):
-                tags["hpo.error"] = event["message"][-500:]
+                tags[Tag.ERROR] = event["message"][-500:]
             self.tracker.set_tags(trial.run_id, tags)
-            self.tracker.end_run(trial.run_id, RUN_STATUS[trial.status])
+            self.tracker.end_run(trial.run_id, status_now.run_status())
         elif kind == "final_begin":
             self.search_seconds = self._elapsed_before + (event["time"] - self._begin)
             winner = self.trials.get(event["trial"])
@@ -405,10 +410,10 @@ class AutoKerasBackend:
                 "final",
                 parent=self.parent,
                 tags={
-                    "hpo.kind": "final",
-                    "hpo.backend": "autokeras",
-                    "hpo.winner_trial": event["trial"],
-                    "hpo.winner_run": winner.run_id if winner else "",
+                    Tag.KIND: RunKind.FINAL,
+                    Tag.BACKEND: self.name,
+                    Tag.WINNER_TRIAL: event["trial"],
+                    Tag.WINNER_RUN: winner.run_id if winner else "",
                 },
             )
             self.final_params = {
@@ -421,14 +426,14 @@ class AutoKerasBackend:
             self.tracker.log_params(self.final_run, self.final_params)
             status.update(f"autokeras: retraining its winner on {event['retrain_on']} for {event['epochs']} epochs")
         elif kind == "final_epoch":
-            row = {k: event[k] for k in ("train_loss", "train_accuracy", "seconds") if k in event}
+            row = {k: event[k] for k in FINAL_METRICS if k in event}
             self.tracker.log_metrics(self.final_run, row, step=event["epoch"])
         elif kind == "done":
             self.done = event
 
     def _best_so_far(self) -> str:
-        values = [v for t in self.trials.values() for v in [t.best("val_accuracy", "max")[0]] if v is not None]
-        return f", best val_accuracy {max(values):.4f}" if values else ""
+        values = [v for t in self.trials.values() for v in [t.best(Metric.VAL_ACCURACY, "max")[0]] if v is not None]
+        return f", best {Metric.VAL_ACCURACY} {max(values):.4f}" if values else ""
 
     # ----------------------------------------------------------------------------------- the end
     def _finish(self, wall_seconds: float) -> BaselineResult:
@@ -436,28 +441,31 @@ class AutoKerasBackend:
 
         c = self.study.config
         data = self.data
-        probs = np.load(self.done["probabilities"]).astype(np.float64)
+        done, final_run = self.done, self.final_run
+        if done is None or final_run is None or not isinstance(data.x_test, np.ndarray):
+            raise BaselineFailed("the AutoKeras worker ended without its final model")  # _run_worker checked
+        probs = np.load(done["probabilities"]).astype(np.float64)
         eps = 1e-12
         test_loss = float(-np.log(np.clip(probs[np.arange(len(data.y_test)), data.y_test], eps, 1)).mean())
         test_accuracy = float((probs.argmax(1) == data.y_test).mean())
-        with self.tracker.finishing(self.final_run):
+        with self.tracker.finishing(final_run):
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp)
                 metrics = write_evaluation(
                     np.log(np.clip(probs, eps, 1)), data.y_test, data.x_test, data.classes, out, f"{c.name} (autokeras)"
                 )
                 for path in sorted(out.iterdir()):
-                    self.tracker.log_artifact(self.final_run, path, "evaluation")
+                    self.tracker.log_artifact(final_run, path, "evaluation")
             metrics = {
                 "test_accuracy": test_accuracy,
                 "test_loss": test_loss,
                 **metrics,
-                "parameters": self.done["parameters"],
+                "parameters": done["parameters"],
             }
-            self.tracker.log_metrics(self.final_run, metrics)
-            self.tracker.log_artifact(self.final_run, self.done["model"], "model")
+            self.tracker.log_metrics(final_run, metrics)
+            self.tracker.log_artifact(final_run, done["model"], "model")
             self.tracker.log_dict(
-                self.final_run,
+                final_run,
                 {
                     "classes": data.classes,
                     "input": "float32 (N, H, W, C) in [0, 255]: the model normalises itself",
@@ -470,7 +478,7 @@ class AutoKerasBackend:
         trials = sorted(self.trials.values(), key=lambda t: t.number)
         best = [v for t in trials for v in [t.best(c.objective.metric, c.objective.direction)[0]] if v is not None]
         best_value = (max if c.objective.direction == "max" else min)(best) if best else None
-        counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped", "failed")}
+        counts = {s: sum(t.status == s for t in trials) for s in COUNTED}
         self.tracker.log_metrics(
             self.parent,
             {
@@ -483,7 +491,7 @@ class AutoKerasBackend:
                 "wall_seconds": wall_seconds,
             },
         )
-        self.tracker.set_tags(self.parent, {"hpo.final_run": self.final_run})
+        self.tracker.set_tags(self.parent, {Tag.FINAL_RUN: final_run})
         with tempfile.TemporaryDirectory() as tmp:
             board = Path(tmp) / "leaderboard.csv"
             with board.open("w", newline="") as fh:
@@ -508,14 +516,14 @@ class AutoKerasBackend:
         for name in ("events.jsonl", "worker.log"):
             self.tracker.log_artifact(self.parent, self.folder / name)
         return BaselineResult(
-            self.parent,
-            test_accuracy,
-            test_loss,
-            len(trials),
-            sum(len(t.history) for t in trials),
-            best_value,
-            self.search_seconds,
-            wall_seconds,
-            self.final_run,
-            int(self.done["parameters"]),
+            run_id=self.parent,
+            test_accuracy=test_accuracy,
+            test_loss=test_loss,
+            trials=len(trials),
+            trial_epochs=sum(len(t.history) for t in trials),
+            best_val_accuracy=best_value,
+            search_seconds=self.search_seconds,
+            wall_seconds=wall_seconds,
+            final_run_id=final_run,
+            parameters=int(done["parameters"]),
         )

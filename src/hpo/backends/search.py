@@ -10,30 +10,37 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from hpo.backends.base import BackendSummary, RunContext
+from hpo.config.backends import BACKENDS
+from hpo.data import ImageData
 from hpo.engine.live import short_params
 from hpo.engine.records import TrialRecord, best_trial
-from hpo.engine.run_dir import BACKEND_STAGES, advance_past
 from hpo.errors import HpoError
+from hpo.names import FINISHED_ORDER, RunKind, Stage, Tag
 from hpo.study import Study
+from hpo.tracking import Tracker
 
-STATUSES = ("completed", "early_stopped", "pruned", "stopped", "failed", "infeasible")
+if TYPE_CHECKING:  # at run time the final stage (and torch with it) loads when a run reaches it
+    from hpo.stages.finalize import FinalResult
 
 
 class SearchFailed(HpoError):
     """No trial produced a result: nothing to finalize."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SearchOutcome:
+    """What the search found: its trials, the winner, and the winner's final model (if finalized)."""
+
     run_id: str
     records: list[TrialRecord]
     winner: TrialRecord
-    final: object | None  # FinalResult; None when final.enabled is false
+    final: FinalResult | None  # None when final.enabled is false
     seconds: float
     search_seconds: float
     metric: str
@@ -41,23 +48,49 @@ class SearchOutcome:
 
     def summary(self) -> BackendSummary:
         f = self.final
-        best = self.winner.best(self.metric, self.mode)[0]
         return BackendSummary(
-            "search",
-            self.run_id,
-            f.test_accuracy if f else None,
-            f.test_loss if f else None,
-            len(self.records),
-            sum(r.epochs for r in self.records),
-            best,
-            self.search_seconds,
-            self.seconds,
+            backend=SearchBackend.name,
+            run_id=self.run_id,
+            test_accuracy=f.test_accuracy if f else None,
+            test_loss=f.test_loss if f else None,
+            trials=len(self.records),
+            trial_epochs=sum(r.epochs for r in self.records),
+            best_value=self.winner.best(self.metric, self.mode)[0],
+            search_seconds=self.search_seconds,
+            wall_seconds=self.seconds,
         )
+
+    def print_summary(self, console: Console, run: RunContext) -> None:
+        c = run.study.config
+        w = self.winner
+        value, epoch = w.best(c.objective.metric, c.objective.direction)
+        table = Table(title=f"study {run.study.name}: summary", show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column()
+        counts = ", ".join(f"{n} {s}" for s in FINISHED_ORDER if (n := sum(r.status == s for r in self.records)))
+        table.add_row("trials", f"{len(self.records)} ({counts})")
+        table.add_row("best trial", f"#{w.number}: {c.objective.metric} {value:.4f} at epoch {epoch}")
+        table.add_row("best params", "\n".join(f"{k} = {v}" for k, v in w.params.items()))
+        f = self.final
+        if f is not None:
+            table.add_row(
+                "test accuracy",
+                f"{f.test_accuracy:.4f} (loss {f.test_loss:.4f}), retrained {f.epochs} epochs on {c.final.retrain_on}",
+            )
+            if f.registered_name:
+                table.add_row("model", f"models:/{f.registered_name}/{f.registered_version} ({f.promotion})")
+            table.add_row("final run", f.run_id)
+        table.add_row("study run", self.run_id)
+        table.add_row("tracking", run.tracking_uri)
+        table.add_row("wall time", f"{self.search_seconds / 60:.1f} min")
+        console.print(table)
 
 
 class SearchBackend:
-    name = "search"
-    stages = BACKEND_STAGES["search"]
+    """hpo's own search: trials sampled by Optuna in Ray Tune, the re-check, the final stage."""
+
+    name = BACKENDS["search"].name
+    stages = BACKENDS["search"].stages
 
     def __init__(self, run: RunContext) -> None:
         self.ctx = run
@@ -71,7 +104,7 @@ class SearchBackend:
             tracker.log_split(parent, run.data.split_record())
             run_dir.advance(run_dir.state.stage, study_run_id=parent)
         else:
-            tracker.reopen(parent, {"hpo.attempts": run_dir.state.attempts})
+            tracker.reopen(parent, {Tag.ATTEMPTS: run_dir.state.attempts})
         run.console.print(f"[bold]search[/] study run {parent}")
         with tracker.finishing(parent):
             return _run_stages(run, parent)
@@ -89,31 +122,34 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
     state = run_dir.state
     notes: list[str] = []
     finished_before = state.stage not in SearchBackend.stages  # resumed in a later backend's stage
-    if state.stage == "search":
+    if state.stage == Stage.SEARCH:
         records = _search(run, parent, notes)
     else:
         records, _ = journal_records(run_dir, study)
     winner = best_trial(records, metric, mode)
+    if winner is None:  # _search raised already; a journal without a result cannot reach a later stage
+        raise SearchFailed("no trial produced a result")
 
-    if state.stage == "recheck":
-        for old in tracker.child_runs(parent, "recheck") if run.resumed else []:
+    if state.stage == Stage.RECHECK:
+        for old in tracker.child_runs(parent, RunKind.RECHECK) if run.resumed else []:
             tracker.delete_run(old.info.run_id)  # a re-check cut off by a crash is redone whole
         verdict = None
         if c.final.recheck.top_k:
             k, n = c.final.recheck.top_k, c.final.recheck.seeds
             with console.status(f"re-checking the top {k} configurations with {n} seeds each"):
                 rechecked = recheck(study, run.data, records, tracker, parent)
-            console.print(
-                f"[bold]recheck[/] trial #{rechecked.winner.number} wins: mean {metric} "
-                f"{rechecked.mean:.4f} ± {rechecked.std:.4f} over {n} seeds"
-            )
-            verdict = {
-                "winner": rechecked.winner.number,
-                "best_epoch": rechecked.best_epoch,
-                "mean": rechecked.mean,
-                "std": rechecked.std,
-            }
-        run_dir.advance("finalize", recheck=verdict)
+            if rechecked is not None:  # None: nothing to re-check
+                console.print(
+                    f"[bold]recheck[/] trial #{rechecked.winner.number} wins: mean {metric} "
+                    f"{rechecked.mean:.4f} ± {rechecked.std:.4f} over {n} seeds"
+                )
+                verdict = {
+                    "winner": rechecked.winner.number,
+                    "best_epoch": rechecked.best_epoch,
+                    "mean": rechecked.mean,
+                    "std": rechecked.std,
+                }
+        run_dir.advance(Stage.FINALIZE, recheck=verdict)
 
     final = None
     best_epoch = None
@@ -122,15 +158,15 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
         best_epoch = state.recheck["best_epoch"]
     if state.final is not None:  # registered before a crash: not redone
         final = FinalResult(**state.final)
-    elif state.stage == "finalize":
+    elif state.stage == Stage.FINALIZE:
         champion = ChampionGuard(tracker, c.registered_model_name)
         if run.resumed:
-            for old in tracker.child_runs(parent, "final"):
+            for old in tracker.child_runs(parent, RunKind.FINAL):
                 tracker.delete_run(old.info.run_id)  # with the model version it may have registered
             champion.restore(state.champion_before)
         else:
-            run_dir.advance("finalize", champion_before=champion.current() or "")
-        tracker.set_tags(parent, {"hpo.winner_trial": winner.trial_id, "hpo.winner_run": winner.run_id})
+            run_dir.advance(Stage.FINALIZE, champion_before=champion.current() or "")
+        tracker.set_tags(parent, {Tag.WINNER_TRIAL: winner.trial_id, Tag.WINNER_RUN: winner.run_id})
         doing = f"finalize: retraining trial #{winner.number} on {c.final.retrain_on}"
         with console.status(doing) as status:
 
@@ -152,10 +188,10 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
                 best_epoch=best_epoch,
                 progress=progress,
             )
-        run_dir.advance("finalize", final=asdict(final))
+        run_dir.advance(Stage.FINALIZE, final=asdict(final))
     if finished_before:  # nothing ran now: what was recorded then stands
         seconds = tracker.get_run(parent).data.metrics.get("wall_seconds", 0.0)
-        return SearchOutcome(parent, records, winner, final, seconds, run_dir.load_trials()[1], metric, mode)
+        return _outcome(run, parent, records, winner, final, seconds)
     if final is not None:
         tracker.log_metrics(parent, {"test_accuracy": final.test_accuracy, "test_loss": final.test_loss})
     seconds = time.time() - run.start
@@ -171,10 +207,31 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
         tracker.log_metrics(parent, {"deadline_slack_seconds": slack})
         notes.append(said)
         console.print(f"[bold]deadline[/] {said}")
-    if state.stage == "finalize" and final is not None:
+    if state.stage == Stage.FINALIZE and final is not None:
         nightly_summary(tracker, study.name, parent, final.promotion if final.registered_name else None, notes)
-        advance_past(run_dir, c, SearchBackend.name)
-    return SearchOutcome(parent, records, winner, final, seconds, run_dir.load_trials()[1], metric, mode)
+        run_dir.advance_past(SearchBackend.stages)
+    return _outcome(run, parent, records, winner, final, seconds)
+
+
+def _outcome(
+    run: RunContext,
+    parent: str,
+    records: list[TrialRecord],
+    winner: TrialRecord,
+    final: FinalResult | None,
+    seconds: float,
+) -> SearchOutcome:
+    c = run.study.config
+    return SearchOutcome(
+        run_id=parent,
+        records=records,
+        winner=winner,
+        final=final,
+        seconds=seconds,
+        search_seconds=run.run_dir.load_trials()[1],
+        metric=c.objective.metric,
+        mode=c.objective.direction,
+    )
 
 
 def _search(run: RunContext, parent: str, notes: list[str]) -> list[TrialRecord]:
@@ -205,7 +262,7 @@ def _search(run: RunContext, parent: str, notes: list[str]) -> list[TrialRecord]
             points += warm.points
             notes.append(warm.describe(run.warm_from))
             console.print(f"[bold]{notes[-1]}[/]" if warm.points else notes[-1], highlight=False)
-            tracker.set_tags(parent, {"hpo.stages.warm_start": run.warm_from})
+            tracker.set_tags(parent, {Tag.WARM_START: run.warm_from})
             tracker.log_metrics(parent, {"warm_start_points": len(warm.points)})
     view = (
         LiveView(
@@ -245,14 +302,14 @@ def _search(run: RunContext, parent: str, notes: list[str]) -> list[TrialRecord]
     )
     _log_search_summary(tracker, parent, records, run_dir.path, metric, mode, time.time() - search_start)
     if best_trial(records, metric, mode) is None:
-        run_dir.advance("done", outcome="failed")  # the other backends do not run either: the study failed
+        run_dir.advance(Stage.DONE, outcome="failed")  # the other backends do not run either: the study failed
         _print_trials(console, study, records)
         reasons = "; ".join(f"trial {r.number}: {r.error}" for r in records if r.error) or "no trial reported"
         raise SearchFailed(f"no trial produced a result ({reasons})")
     if c.final.enabled:
-        run_dir.advance("recheck")
+        run_dir.advance(Stage.RECHECK)
     else:
-        advance_past(run_dir, c, SearchBackend.name)
+        run_dir.advance_past(SearchBackend.stages)
     return records
 
 
@@ -266,7 +323,7 @@ def cluster_cpus() -> float:
 FINAL_OVERHEAD = 30.0  # seconds: evaluation, plots, model logging, exports, registration (measured ~10 s on 2 CPUs)
 
 
-def after_search_seconds(study: Study, data, records: list[TrialRecord]) -> float | None:
+def after_search_seconds(study: Study, data: ImageData, records: list[TrialRecord]) -> float | None:
     """A cautious estimate of what the re-check and the final stage take, from the slowest epoch seen
     so far (None before any epoch): the deadline stopper ends the search when this no longer fits."""
     seconds = [row["seconds"] for r in records for row in r.history if row.get("seconds")]
@@ -287,11 +344,11 @@ def after_search_seconds(study: Study, data, records: list[TrialRecord]) -> floa
 
 
 def _log_search_summary(
-    tracker, parent: str, records: list[TrialRecord], workdir: Path, metric: str, mode: str, seconds: float
+    tracker: Tracker, parent: str, records: list[TrialRecord], workdir: Path, metric: str, mode: str, seconds: float
 ) -> None:
-    counts = {s: sum(r.status == s for r in records) for s in STATUSES}
+    counts = {s: sum(r.status == s for r in records) for s in FINISHED_ORDER}
     best = best_trial(records, metric, mode)
-    metrics = {f"trials_{k}": v for k, v in counts.items()}
+    metrics: dict[str, float | None] = {f"trials_{k}": v for k, v in counts.items()}
     metrics["search_seconds"] = seconds
     metrics["trial_epochs"] = sum(r.epochs for r in records)
     if best is not None:
@@ -308,7 +365,7 @@ def _log_search_summary(
     tracker.log_artifact(parent, board)
 
 
-def _log_stats(tracker, parent: str, path: Path, **extra: float) -> None:
+def _log_stats(tracker: Tracker, parent: str, path: Path, **extra: float) -> None:
     """Complete the backend's timing record with what happened before the search, and log it."""
     stats = {**json.loads(path.read_text()), **extra}
     path.write_text(json.dumps(stats, indent=1))

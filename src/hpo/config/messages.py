@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -16,7 +16,7 @@ from hpo.errors import StudyError
 Loc = tuple[str | int, ...]
 
 
-def describe(error: dict[str, Any]) -> str:
+def describe(error: Mapping[str, Any]) -> str:
     """One pydantic error as a rule and the value that broke it: ``must be >= 1 (got 0)``."""
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     got = f" (got {value!r})"
@@ -139,7 +139,8 @@ def to_study_errors(
 def _untagged(loc: Loc, data: Any, model: type[BaseModel]) -> Loc:
     """``loc`` without the member tags pydantic puts in for tagged unions: ``model.resnet.variant`` names
     ``model.variant`` of a study whose ``model.name`` is ``resnet`` (or left out, for the default)."""
-    out, current = [], model
+    out: list[str | int] = []
+    current: Any = model
     for part in loc:
         tagged = _member(current, part)
         if tagged is not None and not _holds(data, part):

@@ -5,11 +5,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import ByteSize, ConfigDict, Field, WithJsonSchema, field_validator
 
+from hpo.config.backends import BACKEND_NAMES, BackendSections
 from hpo.config.trial import Strict
+
+if TYPE_CHECKING:
+    BackendName = str
+else:  # the registered names (hpo.config.backends), as a Literal: an unknown one is refused with the list
+    BackendName = Literal[BACKEND_NAMES]
 
 
 @dataclass(frozen=True)
@@ -84,22 +90,22 @@ def parse_deadline(value: str, now: datetime | None = None) -> datetime:
 class Subset(Strict):
     """Use a stratified sample of the data (for smoke tests and first looks)."""
 
-    train: int | None = Field(None, ge=20)
-    test: int | None = Field(None, ge=10)
+    train: int | None = Field(default=None, ge=20)
+    test: int | None = Field(default=None, ge=10)
 
 
 class DatasetConfig(Strict):
     name: str = Field(json_schema_extra={"enum": list(DATASET_NAMES)})
-    validation_split: float = Field(0.1, gt=0.0, lt=1.0)
+    validation_split: float = Field(default=0.1, gt=0.0, lt=1.0)
     subset: Subset | None = None
     data_dir: str | None = None
     download: bool = True
     # Image files (tiny_imagenet, image_folder, multilabel_csv): resized to image_size x image_size when
     # given (tiny_imagenet: 32 downsamples its 64 px), as grey (1) or RGB (3) channels (default: the first
     # image's); test_split holds out a stratified test part where the files do not mark one.
-    image_size: int | None = Field(None, ge=8, le=1024)
+    image_size: int | None = Field(default=None, ge=8, le=1024)
     channels: Literal[1, 3] | None = None
-    test_split: float = Field(0.2, gt=0.0, lt=1.0)
+    test_split: float = Field(default=0.2, gt=0.0, lt=1.0)
     # Larger than memory: leave the images on disk; worker processes decode each batch ahead of the model
     # (image-file datasets only; needs image_size).
     stream: bool = False
@@ -116,6 +122,16 @@ class DatasetConfig(Strict):
             raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
         return name
 
+    @property
+    def multilabel(self) -> bool:
+        """Several labels per image."""
+        return self.name in MULTILABEL_DATASETS
+
+    @property
+    def from_files(self) -> bool:
+        """Decoded from image files (so it may stream)."""
+        return self.name in FILE_DATASETS
+
 
 class Objective(Strict):
     metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
@@ -129,11 +145,11 @@ class Objective(Strict):
 class Budget(Strict):
     trials: int = Field(ge=1, le=100_000)
     time: Annotated[float | None, _DURATION_SCHEMA] = Field(
-        None, description="wall-clock limit of the search, e.g. 45m; finalize runs after"
+        default=None, description="wall-clock limit of the search, e.g. 45m; finalize runs after"
     )
     max_epochs: int = Field(ge=1, le=10_000)
     until: str | None = Field(
-        None,
+        default=None,
         description="a deadline for the whole study, search and final stage: "
         "'06:00' (the next 06:00, local time) or an ISO date-time; the search ends "
         "early enough for the re-check and final stage to finish before it",
@@ -162,14 +178,14 @@ class Budget(Strict):
 
 class SchedulerConfig(Strict):
     type: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(3.0, ge=2.0)
+    grace_period: int = Field(default=1, ge=1)
+    reduction_factor: float = Field(default=3.0, ge=2.0)
 
 
 class Resources(Strict):
-    cpus_per_trial: float = Field(1.0, gt=0.0)
-    gpus_per_trial: float = Field(0.0, ge=0.0)
-    max_concurrent: int | None = Field(None, ge=1)
+    cpus_per_trial: float = Field(default=1.0, gt=0.0)
+    gpus_per_trial: float = Field(default=0.0, ge=0.0)
+    max_concurrent: int | None = Field(default=None, ge=1)
     # A cap per trial ("4GiB", "512MB"): Ray packs trials by it, and a trial that needs more fails as
     # infeasible (out of memory) instead of taking the machine down. On a GPU with a fractional
     # gpus_per_trial, each trial is held to its fraction of the card's memory.
@@ -187,15 +203,15 @@ class Resources(Strict):
 class Failures(Strict):
     """What happens when a trial fails (raises, goes NaN, runs out of memory, its process dies)."""
 
-    retries: int = Field(0, ge=0, le=10)  # restarts from scratch before the trial counts as failed
+    retries: int = Field(default=0, ge=0, le=10)  # restarts from scratch before the trial counts as failed
 
 
 class RecheckConfig(Strict):
     """Re-run the top-k configurations at the full epoch budget with fresh seeds and pick the winner by
     the mean of their best validation metric (ASHA's ranking is noisy). ``top_k: 0`` turns it off."""
 
-    top_k: int = Field(0, ge=0, le=50)
-    seeds: int = Field(3, ge=1, le=20)
+    top_k: int = Field(default=0, ge=0, le=50)
+    seeds: int = Field(default=3, ge=1, le=20)
 
 
 class FinalConfig(Strict):
@@ -208,8 +224,8 @@ class FinalConfig(Strict):
     # the current champion's ``promote_metric`` by more than ``min_improvement``.
     promote: Literal["if_better", "always", "never"] = "if_better"
     promote_metric: Literal["test_accuracy", "test_loss"] = "test_accuracy"
-    min_improvement: float = Field(0.0, ge=0.0)
-    export: list[Literal["torchscript", "onnx"]] = ["torchscript", "onnx"]
+    min_improvement: float = Field(default=0.0, ge=0.0)
+    export: list[Literal["torchscript", "onnx"]] = Field(default=["torchscript", "onnx"])
 
 
 class TrackingConfig(Strict):
@@ -230,29 +246,15 @@ class WarmStart(Strict):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
         description="the study whose runs to take configurations from",
     )
-    top_k: int = Field(5, ge=1, le=100)
+    top_k: int = Field(default=5, ge=1, le=100)
 
 
-BACKENDS = ("search", "autokeras")
+class _StudyHead(Strict):
+    """The study's first keys; :class:`StudyConfig` puts the backends' sections after them."""
 
-
-class AutoKerasConfig(Strict):
-    """The AutoKeras baseline (``backends: [search, autokeras]``): ``autokeras.ImageClassifier`` on the
-    study's exact splits, with its budget: ``budget.trials`` models (unless ``max_trials`` says otherwise),
-    ``budget.max_epochs`` epochs each, ``budget.time`` of wall time; its winner is retrained as
-    ``final.retrain_on`` and ``final.epochs`` say, then tested once."""
-
-    tuner: Literal["greedy", "bayesian", "hyperband", "random"] = "greedy"
-    max_trials: int | None = Field(None, ge=1, le=10_000)
-    batch_size: int = Field(32, ge=1, le=8192)
-    # Keras 3 runs on PyTorch by default (no TensorFlow needed); "tensorflow" needs the tensorflow extra.
-    keras_backend: Literal["torch", "tensorflow"] = "torch"
-
-
-class StudyConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     description: str | None = None
-    seed: int = Field(0, ge=0)
+    seed: int = Field(default=0, ge=0)
     # multiclass: one class per image (softmax, cross-entropy); multilabel: any number of labels per image
     # (sigmoid, binary cross-entropy; val_accuracy is the mean per-label accuracy, 1 - Hamming loss)
     task: Literal["multiclass", "multilabel"] = "multiclass"
@@ -260,8 +262,20 @@ class StudyConfig(Strict):
     search_space: str | dict[str, Any]
     # What runs on the study's splits and budget: hpo's own search (Optuna TPE in Ray Tune, ASHA), the
     # AutoKeras baseline, or both (one after the other, each tracked under its own parent run).
-    backends: list[Literal["search", "autokeras"]] = Field(["search"], min_length=1)
-    autokeras: AutoKerasConfig = AutoKerasConfig()
+    backends: list[BackendName] = Field(default=["search"], min_length=1)
+
+    @field_validator("backends")
+    @classmethod
+    def _once_each(cls, backends: list[str]) -> list[str]:
+        repeated = sorted({b for b in backends if backends.count(b) > 1})
+        if repeated:
+            raise ValueError(f"names a backend twice: {', '.join(repeated)}")
+        return backends
+
+
+# A study file: its head, each backend's section (hpo.config.backends.BackendSections), then the objective,
+# the budget and the rest (a docstring here would become the JSON schema's description).
+class StudyConfig(BackendSections, _StudyHead):
     objective: Objective = Objective()
     budget: Budget
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -272,18 +286,10 @@ class StudyConfig(Strict):
     # the trials' MLflow runs show: model.name, model.cnn.depth, ...); each must be a point of the space.
     # A known-good configuration here is the bar every later trial is measured against, and ASHA stops
     # what falls behind it early.
-    start_with: list[dict[str, Any]] = []
+    start_with: list[dict[str, Any]] = Field(default=[])
     final: FinalConfig = FinalConfig()
     tracking: TrackingConfig = TrackingConfig()
     output_dir: str = "runs"
-
-    @field_validator("backends")
-    @classmethod
-    def _once_each(cls, backends: list[str]) -> list[str]:
-        repeated = sorted({b for b in backends if backends.count(b) > 1})
-        if repeated:
-            raise ValueError(f"names a backend twice: {', '.join(repeated)}")
-        return backends
 
     @property
     def registered_model_name(self) -> str:

@@ -2,8 +2,9 @@
 
 Each run of a study owns a folder, ``runs/<study>/<timestamp>/``, holding what a restart needs:
 
-- ``state.json``: the stage reached (search -> recheck -> finalize -> done), the MLflow study run, the
-  study's fingerprint, the time budget already spent, the re-check's verdict;
+- ``state.json``: the run's stages (each backend the study names declares its own, see
+  :mod:`hpo.config.backends`; recorded when the run starts) and the one reached, the MLflow study run, the
+  study's fingerprint, the time budget already spent, the re-check's verdict, each stage's own state;
 - ``trials.json``: every trial the driver has seen, rewritten (atomically) on each event;
 - ``optuna.db``: the sampler's history (Optuna's own storage).
 
@@ -21,29 +22,29 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from hpo._locks import exclusive
 from hpo.errors import RunRefused
+from hpo.names import FINISHED_ORDER, Stage
 
-# Each backend's stages, in the order a run passes through them (a study runs the backends it names).
-BACKEND_STAGES = {"search": ("search", "recheck", "finalize"), "autokeras": ("baseline",)}
-STAGES = (*BACKEND_STAGES["search"], *BACKEND_STAGES["autokeras"], "done")
-TERMINAL = ("completed", "early_stopped", "pruned", "stopped", "failed", "infeasible")
+TERMINAL = FINISHED_ORDER  # a trial in trials.json with one of these statuses is finished (hpo.names)
 
 
 class ResumeConflict(RunRefused):
     """An unfinished run exists that this invocation must not continue (changed study, or running now)."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunState:
     study: str
     fingerprint: str
+    stage: str  # the stage reached (hpo.names.Stage)
+    stages: list[str] | None = None  # the run's stages in order, ending with done (None: from an older hpo)
     created: float = field(default_factory=time.time)
-    stage: str = "search"
     study_run_id: str | None = None
     attempts: int = 1
     search_elapsed: float = 0.0  # search seconds spent by earlier attempts (the time budget)
@@ -53,7 +54,8 @@ class RunState:
     deadline: float | None = None  # budget.until, fixed when the run starts (epoch seconds)
     champion_before: str | None = None  # the registry's champion version when the final stage began
     final: dict[str, Any] | None = None  # the final stage's result, once it has registered the model
-    baseline: dict[str, Any] | None = None  # the AutoKeras baseline: its MLflow run, seconds spent, result
+    # what a backend keeps between attempts, by stage: its MLflow run, the seconds spent, its result, ...
+    stage_state: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -83,9 +85,12 @@ class StudyDir:
 
     # ------------------------------------------------------------------ finding and creating
     @classmethod
-    def open(cls, output_dir: Path, study: str, fingerprint: str, *, fresh: bool = False) -> tuple[StudyDir, bool]:
-        """The study's unfinished run to continue (resumed=True), else a new one. Processes opening the
-        same study take turns (``runs/<study>/.open.lock``), so two never pick the same run."""
+    def open(
+        cls, output_dir: Path, study: str, fingerprint: str, *, stages: Sequence[str], fresh: bool = False
+    ) -> tuple[StudyDir, bool]:
+        """The study's unfinished run to continue (resumed=True), else a new one that starts at the first
+        of ``stages`` (the run's stages in order, ending with done). Processes opening the same study take
+        turns (``runs/<study>/.open.lock``), so two never pick the same run."""
         root = output_dir / study
         with exclusive(root / ".open.lock"):
             latest = cls.latest_unfinished(root)
@@ -101,6 +106,8 @@ class StudyDir:
                         "on disk)."
                     )
                 latest.state.attempts += 1
+                if latest.state.stages is None:  # begun by an older hpo: the same study, so the same stages
+                    latest.state.stages = list(stages)
                 latest.save_state()
                 return latest, True
             if latest is not None and not latest.is_locked():  # --fresh: an interrupted run is set aside
@@ -113,7 +120,7 @@ class StudyDir:
                     break
                 except FileExistsError:
                     path = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{n}"
-            created = cls(path, RunState(study, fingerprint))
+            created = cls(path, RunState(study=study, fingerprint=fingerprint, stage=stages[0], stages=list(stages)))
             created.lock(wait=False)
             created.save_state()
             return created, False
@@ -127,7 +134,11 @@ class StudyDir:
         """Read a run's folder; a state file from another version of hpo loses the keys it does not know."""
         data = json.loads((path / "state.json").read_text())
         known = {f.name for f in fields(RunState)}
-        return cls(path, RunState(**{k: v for k, v in data.items() if k in known}))
+        # older state files kept a stage's own state under the stage's name (``"baseline": {...}``)
+        legacy = {k: v for k, v in data.items() if k not in known and k in set(Stage) and isinstance(v, dict)}
+        state = RunState(**{k: v for k, v in data.items() if k in known})
+        state.stage_state = {**legacy, **state.stage_state}
+        return cls(path, state)
 
     @classmethod
     def all(cls, root: Path, problems: list[str] | None = None) -> list[StudyDir]:
@@ -148,7 +159,7 @@ class StudyDir:
 
     @classmethod
     def latest_unfinished(cls, root: Path) -> StudyDir | None:
-        runs = [r for r in cls.all(root) if r.state.stage != "done" and not r.state.abandoned]
+        runs = [r for r in cls.all(root) if r.state.stage != Stage.DONE and not r.state.abandoned]
         return runs[-1] if runs else None
 
     # ------------------------------------------------------------------ locking
@@ -207,6 +218,21 @@ class StudyDir:
         self.state.stage = stage
         self.save_state()
 
+    def save_stage_state(self, stage: str, state: dict[str, Any]) -> None:
+        """Keep ``state`` as what ``stage`` carries over to the next attempt (the run stays where it is)."""
+        self.state.stage_state = {**self.state.stage_state, stage: state}
+        self.save_state()
+
+    def advance_past(self, owned: Sequence[str]) -> None:
+        """The backend owning the stages ``owned`` is done: on to the run's next stage (the next backend's
+        first, or done)."""
+        sequence = self.state.stages or [*owned, Stage.DONE]
+        following = sequence[sequence.index(owned[-1]) + 1]
+        if following == Stage.DONE:
+            self.advance(Stage.DONE, outcome="completed")
+        else:
+            self.advance(following)
+
     @property
     def trials_file(self) -> Path:
         return self.path / "trials.json"
@@ -253,19 +279,6 @@ class StudyDir:
         return f"{self.state.study}/{self.path.name}"
 
 
-def first_stage(backends: list[str]) -> str:
-    return BACKEND_STAGES[backends[0]][0]
-
-
-def advance_past(run_dir: StudyDir, config, backend: str) -> None:
-    """``backend`` is done: move the run to the next backend the study names, or to done."""
-    later = config.backends[config.backends.index(backend) + 1 :]
-    if later:
-        run_dir.advance(first_stage(later))
-    else:
-        run_dir.advance("done", outcome="completed")
-
-
 def describe(run: StudyDir, metric: str = "val_accuracy", mode: str = "max") -> dict[str, Any]:
     """What ``hpo status`` shows for one run (no heavy imports)."""
     trials, elapsed = run.load_trials()
@@ -279,19 +292,22 @@ def describe(run: StudyDir, metric: str = "val_accuracy", mode: str = "max") -> 
             if value is not None and (best is None or (value > best[0] if mode == "max" else value < best[0])):
                 best = (value, t["number"])
     running = run.is_locked()
-    stage = run.state.stage
+    stage, stages = run.state.stage, run.state.stages
+    # "search (stage 1 of 3)": how far the run is, where the state file records its stages
+    at = f"{stage} (stage {stages.index(stage) + 1} of {len(stages) - 1})" if stages and stage in stages else stage
     if run.state.abandoned:
         where = "abandoned (--fresh)"
-    elif stage == "done":
+    elif stage == Stage.DONE:
         where = "finished" if run.state.outcome != "failed" else "failed: no trial produced a result"
     elif running:
-        where = f"running: {stage}"
+        where = f"running: {at}"
     else:
-        where = f"interrupted in {stage}: `hpo run` continues it"
+        where = f"interrupted in {at}: `hpo run` continues it"
     return {
         "folder": str(run.path),
         "state": where,
         "stage": stage,
+        "stages": stages,
         "attempts": run.state.attempts,
         "trials": counts,
         "search_seconds": elapsed,
