@@ -109,3 +109,20 @@ def test_runs_lookups_and_the_registry_through_the_protocol(tmp_path, make):
     assert tracker.get_run(trial).info.lifecycle_stage == "deleted"
     # nothing above touched MLflow's process-wide tracking URI
     assert os.environ.get("MLFLOW_TRACKING_URI") == before
+
+
+def test_the_calls_that_need_mlflows_process_state_get_the_trackers_and_it_is_put_back(monkeypatch):
+    """Model logging finds its store and experiment through process-wide state (see _process_tracking_uri):
+    inside, they are the tracker's, so the model lands in the study's experiment beside its database (not
+    in ./mlruns); outside, they are as they were, a name someone set included."""
+    import mlflow
+    from hpo.tracking.mlflow_tracker import _process_tracking_uri
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "someone's")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    with _process_tracking_uri("sqlite:////tmp/x.db", "7"):
+        assert mlflow.get_tracking_uri() == "sqlite:////tmp/x.db"
+        assert os.environ["MLFLOW_EXPERIMENT_ID"] == "7" and "MLFLOW_EXPERIMENT_NAME" not in os.environ
+    assert not mlflow.is_tracking_uri_set() and "MLFLOW_TRACKING_URI" not in os.environ
+    assert os.environ["MLFLOW_EXPERIMENT_NAME"] == "someone's" and "MLFLOW_EXPERIMENT_ID" not in os.environ

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpo.engine.recovery import CUT_OFF
 from hpo.engine.run_dir import StudyDir
 from hpo.study import Study
 
@@ -67,7 +68,7 @@ def warm_start_points(study: Study, run_dir: StudyDir, source: str, top_k: int) 
             result.skipped.append(f"{name} optimised in the other direction")
             continue
         for trial in earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if trial.value is not None and not trial.system_attrs.get("hpo:cut_off"):
+            if trial.value is not None and not trial.system_attrs.get(CUT_OFF):
                 told.append(trial)
     told.sort(key=lambda t: t.value or 0.0, reverse=c.objective.direction == "max")  # all have a value
     result.told = len(told)

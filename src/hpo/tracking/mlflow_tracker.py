@@ -84,7 +84,7 @@ def _timed(method: _Method) -> _Method:
 class MlflowTracker(TrackerBase):
     """The ``Tracker`` on MLflow: every call goes through one ``MlflowClient`` bound to ``uri``, so
     nothing here reads or sets MLflow's process-wide tracking URI or active run (one exception, the
-    model logger: see ``_process_tracking_uri``)."""
+    model logger and the registry: see ``_process_tracking_uri``)."""
 
     def __init__(self, uri: str, experiment: str) -> None:
         from mlflow.tracking import MlflowClient
@@ -198,7 +198,7 @@ class MlflowTracker(TrackerBase):
         """Log the model as a torch.export program: graph and weights, no pickled Python objects."""
         import mlflow.pytorch
 
-        with _process_tracking_uri(self.uri):
+        with _process_tracking_uri(self.uri, self.experiment_id):
             info = mlflow.pytorch.log_model(
                 model,
                 name="model",
@@ -258,9 +258,12 @@ class MlflowTracker(TrackerBase):
         tags: Mapping[str, str],
         description: str,
     ) -> str:
-        version = self._client.create_model_version(
-            name, source=source, run_id=run_id, model_id=model_id, tags=dict(tags), description=description
-        )
+        # MLflow's SQL registry store looks up a ``models:/<id>`` source with a client of the process-wide URI
+        # (a TODO in mlflow.store.model_registry.sqlalchemy_store): that URI must be this tracker's for the call.
+        with _process_tracking_uri(self.uri):
+            version = self._client.create_model_version(
+                name, source=source, run_id=run_id, model_id=model_id, tags=dict(tags), description=description
+            )
         return str(version.version)
 
     def version_by_alias(self, name: str, alias: str) -> ModelVersion | None:
@@ -291,20 +294,29 @@ def _run(run: Any) -> Run:
 
 
 @contextmanager
-def _process_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's model logging (``mlflow.models.Model.log``) takes a run id but no tracking URI: it finds the
-    store through the process-wide URI. Set for that one call, and put back as it was (MLflow mirrors it in
-    ``$MLFLOW_TRACKING_URI``, which is restored too). The only place hpo touches MLflow's global state."""
+def _process_tracking_uri(uri: str, experiment_id: str | None = None) -> Iterator[None]:
+    """Two MLflow calls find their store through process-wide state whatever client makes them: logging a
+    model (``mlflow.models.Model.log`` takes a run id, but neither a tracking URI nor an experiment: the
+    model goes to the process's current experiment, not the run's) and registering a version from a
+    ``models:/`` source (MLflow's SQL registry store looks the model up with a default client). For such a
+    call only, the tracking URI (and ``$MLFLOW_EXPERIMENT_ID``) are this tracker's; then all is put back as
+    it was (MLflow mirrors the URI in ``$MLFLOW_TRACKING_URI``, which is restored too). This is the only
+    place hpo touches MLflow's global state; ``mlflow.start_run`` is avoided (it would also end the run)."""
     import mlflow
 
-    before_env = os.environ.get("MLFLOW_TRACKING_URI")
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+    before_env = {key: os.environ.get(key) for key in keys}
     before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(uri)
+    if experiment_id is not None:
+        os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)  # it would win over the id
+        os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
     try:
         yield
     finally:
         mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None: back to unset
-        if before_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before_env
+        for key, value in before_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
