@@ -118,7 +118,7 @@ def test_mlflow_and_optuna_on_postgres_and_a_warm_started_second_study(tmp_path,
     studies = {r.data.tags["hpo.study"]: r for r in runs if r.data.tags.get("hpo.kind") == "study"}
     assert set(studies) == {"first", "second"} and all(r.info.status == "FINISHED" for r in studies.values())
     assert sum(r.data.tags.get("hpo.kind") == "trial" for r in runs) == 7
-    assert studies["second"].data.tags["hpo.stages.warm_start"] == "first"
+    assert studies["second"].data.tags["hpo.warm_start"] == "first"
     assert studies["second"].data.metrics["warm_start_points"] == 2
     versions = client.search_model_versions("name = 'nightly'")
     assert len(versions) == 2
