@@ -118,7 +118,7 @@ def test_train_data_shares_the_arrays(fashion_subset):
 def test_flatten_sends_its_gradient_back_channels_last_while_training_only():
     from torch import nn
 
-    from hpo.train.loop import channels_last_gradients
+    from hpo.train.ops import channels_last_gradients
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 13 * 13, 4))
@@ -133,12 +133,14 @@ def test_flatten_sends_its_gradient_back_channels_last_while_training_only():
         return [p.grad.clone() for p in net.parameters()]
 
     plain = grads()
+    outputs = net(x).detach()
     assert not seen[-1].is_contiguous(memory_format=torch.channels_last)  # Flatten's own NCHW gradient
     with channels_last_gradients(net):
         fixed = grads()
         assert seen[-1].is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(net(x).detach(), outputs)  # the forward pass computes what it did without
         with torch.no_grad():
-            assert torch.equal(net(x), net(x))  # inference is untouched
+            assert torch.equal(net(x), outputs)  # inference too
     assert all(torch.allclose(a, b) for a, b in zip(plain, fixed))
     assert not net[3]._forward_pre_hooks  # removed afterwards
 
