@@ -128,6 +128,8 @@ def run(
 @app.command()
 def status(study: StudyArg, as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Where a study stands: its runs on disk, the stage each reached, its trials and best result."""
+    from rich.markup import escape
+
     from hpo.engine.run_dir import StudyDir, describe
 
     loaded = _load(study)
@@ -137,8 +139,8 @@ def status(study: StudyArg, as_json: Annotated[bool, typer.Option("--json", help
         describe(r, c.objective.metric, c.objective.direction)
         for r in StudyDir.all(Path(c.output_dir) / c.name, problems)
     ]
-    for problem in problems:
-        err.print(f"[yellow]warning[/]: {problem}", highlight=False, markup=False)
+    for problem in problems:  # escaped, not markup=False: that would print the [yellow] tags themselves
+        err.print(f"[yellow]warning[/]: {escape(problem)}", highlight=False)
     if as_json:
         out.print_json(data=runs)
         return
@@ -174,9 +176,7 @@ TrackingOption = Annotated[
 @app.command()
 def report(
     study: StudyArg,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help="output folder (default: reports/STUDY_NAME)")
-    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="output folder (default: reports/STUDY_NAME)")] = None,
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Write an HTML (self-contained) and a Markdown report of the study's latest finished run."""
@@ -293,6 +293,8 @@ def dashboard(
 ) -> None:
     """Start optuna-dashboard on a run's Optuna storage (on loopback by default): the sampler's own view of
     the trials, their parameters, history and importances. Needs hpo's optional extra named dashboard."""
+    from rich.markup import escape
+
     from hpo.engine.run_dir import StudyDir
     from hpo.security import redact
 
@@ -307,7 +309,7 @@ def dashboard(
     problems: list[str] = []
     runs = StudyDir.all(root, problems)
     for problem in problems:
-        err.print(f"warning: {problem}", highlight=False, markup=False)
+        err.print(f"[yellow]warning[/]: {escape(problem)}", highlight=False)
     if run_folder is not None:
         runs = [r for r in runs if r.path.name == run_folder]
         if not runs:

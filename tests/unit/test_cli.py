@@ -145,3 +145,26 @@ def test_hpo_validate_prints_the_install_command_for_a_missing_backend_extra(tmp
         'pip install -e ".[autokeras]"' in result.stderr
     )
     assert "nothing was run" in result.stderr
+
+
+def test_hpo_status_lists_the_runs_and_warns_of_an_unreadable_one(tmp_path, repo_root):
+    """A damaged state file is a warning (in yellow on a terminal: its markup is not printed), the others
+    are listed with the stage they reached out of the stages they recorded."""
+    from hpo.engine.run_dir import StudyDir
+    from hpo.names import Stage
+
+    study = (repo_root / "studies" / "smoke.yaml").read_text()
+    (tmp_path / "s.yaml").write_text(
+        study.replace("../search_spaces/smoke.yaml", str(repo_root / "search_spaces/smoke.yaml"))
+    )
+    name = next(line.split(":", 1)[1].strip() for line in study.splitlines() if line.startswith("name:"))
+    run, _ = StudyDir.open(tmp_path / "runs", name, "fp", stages=(Stage.SEARCH, Stage.RECHECK, Stage.DONE))
+    run.unlock()
+    broken = tmp_path / "runs" / name / "00000000-000000"
+    broken.mkdir()
+    (broken / "state.json").write_text("{trunc")
+    result = hpo("status", "s.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "warning: " in result.stderr and "unreadable state.json" in result.stderr
+    assert "[yellow]" not in result.stderr
+    assert "interrupted in search (stage 1 of 2)" in result.stdout
