@@ -131,6 +131,7 @@ class Tag(StrEnum):
     PLAN_LAYOUT = "hpo.plan.layout"
     PLAN_COMPILE = "hpo.plan.compile"
     PLAN_THREADS = "hpo.plan.threads"
+    PLAN_TF32 = "hpo.plan.tf32"
     PLAN_SOURCE = "hpo.plan.source"
 
 

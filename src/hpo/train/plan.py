@@ -35,6 +35,7 @@ from torch import nn
 
 from hpo._locks import exclusive
 from hpo.models import create_model
+from hpo.names import Tag
 from hpo.train.ops import channels_last_gradients, loss_fn, pick_device, to_device, to_float
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -217,14 +218,14 @@ class ExecutionPlan:
             else f"{machine.cpu_model} ({', '.join(machine.isa) or 'no AVX2'})"
         )
         return {
-            "hpo.plan.device": self.device,
-            "hpo.plan.device_name": name,
-            "hpo.plan.precision": self.precision,
-            "hpo.plan.layout": self.layout,
-            "hpo.plan.compile": str(self.compile).lower(),
-            "hpo.plan.threads": str(self.threads),
-            "hpo.plan.tf32": str(self.tf32).lower(),
-            "hpo.plan.source": self.source,
+            Tag.PLAN_DEVICE: self.device,
+            Tag.PLAN_DEVICE_NAME: name,
+            Tag.PLAN_PRECISION: self.precision,
+            Tag.PLAN_LAYOUT: self.layout,
+            Tag.PLAN_COMPILE: str(self.compile).lower(),
+            Tag.PLAN_THREADS: str(self.threads),
+            Tag.PLAN_TF32: str(self.tf32).lower(),
+            Tag.PLAN_SOURCE: self.source,
         }
 
     def to_dict(self) -> dict[str, Any]:
