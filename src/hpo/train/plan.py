@@ -217,7 +217,7 @@ class ExecutionPlan:
             if dev.type == "cuda" and machine.gpus
             else f"{machine.cpu_model} ({', '.join(machine.isa) or 'no AVX2'})"
         )
-        return {
+        tags = {
             Tag.PLAN_DEVICE: self.device,
             Tag.PLAN_DEVICE_NAME: name,
             Tag.PLAN_PRECISION: self.precision,
@@ -227,6 +227,7 @@ class ExecutionPlan:
             Tag.PLAN_TF32: str(self.tf32).lower(),
             Tag.PLAN_SOURCE: self.source,
         }
+        return {key.value: value for key, value in tags.items()}  # plain strings: they cross processes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
