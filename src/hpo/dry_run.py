@@ -164,7 +164,8 @@ def plan_study(study: Study, data, *, measure: bool = True) -> StudyPlan:
     configuration with its execution plan (``measure=False``: sizes only)."""
     from hpo.errors import StudyErrors
 
-    shape = tuple(int(d) for d in data.x_train.shape[1:])
+    height, width, channels = (int(d) for d in data.x_train.shape[1:])
+    shape = (height, width, channels)
     costs, errors = size_families(study, shape, data.num_classes)
     if errors:
         raise StudyErrors(errors)

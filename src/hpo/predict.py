@@ -72,8 +72,8 @@ def load_exported_model(model_dir: Path, shown: str) -> Any:
     records are not plain tensors. hpo logs only .pt2 programs, so its own models always pass."""
     import mlflow
 
-    flavor = mlflow.models.Model.load(model_dir).flavors.get("pytorch")
-    data = model_dir / flavor["model_data"] if flavor and flavor.get("model_data") else None
+    flavor = mlflow.models.Model.load(model_dir).flavors.get("pytorch") or {}
+    data = model_dir / flavor["model_data"] if flavor.get("model_data") else None
     if data is None or (data / "model.pth").exists() or not (data / "model.pt2").is_file():
         raise HpoError(
             f"model {shown!r} is not a torch.export program (.pt2); hpo does not load pickled "
@@ -173,12 +173,12 @@ class Predictor:
             logits = self.model(batch).float()
         out = []
         if self.multilabel:
-            for path, p in zip(paths, torch.sigmoid(logits).numpy()):
+            for path, p in zip(paths, torch.sigmoid(logits).numpy(), strict=True):
                 order = [i for i in np.argsort(-p) if p[i] >= threshold]
                 out.append(Prediction(str(path), [(self.classes[i], float(p[i])) for i in order], True, threshold))
             return out
         k = min(top_k, len(self.classes))
-        for path, p in zip(paths, torch.softmax(logits, dim=1).numpy()):
-            order = np.argsort(-p)[:k]
-            out.append(Prediction(str(path), [(self.classes[i], float(p[i])) for i in order]))
+        for path, p in zip(paths, torch.softmax(logits, dim=1).numpy(), strict=True):
+            top = np.argsort(-p)[:k]
+            out.append(Prediction(str(path), [(self.classes[i], float(p[i])) for i in top]))
         return out

@@ -106,7 +106,7 @@ def _ref(name: str) -> dict[str, str]:
 
 def _space_object(model: dict[str, Any], models: dict[str, Any]) -> dict[str, Any]:
     # No `required`: a file that extends another may leave any key to the file it extends.
-    notes = {k: model[k] for k in ("title", "description") if k in model}
+    notes: dict[str, Any] = {k: model[k] for k in ("title", "description") if k in model}
     properties = {key: _space_value(value, models) for key, value in model["properties"].items()}
     return {**notes, "type": "object", "properties": properties, "additionalProperties": False}
 
@@ -117,7 +117,7 @@ def _space_value(value: dict[str, Any], models: dict[str, Any]) -> dict[str, Any
     if not refs:
         return _space_leaf(value)
     assert len(refs) == len(choices), f"a field that is a model or something else: {value}"
-    notes = {k: value[k] for k in ("title", "description") if k in value}
+    notes: dict[str, Any] = {k: value[k] for k in ("title", "description") if k in value}
     # A model family without `name` is the CNN (TrialConfig), so the forms are not exclusive: anyOf.
     forms = [_ref(_space_name(ref)) for ref in refs]
     branches = {name: ref for ref in refs for name in _names(models[ref])}
