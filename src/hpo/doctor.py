@@ -39,7 +39,7 @@ def machine_rows() -> list[tuple[str, str]]:
     return rows
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FamilyPlan:
     family: str
     batch_size: int
@@ -74,5 +74,13 @@ def family_plans(study: Study, data, *, device: str = "auto") -> list[FamilyPlan
         model = create_model(config.model, data.x_train.shape[1], data.num_classes, data.mean, data.std)
         rate = plan.images_per_second or math.nan
         seconds = len(data.y_train) / rate + len(data.y_val) / (3 * rate)
-        rows.append(FamilyPlan(family, config.batch_size, sum(p.numel() for p in model.parameters()), plan, seconds))
+        rows.append(
+            FamilyPlan(
+                family=family,
+                batch_size=config.batch_size,
+                parameters=sum(p.numel() for p in model.parameters()),
+                plan=plan,
+                seconds_per_epoch=seconds,
+            )
+        )
     return rows

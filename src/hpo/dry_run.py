@@ -19,7 +19,7 @@ from hpo.study import Study
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # fp32 tensors per parameter beyond weight and gradient
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Cost:
     """One configuration's size: per image unless said otherwise."""
 
@@ -65,15 +65,15 @@ def measure_cost(config: TrialConfig, shape: tuple[int, int, int], classes: int)
     o = config.optimizer
     states = OPTIMIZER_STATES.get(o.name, 2) if o.name != "sgd" or o.momentum > 0 else 0
     return Cost(
-        sum(p.numel() for p in model.parameters()),
-        flops.get_total_flops() / 2,
-        activations // 2,
-        config.batch_size,
-        states,
+        params=sum(p.numel() for p in model.parameters()),
+        flops=flops.get_total_flops() / 2,
+        activation_bytes=activations // 2,
+        batch_size=config.batch_size,
+        optimizer_states=states,
     )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FamilyCost:
     family: str
     smallest: Cost
@@ -83,7 +83,7 @@ class FamilyCost:
     seconds_per_epoch: float = math.nan
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StudyPlan:
     families: list[FamilyCost]
     train_images: int
@@ -172,7 +172,10 @@ def plan_study(study: Study, data, *, measure: bool = True) -> StudyPlan:
     cap, cap_what = memory_cap(study)
     families = [
         FamilyCost(
-            name, min(group, key=lambda c: c.training_bytes), max(group, key=lambda c: c.training_bytes), len(group)
+            family=name,
+            smallest=min(group, key=lambda c: c.training_bytes),
+            largest=max(group, key=lambda c: c.training_bytes),
+            configurations=len(group),
         )
         for name, group in costs.items()
     ]
@@ -183,7 +186,14 @@ def plan_study(study: Study, data, *, measure: bool = True) -> StudyPlan:
                 family.plan = quick_plan(study, config, data)
                 rate = family.plan.images_per_second
                 family.seconds_per_epoch = len(data.y_train) / rate + len(data.y_val) / (3 * rate)
-    return StudyPlan(families, len(data.y_train), len(data.y_val), cap, cap_what, budget_notes(study, families, data))
+    return StudyPlan(
+        families=families,
+        train_images=len(data.y_train),
+        val_images=len(data.y_val),
+        cap_bytes=cap,
+        cap_what=cap_what,
+        notes=budget_notes(study, families, data),
+    )
 
 
 ESTIMATE_IMAGES = 16  # a dry run times one step on this many images when no measured plan is cached

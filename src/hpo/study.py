@@ -23,7 +23,7 @@ from hpo.errors import StudyError, StudyErrors
 from hpo.space import SearchSpace, load_space, parse_space
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Study:
     """A validated study: its config, its compiled search space and where both came from."""
 
@@ -34,7 +34,7 @@ class Study:
     space_file: Path | None
     doc: YamlDoc | None = None  # the study file, for errors found after loading (hpo plan)
     space_doc: YamlDoc | None = None  # the document the space came from (the study's when inline)
-    space_base: tuple = ()  # where the space starts in space_doc
+    space_base: tuple[str | int, ...] = ()  # where the space starts in space_doc
 
     @property
     def name(self) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hpo.config.backends import BACKENDS
+from hpo.names import RunKind, RunStatus, Stage, Tag, TrialStatus
 from hpo.testing import REPO_ROOT, run_hpo
 
 pytestmark = pytest.mark.integration
@@ -63,7 +65,7 @@ def _children(runs, parent, kind):
     return [
         r
         for r in runs
-        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.data.tags.get("hpo.kind") == kind
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.data.tags.get(Tag.KIND) == kind
     ]
 
 
@@ -107,22 +109,30 @@ def test_the_baseline_runs_beside_the_search_and_is_tracked_the_same_way(both_ba
     work, study_file, result = both_backends
     assert "backends side by side" in result.stderr
     client, runs = _runs(work, "ak-both")
-    (search,) = [r for r in runs if r.data.tags.get("hpo.kind") == "study"]
-    (baseline,) = [r for r in runs if r.data.tags.get("hpo.kind") == "baseline"]
-    assert baseline.data.tags["hpo.backend"] == "autokeras" and baseline.info.status == "FINISHED"
-    assert baseline.data.tags["hpo.keras_backend"] == "torch"
+    (search,) = [r for r in runs if r.data.tags.get(Tag.KIND) == RunKind.STUDY]
+    (baseline,) = [r for r in runs if r.data.tags.get(Tag.KIND) == RunKind.BASELINE]
+    assert baseline.data.tags[Tag.BACKEND] == "autokeras" and baseline.info.status == RunStatus.FINISHED
+    assert baseline.data.tags[Tag.KERAS_BACKEND] == "torch"
     assert "mlflow.parentRunId" not in baseline.data.tags  # a top-level run beside the search's
+    # the run's stages, as the two backends declare them, are in its state file; the baseline's result too
+    (state_file,) = (work / "runs" / "ak-both").glob("*/state.json")
+    state = json.loads(state_file.read_text())
+    assert state["stages"] == [*BACKENDS["search"].stages, *BACKENDS["autokeras"].stages, Stage.DONE]
+    assert (
+        state["stage"] == Stage.DONE
+        and state["stage_state"][Stage.BASELINE]["result"]["run_id"] == baseline.info.run_id
+    )
 
     # one nested run per AutoKeras trial: flattened hyperparameters, per-epoch metrics
-    (trial,) = _children(runs, baseline, "trial")
-    assert trial.info.status == "FINISHED" and trial.data.tags["hpo.status"] == "completed"
+    (trial,) = _children(runs, baseline, RunKind.TRIAL)
+    assert trial.info.status == RunStatus.FINISHED and trial.data.tags[Tag.STATUS] == TrialStatus.COMPLETED
     assert trial.data.params["autokeras.image_block_1/block_type"] == "vanilla"
     assert "autokeras.learning_rate" in trial.data.params
     for metric in ("train_loss", "val_loss", "val_accuracy"):
         assert [m.step for m in client.get_metric_history(trial.info.run_id, metric)] == [1]
 
     # the final run: test metrics, confusion matrix, the exported model
-    (final,) = _children(runs, baseline, "final")
+    (final,) = _children(runs, baseline, RunKind.FINAL)
     artifacts = {a.path for a in client.list_artifacts(final.info.run_id, "evaluation")}
     assert {
         "evaluation/confusion_matrix.png",
@@ -186,13 +196,13 @@ def test_the_baseline_on_the_tensorflow_backend(tmp_path, data_dir):
     study = _write_study(tmp_path, "ak-tf", "[autokeras]", keras_backend="tensorflow")
     result = run_hpo(["run", str(study)], tmp_path, data_dir)
     assert result.returncode == 0, result.stdout + result.stderr[-6000:]
-    client, runs = _runs(tmp_path, "ak-tf")
-    assert not [r for r in runs if r.data.tags.get("hpo.kind") == "study"]  # only the baseline ran
-    (baseline,) = [r for r in runs if r.data.tags.get("hpo.kind") == "baseline"]
-    assert baseline.data.tags["hpo.keras_backend"] == "tensorflow"
-    (final,) = _children(runs, baseline, "final")
+    _, runs = _runs(tmp_path, "ak-tf")
+    assert not [r for r in runs if r.data.tags.get(Tag.KIND) == RunKind.STUDY]  # only the baseline ran
+    (baseline,) = [r for r in runs if r.data.tags.get(Tag.KIND) == RunKind.BASELINE]
+    assert baseline.data.tags[Tag.KERAS_BACKEND] == "tensorflow"
+    (final,) = _children(runs, baseline, RunKind.FINAL)
     assert 0.3 < final.data.metrics["test_accuracy"] <= 1.0
-    assert len(_children(runs, baseline, "trial")) == 1
+    assert len(_children(runs, baseline, RunKind.TRIAL)) == 1
 
 
 def test_a_killed_baseline_continues_where_it_stopped(tmp_path, data_dir):
@@ -253,25 +263,25 @@ def test_a_killed_baseline_continues_where_it_stopped(tmp_path, data_dir):
     assert not alive, "the worker went on without its driver"
     assert '"orphaned"' in events.read_text()
 
-    client, runs = _runs(tmp_path, "ak-resume")
+    _, runs = _runs(tmp_path, "ak-resume")
     # the driver died before logging the first model's end (and maybe its start): the next run reads both
     # from the events file
-    before = [r for r in runs if r.data.tags.get("hpo.kind") == "trial"]
-    assert all(r.info.status == "RUNNING" for r in before)
+    before = [r for r in runs if r.data.tags.get(Tag.KIND) == RunKind.TRIAL]
+    assert all(r.info.status == RunStatus.RUNNING for r in before)
 
     result = run_hpo(["run", str(study)], tmp_path, data_dir)
     assert result.returncode == 0, result.stderr[-6000:]
     assert "resuming" in result.stderr
-    client, runs = _runs(tmp_path, "ak-resume")
+    _, runs = _runs(tmp_path, "ak-resume")
     live = [r for r in runs if r.info.lifecycle_stage == "active"]
-    (baseline,) = [r for r in live if r.data.tags.get("hpo.kind") == "baseline"]
-    assert baseline.info.status == "FINISHED" and baseline.data.tags["hpo.attempts"] == "2"
-    trials = sorted(_children(live, baseline, "trial"), key=lambda r: r.data.tags["hpo.trial_id"])
-    assert [t.data.tags["hpo.trial_id"] for t in trials] == ["0", "1"]
+    (baseline,) = [r for r in live if r.data.tags.get(Tag.KIND) == RunKind.BASELINE]
+    assert baseline.info.status == RunStatus.FINISHED and baseline.data.tags[Tag.ATTEMPTS] == "2"
+    trials = sorted(_children(live, baseline, RunKind.TRIAL), key=lambda r: r.data.tags[Tag.TRIAL_ID])
+    assert [t.data.tags[Tag.TRIAL_ID] for t in trials] == ["0", "1"]
     if before:
         assert trials[0].info.run_id == before[0].info.run_id  # kept, not redone
-    assert trials[0].info.status == "FINISHED" and trials[0].data.tags["hpo.status"] == "completed"
+    assert trials[0].info.status == RunStatus.FINISHED and trials[0].data.tags[Tag.STATUS] == TrialStatus.COMPLETED
     begins = [json.loads(line)["trial"] for line in events.read_text().splitlines() if '"trial_begin"' in line]
     assert begins.count("0") == 1
-    (final,) = _children(live, baseline, "final")
+    (final,) = _children(live, baseline, RunKind.FINAL)
     assert 0.3 < final.data.metrics["test_accuracy"] <= 1.0
