@@ -82,7 +82,7 @@ class SearchOutcome:
             table.add_row("final run", f.run_id)
         table.add_row("study run", self.run_id)
         table.add_row("tracking", run.tracking_uri)
-        table.add_row("wall time", f"{self.search_seconds / 60:.1f} min")
+        table.add_row("wall time", f"{self.seconds / 60:.1f} min")
         console.print(table)
 
 
