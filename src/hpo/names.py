@@ -82,6 +82,13 @@ class Stage(StrEnum):
     DONE = "done"
 
 
+class RunOutcome(StrEnum):
+    """How a run of a study ended (``state.json``'s ``outcome`` at stage ``done``)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"  # no trial produced a result
+
+
 class RunKind(StrEnum):
     """What an MLflow run is (the ``hpo.kind`` tag)."""
 
