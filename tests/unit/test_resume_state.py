@@ -12,7 +12,7 @@ import pytest
 
 from hpo.config.backends import BACKENDS, stage_sequence
 from hpo.engine.run_dir import ResumeConflict, StudyDir, describe
-from hpo.names import Stage
+from hpo.names import RunOutcome, Stage
 from hpo.testing import run_hpo
 
 STAGES = (Stage.SEARCH, Stage.RECHECK, Stage.DONE)  # a made-up backend's stages, then done
@@ -23,7 +23,7 @@ def _open(root, fingerprint: str = "fp1", **options):
 
 
 def _finish(run: StudyDir) -> None:
-    run.advance(Stage.DONE, outcome="completed")
+    run.advance(Stage.DONE, outcome=RunOutcome.COMPLETED)
     run.unlock()
 
 
@@ -118,7 +118,7 @@ def test_a_run_records_its_stages_and_passes_through_them_in_order(tmp_path):
     run.advance_past((Stage.SEARCH,))
     assert run.state.stage == Stage.RECHECK
     run.advance_past((Stage.RECHECK,))
-    assert (run.state.stage, run.state.outcome) == (Stage.DONE, "completed")
+    assert (run.state.stage, run.state.outcome) == (Stage.DONE, RunOutcome.COMPLETED)
     assert StudyDir.load(run.path).state.stage == Stage.DONE
 
 

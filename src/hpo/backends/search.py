@@ -21,7 +21,7 @@ from hpo.data import ImageData
 from hpo.engine.live import short_params
 from hpo.engine.records import TrialRecord, best_trial
 from hpo.errors import HpoError
-from hpo.names import FINISHED_ORDER, RunKind, Stage, Tag
+from hpo.names import FINISHED_ORDER, RunKind, RunOutcome, Stage, Tag
 from hpo.study import Study
 from hpo.tracking import Tracker
 
@@ -302,7 +302,7 @@ def _search(run: RunContext, parent: str, notes: list[str]) -> list[TrialRecord]
     )
     _log_search_summary(tracker, parent, records, run_dir.path, metric, mode, time.time() - search_start)
     if best_trial(records, metric, mode) is None:
-        run_dir.advance(Stage.DONE, outcome="failed")  # the other backends do not run either: the study failed
+        run_dir.advance(Stage.DONE, outcome=RunOutcome.FAILED)  # the other backends do not run either: the study failed
         _print_trials(console, study, records)
         reasons = "; ".join(f"trial {r.number}: {r.error}" for r in records if r.error) or "no trial reported"
         raise SearchFailed(f"no trial produced a result ({reasons})")

@@ -29,7 +29,7 @@ from typing import Any
 
 from hpo._locks import exclusive
 from hpo.errors import RunRefused
-from hpo.names import FINISHED_ORDER, Stage
+from hpo.names import FINISHED_ORDER, RunOutcome, Stage
 
 TERMINAL = FINISHED_ORDER  # a trial in trials.json with one of these statuses is finished (hpo.names)
 
@@ -50,7 +50,7 @@ class RunState:
     search_elapsed: float = 0.0  # search seconds spent by earlier attempts (the time budget)
     recheck: dict[str, Any] | None = None  # {"winner": number, "best_epoch", "mean", "std"}
     abandoned: bool = False  # superseded by `hpo run --fresh`
-    outcome: str | None = None  # at stage "done": completed | failed (no trial succeeded)
+    outcome: str | None = None  # at stage done: a RunOutcome
     deadline: float | None = None  # budget.until, fixed when the run starts (epoch seconds)
     champion_before: str | None = None  # the registry's champion version when the final stage began
     final: dict[str, Any] | None = None  # the final stage's result, once it has registered the model
@@ -229,7 +229,7 @@ class StudyDir:
         sequence = self.state.stages or [*owned, Stage.DONE]
         following = sequence[sequence.index(owned[-1]) + 1]
         if following == Stage.DONE:
-            self.advance(Stage.DONE, outcome="completed")
+            self.advance(Stage.DONE, outcome=RunOutcome.COMPLETED)
         else:
             self.advance(following)
 
@@ -298,7 +298,7 @@ def describe(run: StudyDir, metric: str = "val_accuracy", mode: str = "max") -> 
     if run.state.abandoned:
         where = "abandoned (--fresh)"
     elif stage == Stage.DONE:
-        where = "finished" if run.state.outcome != "failed" else "failed: no trial produced a result"
+        where = "finished" if run.state.outcome != RunOutcome.FAILED else "failed: no trial produced a result"
     elif running:
         where = f"running: {at}"
     else:
