@@ -75,7 +75,7 @@ def test_a_truncated_cifar_file_names_itself(tmp_path):
     write_cifar(tmp_path, fine=False, train_per_class=2, test_per_class=1, classes=10)
     batch = tmp_path / "cifar-10-batches-bin" / "test_batch.bin"
     batch.write_bytes(batch.read_bytes()[:-5])
-    with pytest.raises(DataError, match="test_batch.bin: .* not a whole number of 3073-byte"):
+    with pytest.raises(DataError, match=r"test_batch\.bin: .* not a whole number of 3073-byte"):
         _load("cifar10", tmp_path)
 
 

@@ -22,7 +22,13 @@ def folder(tmp_path, monkeypatch):
 
 
 def _both(folder):
-    common = dict(name="image_folder", data_dir=str(folder), image_size=16, validation_split=0.2, test_split=0.2)
+    common = {
+        "name": "image_folder",
+        "data_dir": str(folder),
+        "image_size": 16,
+        "validation_split": 0.2,
+        "test_split": 0.2,
+    }
     return (load_data(DatasetConfig(**common), seed=1), load_data(DatasetConfig(**common, stream=True), seed=1))
 
 
@@ -63,7 +69,7 @@ def test_training_on_streamed_images_matches_training_in_memory(folder):
         )
         results.append((result.history, logits))
     (memory, memory_logits), (streamed, streamed_logits) = results
-    for a, b in zip(memory, streamed):
+    for a, b in zip(memory, streamed, strict=True):
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5) and a.val_accuracy == b.val_accuracy
     assert torch.allclose(memory_logits, streamed_logits, atol=1e-4)
 

@@ -141,7 +141,7 @@ def test_flatten_sends_its_gradient_back_channels_last_while_training_only():
         assert torch.equal(net(x).detach(), outputs)  # the forward pass computes what it did without
         with torch.no_grad():
             assert torch.equal(net(x), outputs)  # inference too
-    assert all(torch.allclose(a, b) for a, b in zip(plain, fixed))
+    assert all(torch.allclose(a, b) for a, b in zip(plain, fixed, strict=True))
     assert not net[3]._forward_pre_hooks  # removed afterwards
 
 
