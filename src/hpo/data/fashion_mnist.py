@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpo._torchvision import import_torchvision
 from hpo.config.study import DatasetConfig
 from hpo.data import images
 from hpo.data.idx import read_idx
@@ -112,8 +113,6 @@ def _check_pair(x: np.ndarray, y: np.ndarray, x_file: Path, y_file: Path, classe
 
 def _download(data_dir: Path | None, spec: IdxDataset = FASHION_MNIST) -> Path:
     """Fetch the files with torchvision into ``data_dir`` (or the cache)."""
-    from hpo._torchvision import import_torchvision
-
     root = data_dir or images.CACHE_DIR
     dataset = getattr(import_torchvision().datasets, spec.torchvision)
     try:

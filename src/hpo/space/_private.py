@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from hpo.config.messages import to_study_errors
-from hpo.config.trial import TrialConfig, boolean_numbers
+from hpo.config.trial import MODEL_CONFIGS, TrialConfig, boolean_numbers
 from hpo.config.yaml_loader import YamlDoc, load_yaml
 from hpo.errors import StudyError, StudyErrors
 
@@ -197,8 +197,6 @@ class SearchSpace:
         """(weights name, where ``pretrained`` is set in the space file) for every model the space can build
         with ``pretrained: true``: torchvision names (``resnet18``) and ``timm/<model>``. ``hpo validate``
         checks that their weights can be had."""
-        from hpo.config.trial import MODEL_CONFIGS
-
         model = self.root.get("model")
         branches = model.options if isinstance(model, Branches) else {None: model} if isinstance(model, dict) else {}
         found: list[tuple[str, tuple[str, ...]]] = []
