@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--study", default=str(Path(__file__).parent / "studies" / "asha.yaml"))
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
+    from hpo.backends.search import SearchOutcome
     from hpo.runner import run_study
     from hpo.study import load_study
     from hpo.testing import find_fashion_mnist
@@ -69,12 +70,12 @@ def main() -> None:
         start = time.time()
         outcome = run_study(study, tracking_uri=uri, live=False, points=points, fresh=True)
         metric, mode = c.objective.metric, c.objective.direction
-        best = outcome.winner.best(metric, mode)
+        best = outcome.result(SearchOutcome).winner.best(metric, mode)
         results[label] = {
             "best": best[0],
-            "trial": outcome.winner.number,
+            "trial": outcome.result(SearchOutcome).winner.number,
             "epoch": best[1],
-            "epochs": sum(r.epochs for r in outcome.records),
+            "epochs": sum(r.epochs for r in outcome.result(SearchOutcome).records),
             "seconds": time.time() - start,
         }
     full, asha = list(results.values())

@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -43,16 +43,6 @@ class StudyOutcome:
 
     def summaries(self) -> list[BackendSummary]:
         return [result.summary() for result in self.results.values()]
-
-    def __getattr__(self, name: str) -> Any:
-        """A field of a backend's own result (``outcome.records``, ``outcome.final``), from the first of the
-        run's results that has it; ``result(kind)`` is the typed way."""
-        if name.startswith("_") or name == "results":  # not set yet (copying, unpickling): no delegation
-            raise AttributeError(name)
-        for result in self.results.values():
-            if hasattr(result, name):
-                return getattr(result, name)
-        raise AttributeError(f"{type(self).__name__} has no {name!r}, nor has any backend's result")
 
 
 def _check_database_drivers(*uris: str | None) -> None:

@@ -13,6 +13,8 @@ import torch
 import yaml
 from rich.console import Console
 
+from hpo.backends.search import SearchOutcome
+from hpo.names import TrialStatus
 from hpo.testing import REPO_ROOT
 from hpo.testing.datasets import write_apparel_csv, write_cifar, write_tiny_imagenet
 
@@ -68,10 +70,11 @@ def _run(path: Path, work: Path, monkeypatch):
         outcome = run_study(study, console=Console(file=io.StringIO()), live=False, points=points)
     finally:
         ray.shutdown()
-    families = {r.config.model.name for r in outcome.records}
+    search = outcome.result(SearchOutcome)
+    families = {r.config.model.name for r in search.records}
     assert families == {p["model.name"] for p in points}
-    assert all(r.status == "completed" for r in outcome.records), [(r.number, r.error) for r in outcome.records]
-    assert outcome.final is not None and 0.0 <= outcome.final.test_accuracy <= 1.0
+    assert all(r.status == TrialStatus.COMPLETED for r in search.records), [(r.number, r.error) for r in search.records]
+    assert search.final is not None and 0.0 <= search.final.test_accuracy <= 1.0
     return outcome
 
 
@@ -79,20 +82,20 @@ def _final_run(outcome):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=outcome.tracking_uri)
-    return client, client.get_run(outcome.final.run_id)
+    return client, client.get_run(outcome.result(SearchOutcome).final.run_id)
 
 
 def test_fashion_mnist_with_its_resnet_branch(tmp_path, data_dir, monkeypatch):
     path = _shrunk("fashion_mnist", tmp_path, data_dir, subset={"train": 600, "test": 200})
     outcome = _run(path, tmp_path, monkeypatch)
-    assert {r.config.model.name for r in outcome.records} == {"cnn", "resnet"}
+    assert {r.config.model.name for r in outcome.result(SearchOutcome).records} == {"cnn", "resnet"}
 
 
 def test_cifar10_cnn_and_mobilenet(tmp_path, monkeypatch):
     write_cifar(tmp_path / "data", fine=False, train_per_class=12, test_per_class=3, classes=10)
     outcome = _run(_shrunk("cifar10", tmp_path, tmp_path / "data"), tmp_path, monkeypatch)
-    assert {r.config.model.name for r in outcome.records} == {"cnn", "mobilenet"}
-    mobilenet = next(r for r in outcome.records if r.config.model.name == "mobilenet")
+    assert {r.config.model.name for r in outcome.result(SearchOutcome).records} == {"cnn", "mobilenet"}
+    mobilenet = next(r for r in outcome.result(SearchOutcome).records if r.config.model.name == "mobilenet")
     assert mobilenet.config.augment.cutmix == 0.0 and "augment.cutmix" in mobilenet.params  # searched
 
 
@@ -102,7 +105,7 @@ def test_tiny_imagenet_at_32_px(tmp_path, monkeypatch):
     monkeypatch.setattr(images, "CACHE_DIR", tmp_path / "cache")
     write_tiny_imagenet(tmp_path / "data", classes=6, train_per_class=10, val_per_class=3)
     outcome = _run(_shrunk("tiny_imagenet", tmp_path, tmp_path / "data"), tmp_path, monkeypatch)
-    assert {r.config.model.name for r in outcome.records} == {"cnn", "alexnet", "densenet"}
+    assert {r.config.model.name for r in outcome.result(SearchOutcome).records} == {"cnn", "alexnet", "densenet"}
     client, final = _final_run(outcome)
     assert int(final.data.params["final.train_images"]) == 60  # train+val, 6 classes x 10
     assert (tmp_path / "cache" / "decoded").is_dir()  # decoded at 32 px once

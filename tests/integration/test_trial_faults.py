@@ -14,6 +14,7 @@ import time
 import pytest
 from rich.console import Console
 
+from hpo.backends.search import SearchOutcome
 from hpo.testing import run_hpo
 
 pytestmark = pytest.mark.integration
@@ -109,8 +110,8 @@ def test_each_fault_is_recorded_and_the_study_goes_on(tmp_path, data_dir, monkey
         killer.join()
         ray.shutdown()
 
-    by_lr = {(r.params["optimizer.lr"], r.params["batch_size"]): r for r in outcome.records}
-    assert len(outcome.records) == 6
+    by_lr = {(r.params["optimizer.lr"], r.params["batch_size"]): r for r in outcome.result(SearchOutcome).records}
+    assert len(outcome.result(SearchOutcome).records) == 6
     ok, nan, oom = by_lr[(0.05, 64)], by_lr[(10.0, 16)], by_lr[(0.05, 1000)]
     once, always, dead = by_lr[(0.02, 64)], by_lr[(0.03, 64)], by_lr[(0.04, 64)]
     assert ok.status == "completed" and ok.attempts == 1
@@ -130,7 +131,7 @@ def test_each_fault_is_recorded_and_the_study_goes_on(tmp_path, data_dir, monkey
         )
     }
     assert len(runs) == 6  # retried attempts replaced their run: one live run per trial
-    for record in outcome.records:
+    for record in outcome.result(SearchOutcome).records:
         run = runs[record.run_id]
         assert run.data.tags["hpo.status"] == record.status
         assert run.info.status == ("FINISHED" if record.status == "completed" else "FAILED")

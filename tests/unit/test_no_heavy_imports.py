@@ -36,3 +36,18 @@ def test_the_bookkeeping_and_its_tests_import_neither_ray_nor_mlflow():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_trial_worker_importing_the_trainer_loads_no_ray_mlflow_optuna_or_yaml():
+    """What a Ray worker pays for ``import hpo.train``: torch and the model zoo, not the study's YAML parser,
+    the tracking stack or the search libraries (package ``__init__`` imports count here, which
+    import-linter's contracts do not see)."""
+    code = (
+        "import sys, hpo.train\n"
+        "print(sorted(m for m in ('ray', 'mlflow', 'optuna', 'yaml', 'hpo.config.yaml_loader', 'hpo.study',"
+        " 'hpo.data.formats', 'hpo.data.fashion_mnist') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]"

@@ -13,14 +13,16 @@ import importlib.metadata
 import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import Field
 
 from hpo.config.trial import Strict
-from hpo.config.yaml_loader import YamlDoc
 from hpo.errors import StudyError
 from hpo.names import Stage
+
+if TYPE_CHECKING:  # the checks only call doc.error(); the YAML parser loads with a study, not with a trial
+    from hpo.config.yaml_loader import YamlDoc
 
 
 # ------------------------------------------------------------------------------- the study's sections
@@ -78,7 +80,7 @@ class StudyView(Protocol):
     def dataset(self) -> _Dataset: ...
 
 
-Check = Callable[[StudyView, YamlDoc], "StudyError | None"]
+Check = Callable[["StudyView", "YamlDoc"], "StudyError | None"]
 
 
 @dataclass(frozen=True, kw_only=True)
