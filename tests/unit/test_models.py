@@ -253,3 +253,35 @@ def test_a_frozen_backbone_unfreezes_its_last_stage_on_schedule():
     assert first == [False] * len(stages) + [True]  # epoch 1: only the head learns
     assert second == [False] * (len(stages) - 1) + [True, True]  # epoch 2: the last stage joins
     assert sorted({g["lr"] for g in make_optimizer(config, model).param_groups}) == pytest.approx([0.005, 0.05])
+
+
+@pytest.mark.parametrize("family, variant", [("resnet", "resnet18"), ("inception", "inception_v3")])
+def test_pretrained_loads_the_original_architectures_weights(family, variant, monkeypatch):
+    """``pretrained: true`` loads the ImageNet state dict of torchvision's own architecture, every key of it
+    (Inception's includes the auxiliary head, which hpo then drops); here the weights come from a freshly
+    initialised original network instead of the download."""
+    from hpo._torchvision import import_torchvision
+
+    models = import_torchvision().models
+    torch.manual_seed(0)
+    original = models.get_model(variant, weights=None, init_weights=True) if family == "inception" else None
+    original = original or models.get_model(variant, weights=None)
+    state = original.state_dict()
+
+    class Weights:
+        DEFAULT = type("Default", (), {"get_state_dict": staticmethod(lambda **_: state)})
+
+    monkeypatch.setattr(models, "get_model_weights", lambda name: Weights)
+    model = create_model(_family_config(family, variant=variant, pretrained=True), 3, 7).eval()
+    loaded = dict(model.named_parameters())
+    # a deep weight (past the stem hpo may rebuild) arrived unchanged
+    name, tensor = next(
+        (n, t)
+        for n, t in state.items()
+        if n.endswith("weight") and t.ndim == 4 and "1a" not in n and not n.startswith("conv1")
+    )
+    match = [p for n, p in loaded.items() if n.endswith(name)]
+    assert match and torch.equal(match[0].detach(), tensor), name
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 75, 75)).shape == (2, 7)
+    assert not any("AuxLogits" in n for n in loaded)

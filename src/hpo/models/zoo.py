@@ -8,7 +8,7 @@ registry wraps it in ``Classifier`` (normalisation). Small images go through an 
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -205,18 +205,21 @@ class _MainLogits(nn.Module):
 
 @register_family("inception")
 def build_inception(config: InceptionConfig, in_channels: int, num_classes: int) -> nn.Module:
-    # Built without the auxiliary head (aux_logits=False leaves AuxLogits None) and without torchvision's
-    # input re-normalisation (Classifier normalises).
+    # Trained without the auxiliary head, and without torchvision's input re-normalisation (Classifier
+    # normalises). ImageNet weights were saved with the head: a pretrained net is built with it, loaded
+    # strictly, then the head is dropped.
     net = _torchvision_model(
         config.variant,
         config,
         num_classes,
-        aux_logits=False,
+        aux_logits=config.pretrained,
         transform_input=False,
         init_weights=True,
         dropout=config.dropout,
     )
     if config.pretrained:
+        inception: Any = net  # torchvision's Inception3 (untyped): its head slot takes None
+        inception.AuxLogits, inception.aux_logits = None, False
         net.set_submodule("fc", _new_head(_part(net, "fc", nn.Linear), num_classes))
     stem = _stem(_part(net, "Conv2d_1a_3x3.conv", nn.Conv2d), config, in_channels)
     net.set_submodule("Conv2d_1a_3x3.conv", stem)
