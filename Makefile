@@ -25,7 +25,7 @@ test: install
 	$(VENV)/bin/python -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check src
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports

@@ -232,7 +232,7 @@ def main() -> None:
                 )
         rate = {k: images * args.rounds / sum(seconds[k]) for k in loops}
         base = rate["hand-written"]
-        ratios = sorted(b / f for b, f in zip(seconds["hand-written"], seconds["hpo"]))
+        ratios = sorted(b / f for b, f in zip(seconds["hand-written"], seconds["hpo"], strict=False))
         quartiles = statistics.quantiles(ratios, n=4)
         plan = loops["hpo"].plan
         how = f"{plan.precision}, {plan.layout}, {plan.threads} threads"

@@ -53,7 +53,7 @@ def test_plan_sizes_and_times_every_family_of_each_shipped_study(study, tmp_path
     assert result.returncode == 0, result.stderr
     rows = {m.group(1): m.groups() for m in ROW.finditer(result.stdout)}
     assert set(rows) == families(study), result.stdout
-    for family, (_, params, flops, memory, _, _, rate, seconds) in rows.items():
+    for _family, (_, params, flops, _memory, _, _, rate, _seconds) in rows.items():
         assert float(params.split("-")[-1]) > 0 and int(flops.split("-")[-1].replace(",", "")) > 0
         assert int(rate.replace(",", "")) > 0
     assert "a full" in result.stdout and "final retrain" in result.stdout  # the budget is weighed

@@ -4,6 +4,7 @@ in MLflow; the test ends exactly the processes its `ray start` commands created 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -72,10 +73,8 @@ def cluster():
     finally:
         for _ in range(3):  # daemons may still be forking workers: sweep until none is left
             for pid in _sessions_processes(sessions):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             time.sleep(0.5)
         assert not [
             p for p in _sessions_processes(sessions) if Path(f"/proc/{p}/status").read_text().find("State:\tZ") < 0

@@ -45,7 +45,7 @@ def _one_point_per_family(space) -> list[dict]:
     for family in selector.param.choices:
         flat: dict = {}
 
-        def suggest(name, p, family=family):
+        def suggest(name, p, family=family, flat=flat):
             value = family if name == "model.name" else p.corners()[0]
             flat[name] = value
             return value
@@ -106,7 +106,7 @@ def test_tiny_imagenet_at_32_px(tmp_path, monkeypatch):
     write_tiny_imagenet(tmp_path / "data", classes=6, train_per_class=10, val_per_class=3)
     outcome = _run(_shrunk("tiny_imagenet", tmp_path, tmp_path / "data"), tmp_path, monkeypatch)
     assert {r.config.model.name for r in outcome.result(SearchOutcome).records} == {"cnn", "alexnet", "densenet"}
-    client, final = _final_run(outcome)
+    _client, final = _final_run(outcome)
     assert int(final.data.params["final.train_images"]) == 60  # train+val, 6 classes x 10
     assert (tmp_path / "cache" / "decoded").is_dir()  # decoded at 32 px once
 

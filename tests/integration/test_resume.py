@@ -4,6 +4,7 @@ history survives, and the final stage's result is there once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -62,10 +63,8 @@ def _kill_driver_when(proc: subprocess.Popen, ready, timeout: float = 240) -> No
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     for child in family:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
-        except psutil.NoSuchProcess:
-            pass
     wait_ended(family, timeout=30)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def test_recheck_reruns_the_top_k_with_fresh_seeds(smoke_runs):
     assert len({r.data.params["seed"] for r in rechecks}) == 2
     (study,) = by_kind["study"]
     path = client.download_artifacts(study.info.run_id, "recheck.csv")
-    rows = list(csv.DictReader(open(path)))
+    rows = list(csv.DictReader(Path(path).read_text().splitlines()))
     assert len(rows) == 2 and sum(r["chosen"] == "True" for r in rows) == 1
     # the spread reported is that of the chosen trial's best val_accuracy over its re-check seeds
     chosen = next(r for r in rows if r["chosen"] == "True")
@@ -125,7 +126,7 @@ def test_final_run_holds_every_evaluation_artifact(smoke_runs, smoke_data, smoke
             with Image.open(os.path.join(local, name)) as image:
                 image.load()
                 assert image.size[0] > 300 and image.size[1] > 300
-    per_class = list(csv.DictReader(open(os.path.join(local, "per_class_metrics.csv"))))
+    per_class = list(csv.DictReader(Path(local, "per_class_metrics.csv").read_text().splitlines()))
     assert [r["class"] for r in per_class] == smoke_data.classes
     # each class's one-vs-rest ROC-AUC as sklearn computes it from the registered model's scores (the
     # final evaluation may have run in bf16: a few ranks may differ), and well above chance
@@ -142,9 +143,9 @@ def test_final_run_holds_every_evaluation_artifact(smoke_runs, smoke_data, smoke
     cm = np.loadtxt(os.path.join(local, "confusion_matrix.csv"), delimiter=",", dtype=int)
     assert cm.shape == (10, 10) and cm.sum() == len(smoke_data.y_test)
     assert np.trace(cm) / cm.sum() == pytest.approx(final.data.metrics["test_accuracy"])
-    html = open(os.path.join(local, "optuna_plots.html")).read()
+    html = Path(local, "optuna_plots.html").read_text()
     assert "Optimisation history" in html and "plotly" in html.lower()
-    families = list(csv.DictReader(open(os.path.join(local, "families.csv"))))
+    families = list(csv.DictReader(Path(local, "families.csv").read_text().splitlines()))
     assert [f["family"] for f in families] == ["cnn"]
     for metric in ("test_accuracy", "test_loss", "test_macro_f1", "test_macro_roc_auc", "test_ece"):
         assert metric in final.data.metrics

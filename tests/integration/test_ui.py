@@ -190,10 +190,8 @@ class Chromium:
         deadline = time.monotonic() + timeout
         state = {"url": url, "text": ""}
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(RuntimeError):  # between two documents: no context to evaluate in yet
                 state = self.page()
-            except RuntimeError:  # the page between two documents: no context to evaluate in yet
-                pass
             if until(state):
                 break
             time.sleep(0.5)

@@ -63,7 +63,7 @@ def test_doctor_plans_each_model_family_of_a_study(tmp_path, data_dir):
         )
     }
     assert set(rows) == {"cnn", "mobilenet"}, result.stdout
-    for family, (_, params, precision, _, rate, seconds) in rows.items():
+    for _family, (_, params, precision, _, rate, seconds) in rows.items():
         assert float(params) > 0 and int(rate.replace(",", "")) > 0
         # an epoch of the 480 training images (+120 validation) at the measured rate
         assert int(seconds.replace(",", "")) <= 600 / int(rate.replace(",", "")) + 1

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,8 +59,11 @@ def timings(table: dict[tuple[str, bool], float], loss: float = 2.0, losses: dic
 
 
 def test_candidates_follow_the_hardware():
-    def kinds(machine, device, threads=1, prefs=Preferences()):
-        return {(p.precision, p.channels_last, p.tf32, p.threads) for p in candidates(machine, device, prefs, threads)}
+    def kinds(machine, device, threads=1, prefs=None):
+        return {
+            (p.precision, p.channels_last, p.tf32, p.threads)
+            for p in candidates(machine, device, prefs or Preferences(), threads)
+        }
 
     # no native bf16: fp32 only, both layouts
     assert kinds(AVX2, CPU) == {("fp32", False, False, 1), ("fp32", True, False, 1)}
@@ -329,7 +333,7 @@ def test_overrides_are_honoured(batch, fashion_subset):
 def test_this_machine_is_described_as_its_cpu_reports_itself():
     machine = describe_machine()
     flags = set()
-    for line in open("/proc/cpuinfo"):
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             break

@@ -185,7 +185,7 @@ def test_a_pickled_model_is_refused_and_its_payload_never_runs(tmp_path, pickle_
     assert marker.exists()
     marker.unlink()
 
-    with pytest.raises(HpoError, match="not a torch.export program"):
+    with pytest.raises(HpoError, match=r"not a torch\.export program"):
         Predictor(str(model))
     assert not marker.exists()
 
@@ -201,7 +201,7 @@ def test_a_pt2_archive_carrying_a_pickle_is_refused_and_its_payload_never_runs(t
     assert marker.exists()
     marker.unlink()
 
-    with pytest.raises(HpoError, match="refused: .*not a pickle-free payload"):
+    with pytest.raises(HpoError, match=r"refused: .*not a pickle-free payload"):
         Predictor(str(_model_dir(tmp_path / "model", {"model.pt2": crafted})))
     assert not marker.exists()
 

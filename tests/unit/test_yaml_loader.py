@@ -31,7 +31,7 @@ def test_duplicate_keys_are_errors():
 def test_python_tags_are_refused_and_never_constructed(tmp_path):
     marker = tmp_path / "pwned"
     text = f"a: !!python/object/apply:os.system ['touch {marker}']\n"
-    with pytest.raises(StudyError, match="tag .* is not allowed"):
+    with pytest.raises(StudyError, match=r"tag .* is not allowed"):
         parse(text)
     assert not marker.exists()
 
