@@ -19,7 +19,7 @@ MODULES = [
     "hpo.stages.champion",
     "hpo.stages.nightly",
     "tests.unit.test_trial_book",
-    "tests.unit.test_champion",
+    "tests.unit.test_champion_rule",
     "tests.unit.test_recovery_reconcile",
     "tests.unit.test_asha_seed",
 ]
