@@ -119,10 +119,16 @@ def test_the_calls_that_need_mlflows_process_state_get_the_trackers_and_it_is_pu
     from hpo.tracking.mlflow_tracker import _process_tracking_uri
 
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "someone's")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    with _process_tracking_uri("sqlite:////tmp/x.db", "7"):
-        assert mlflow.get_tracking_uri() == "sqlite:////tmp/x.db"
-        assert os.environ["MLFLOW_EXPERIMENT_ID"] == "7" and "MLFLOW_EXPERIMENT_NAME" not in os.environ
-    assert not mlflow.is_tracking_uri_set() and "MLFLOW_TRACKING_URI" not in os.environ
+    found = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None  # put back at the end
+    for uri_before in (None, "sqlite:////tmp/someone-elses.db"):  # unset, and set by whoever ran before
+        mlflow.set_tracking_uri(uri_before)
+        env_before = os.environ.get("MLFLOW_TRACKING_URI")
+        with _process_tracking_uri("sqlite:////tmp/x.db", "7"):
+            assert mlflow.get_tracking_uri() == "sqlite:////tmp/x.db"
+            assert os.environ["MLFLOW_EXPERIMENT_ID"] == "7" and "MLFLOW_EXPERIMENT_NAME" not in os.environ
+        assert mlflow.is_tracking_uri_set() == (uri_before is not None)
+        assert uri_before is None or mlflow.get_tracking_uri() == uri_before
+        assert os.environ.get("MLFLOW_TRACKING_URI") == env_before
+    mlflow.set_tracking_uri(found)
     assert os.environ["MLFLOW_EXPERIMENT_NAME"] == "someone's" and "MLFLOW_EXPERIMENT_ID" not in os.environ
