@@ -120,6 +120,11 @@ class Tag(StrEnum):
     RETRY_ERRORS = "hpo.retry_errors"
     PRUNED_AT_EPOCH = "hpo.pruned_at_epoch"
     NODE = "hpo.node"
+    DEVICE = "hpo.device"  # what a trial, re-check or final run trained on, as assigned: cpu | cuda
+    DEVICE_NAME = "hpo.device_name"  # the GPU's name, or the CPU's model
+    DEVICE_CAPABILITY = "hpo.device_capability"  # CUDA compute capability (8.0), or the CPU's kernel level (AVX2)
+    GPU_SHARE = "hpo.gpu_share"  # GPUs held (a fraction of one where shared); 0 on the CPU
+    GPU_IDS = "hpo.gpu_ids"  # the GPUs Ray assigned (its ids on the node), comma-separated
     SPLIT = "hpo.split"
     SPLIT_SEEN = "hpo.split_seen"
     WINNER_TRIAL = "hpo.winner_trial"
@@ -132,6 +137,7 @@ class Tag(StrEnum):
     KERAS_BACKEND = "hpo.keras_backend"
     AUTOKERAS = "hpo.autokeras"  # the AutoKeras version a baseline ran
     WARM_START = "hpo.warm_start"  # on a study run: the study whose best configurations it evaluated first
+    RECHECK_NOTE = "hpo.recheck_note"  # on a study run: which re-check runs failed, and what came of it
     PLAN_DEVICE = "hpo.plan.device"
     PLAN_DEVICE_NAME = "hpo.plan.device_name"
     PLAN_PRECISION = "hpo.plan.precision"

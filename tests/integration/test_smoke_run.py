@@ -77,7 +77,10 @@ def test_one_nested_run_per_trial_with_epoch_curves(smoke_runs):
 
 
 def test_trials_and_the_final_run_carry_their_execution_plan(smoke_runs):
-    """How each trained (hpo.train.plan), beside its images/s: bf16 only where this CPU has it natively."""
+    """How each trained (hpo.train.plan), beside its images/s: bf16 only where this CPU has it natively;
+    and on what (hpo.engine.devices)."""
+    import torch
+
     from hpo.train import describe_machine
 
     _, by_kind = smoke_runs
@@ -91,6 +94,11 @@ def test_trials_and_the_final_run_carry_their_execution_plan(smoke_runs):
         assert tags["hpo.plan.source"] in ("measured", "cache", "default")  # default: too short to measure
         assert "AVX2" in tags["hpo.plan.device_name"] or "no AVX2" in tags["hpo.plan.device_name"]
         assert run.data.metrics["images_per_second"] > 0
+    for run in [*by_kind["trial"], *by_kind["recheck"], final]:  # the device, as assigned: no GPU asked for
+        tags = run.data.tags
+        assert tags["hpo.device"] == "cpu" and tags["hpo.gpu_share"] == "0", tags
+        assert tags["hpo.device_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert tags["hpo.device_name"] == describe_machine().cpu_model
     assert {t.data.tags["hpo.plan.threads"] for t in by_kind["trial"]} == {"1"}  # cpus_per_trial: 1
     assert final.data.tags["hpo.plan.threads"] in ("1", str(os.cpu_count()))
 

@@ -117,6 +117,7 @@ def test_each_fault_is_recorded_and_the_study_goes_on(tmp_path, data_dir, monkey
     assert ok.status == "completed" and ok.attempts == 1
     assert nan.status == "failed" and nan.error.startswith("FloatingPointError: training loss became")
     assert oom.status == "infeasible" and "out of memory with batch size 1000 on cpu, capped at 300.0 MiB" in oom.error
+    assert oom.attempts == 1 and not oom.retry_errors  # deterministic: not retried, though retries is 1
     assert once.status == "completed" and once.attempts == 2 and "InjectedFault" in once.retry_errors[0]
     assert always.status == "failed" and always.attempts == 2 and "InjectedFault" in always.error
     assert killed, "the killer never found the trial's process"

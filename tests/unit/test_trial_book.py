@@ -179,6 +179,24 @@ def test_the_plan_is_tagged_once_and_handed_on(space):
     assert tracker.runs[record.run_id].tags[Tag.PLAN_PRECISION] == "fp32"
 
 
+def test_every_attempts_run_carries_the_device_the_trial_reported(space):
+    from hpo.engine.devices import Device
+
+    tracker = InMemoryTracker()
+    book, _ = make_book(space, tracker)
+    record = book.started("a", PARAMS)
+    gpu = Device("cuda", "NVIDIA A100-SXM4-40GB", "8.0", 0.25, ("3",)).tags()
+    book.reported("a", result(1, 0.5, device_tags=gpu))
+    first = record.run_id
+    book.retried("a", "InjectedFault: boom")
+    book.reported("a", result(1, 0.5, device_tags=gpu))  # the retry's own run, tagged again
+    assert first != record.run_id
+    for run_id in (first, record.run_id):
+        tags = tracker.runs[run_id].tags
+        assert tags[Tag.DEVICE] == "cuda" and tags[Tag.DEVICE_NAME] == "NVIDIA A100-SXM4-40GB"
+        assert tags[Tag.DEVICE_CAPABILITY] == "8.0" and tags[Tag.GPU_SHARE] == "0.25" and tags[Tag.GPU_IDS] == "3"
+
+
 def test_what_ray_pickles_leaves_the_view_and_journal_behind(space):
     import pickle
 

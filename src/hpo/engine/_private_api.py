@@ -1,11 +1,13 @@
 """Every read of a private attribute of Ray Tune or Optuna, in one place.
 
-hpo needs two things neither library offers publicly:
+hpo needs three things neither library offers publicly:
 
 - which Optuna trial OptunaSearch asked for a Tune trial (``OptunaSearch._ot_trials``), so that after a
   crash the driver's journal and the sampler's storage can be reconciled trial by trial;
 - ASHA's rungs (``AsyncHyperBandScheduler._brackets``, ``_Bracket._rungs``), so that a resumed search can
-  hand a fresh scheduler the rung results of trials finished before the crash.
+  hand a fresh scheduler the rung results of trials finished before the crash;
+- a say in whether a failed trial is retried (``Trial.should_recover``), so that a trial that ran out of
+  memory is not run again only to run out again.
 
 Each accessor raises ``PrivateApiChanged`` naming the attribute when a library update removes it, and
 ``tests/unit/test_private_api.py`` builds the real objects to catch that on the upgrade, not in a run.
@@ -13,6 +15,8 @@ Each accessor raises ``PrivateApiChanged`` naming the attribute when a library u
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -46,3 +50,24 @@ def asha_rungs(scheduler: Any) -> list[tuple[float, dict[str, float]]]:
         for milestone, recorded in _attribute(bracket, "_rungs"):
             rungs.append((milestone, recorded))
     return rungs
+
+
+@contextmanager
+def retry_rule(may_retry: Callable[[Any], bool]) -> Iterator[None]:
+    """While the block runs, Ray Tune retries a failed trial only if ``may_retry(trial)`` agrees as well as
+    its own count (``Trial.should_recover``: failures <= ``FailureConfig.max_failures``). Tune asks that
+    method right after recording the error and offers no hook of its own there (callbacks hear of the
+    retry only once it is scheduled), so the class's method is wrapped for the block, in the driver, where
+    the controller runs (under Ray Client, Tune runs it in a remote task: there Ray's count alone decides)."""
+    from ray.tune.experiment import Trial
+
+    ray_rule = _attribute(Trial, "should_recover")
+
+    def should_recover(trial: Any) -> bool:
+        return bool(ray_rule(trial)) and may_retry(trial)
+
+    Trial.should_recover = should_recover  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Trial.should_recover = ray_rule  # type: ignore[method-assign]

@@ -17,7 +17,7 @@ from hpo.data import ImageData
 from hpo.engine.asha import seed_asha
 from hpo.engine.records import TrialRecord
 from hpo.engine.run_dir import StudyDir
-from hpo.engine.trial_book import TrialBook, classify
+from hpo.engine.trial_book import TrialBook, classify, may_retry
 from hpo.errors import HpoError
 from hpo.space import SearchSpace, define_by_run
 from hpo.study import Study
@@ -35,6 +35,7 @@ class TrialSettings:
     threads: int
     memory_bytes: int | None = None  # resources.memory_per_trial
     gpu_fraction: float | None = None  # a fractional gpus_per_trial: the share of the card's memory
+    gpus: float = 0.0  # resources.gpus_per_trial: what each trial holds (the device follows it)
     precision: str = "auto"  # resources.precision / channels_last / compile (hpo.train.plan)
     channels_last: bool | str = "auto"
     compile: bool | str = "auto"
@@ -45,19 +46,24 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
     """The Ray Tune trainable: one trial, reporting once per epoch. Imports stay inside so that the
     driver's import of this module stays light."""
     import ray
+
+    from hpo.engine.devices import assigned_device
+
+    # First, before anything asks torch about CUDA: the device is the one Ray assigned (none: the CPU,
+    # with no GPU visible; a GPU share torch cannot use: an error, not a silent CPU run).
+    device = assigned_device(settings.gpus)
+
     from pydantic import ByteSize
     from ray import tune
 
-    from hpo.engine.limits import TrialOutOfMemory, is_out_of_memory, memory_cap
+    from hpo.engine.limits import memory_cap, out_of_memory_as_infeasible
     from hpo.train import PlanCache, Preferences, TrainData, plan_training, train
-    from hpo.train.loop import pick_device
 
     started = time.time()  # for the orchestration-overhead accounting (benchmarks/orchestration.py)
     pid, node = os.getpid(), ray.get_runtime_context().get_node_id()
     config = space.resolve(params)
-    device = pick_device().type
 
-    plan_info: dict[str, Any] = {}
+    plan_info: dict[str, Any] = {"device_tags": device.tags()}
 
     def report(epoch, _model) -> None:
         tune.report(
@@ -73,41 +79,32 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
             }
         )
 
-    with memory_cap(settings.memory_bytes, settings.gpu_fraction, device):
-        try:
-            train_data = TrainData.from_arrays(
-                data.x_train,  # type: ignore[arg-type]  # from_arrays takes FileImages too: hpo.train says ndarray
-                data.y_train,
-                data.x_val,  # type: ignore[arg-type]
-                data.y_val,
-                data.num_classes,
-                data.mean,
-                data.std,
-            )
-            prefs = Preferences(settings.precision, settings.channels_last, settings.compile)
-            plan = plan_training(
-                config,
-                train_data,
-                device=device,
-                threads=settings.threads,
-                prefs=prefs,
-                cache=PlanCache(known=settings.known_plans),
-                epochs=settings.max_epochs,
-            )
-            plan_info.update(plan=plan.to_dict(), plan_key=plan.key, plan_tags=plan.tags())
-            train(config, train_data, epochs=settings.max_epochs, seed=settings.seed, plan=plan, report=report)
-        except (RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc):
-                raise
-            cap = (
-                f", capped at {ByteSize(settings.memory_bytes).human_readable(separator=' ')}"
-                if settings.memory_bytes
-                else ""
-            )
-            detail = str(exc).strip().splitlines()[0][-200:] if str(exc).strip() else type(exc).__name__
-            raise TrialOutOfMemory(
-                f"out of memory with batch size {config.batch_size} on {device}{cap} ({detail})"
-            ) from None
+    cap = ByteSize(settings.memory_bytes).human_readable(separator=" ") if settings.memory_bytes else ""
+    with (
+        memory_cap(settings.memory_bytes, settings.gpu_fraction, device.device),
+        out_of_memory_as_infeasible(config.batch_size, device.device, cap),
+    ):
+        train_data = TrainData.from_arrays(
+            data.x_train,  # type: ignore[arg-type]  # from_arrays takes FileImages too: hpo.train says ndarray
+            data.y_train,
+            data.x_val,  # type: ignore[arg-type]
+            data.y_val,
+            data.num_classes,
+            data.mean,
+            data.std,
+        )
+        prefs = Preferences(settings.precision, settings.channels_last, settings.compile)
+        plan = plan_training(
+            config,
+            train_data,
+            device=device.device,
+            threads=settings.threads,
+            prefs=prefs,
+            cache=PlanCache(known=settings.known_plans),
+            epochs=settings.max_epochs,
+        )
+        plan_info.update(plan=plan.to_dict(), plan_key=plan.key, plan_tags=plan.tags())
+        train(config, train_data, epochs=settings.max_epochs, seed=settings.seed, plan=plan, report=report)
 
 
 def _plan_logger(run_dir: StudyDir, view) -> Callable[[TrialRecord, str], None]:
@@ -158,8 +155,8 @@ def run_search(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from hpo.engine._private_api import optuna_trial_number
-    from hpo.engine.ray_callbacks import DeadlineStopper, TrialTracker
+    from hpo.engine._private_api import optuna_trial_number, retry_rule
+    from hpo.engine.ray_callbacks import DeadlineStopper, TrialTracker, trial_error
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     c = study.config
@@ -207,6 +204,7 @@ def run_search(
         threads=max(1, math.floor(c.resources.cpus_per_trial)),
         memory_bytes=int(memory) if memory else None,
         gpu_fraction=gpu_fraction,
+        gpus=c.resources.gpus_per_trial,
         precision=c.resources.precision,
         channels_last=c.resources.channels_last,
         compile=c.resources.compile,
@@ -265,7 +263,9 @@ def run_search(
                 stop=stopper,
             ),
         )
-        _fit(tuner, view)
+        # A trial that ran out of memory is infeasible at once: the same configuration runs out again.
+        with retry_rule(lambda trial: may_retry(trial_error(trial))):
+            _fit(tuner, view)
     fit_end = time.time()
     book.close_unfinished()
     run_dir.save_trials(records, time_spent + fit_end - fit_start)

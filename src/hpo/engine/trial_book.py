@@ -37,6 +37,14 @@ def error_status(error: str) -> TrialStatus:
     return TrialStatus.INFEASIBLE if error.startswith(OUT_OF_MEMORY) else TrialStatus.FAILED
 
 
+def may_retry(error: str) -> bool:
+    """Whether a trial that failed with ``error`` (``"TypeName: message"``) may run again under
+    ``failures.retries``: not when it ran out of memory, which the same configuration at the same batch
+    size does again (infeasible at once); anything else (a crash, a lost process, a flaky read) may pass
+    on a second attempt."""
+    return not error.startswith(OUT_OF_MEMORY)
+
+
 def error_text(raw: str) -> str:
     """``"TypeName: message"`` with the module path dropped; a process that died says so in words."""
     if "worker process has died" in raw or "actor died unexpectedly" in raw:
@@ -141,6 +149,8 @@ class TrialBook:
         if result.get("node") and result["node"] != record.node:  # where it runs, on a cluster
             record.node = result["node"]
             self.tracker.set_tags(self._run(record), {Tag.NODE: record.node})
+        if result.get("device_tags") and len(record.history) == 1:  # each attempt's run, on its first epoch
+            self.tracker.set_tags(self._run(record), result["device_tags"])
         if result.get("plan") and record.plan is None:  # how it trains: precision, layout, threads
             record.plan = dict(result["plan"])
             self.tracker.set_tags(self._run(record), result.get("plan_tags") or {})

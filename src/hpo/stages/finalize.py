@@ -17,6 +17,7 @@ import numpy as np
 
 from hpo.data import ImageData
 from hpo.data.streaming import FileImages, concat_images, head
+from hpo.engine.devices import describe
 from hpo.engine.records import TrialRecord
 from hpo.errors import HpoError
 from hpo.names import Metric, RunKind, Tag
@@ -116,11 +117,13 @@ def finalize(
             train_data,
             epochs=epochs,
             seed=c.seed,
+            device=final_device(c.resources.gpus_per_trial),
             threads=threads or os.cpu_count(),
             prefs=Preferences.from_resources(c.resources),
             report=report,
         )
-        tracker.set_tags(run_id, result.plan.tags())
+        device = describe(result.plan.torch_device)  # uncapped: the driver holds what it trains on whole
+        tracker.set_tags(run_id, {**result.plan.tags(), **device.tags()})
         # tested once, on the device it trained on, as it trained (precision, layout)
         logits = predict_logits(
             result.model,
@@ -173,6 +176,13 @@ def finalize(
     return FinalResult(
         run_id, epochs, test_accuracy, test_loss, metrics, model_uri, name, version, promotion, time.time() - start
     )
+
+
+def final_device(gpus_per_trial: float) -> str:
+    """Where the driver retrains the winner: on the CPU for a study whose trials held no GPU (as they
+    trained, and a GPU the driver's machine has may belong to others' tasks); else on a GPU where this
+    machine has one (a head node without one retrains on its CPU, tagged so)."""
+    return "cpu" if gpus_per_trial == 0 else "auto"
 
 
 def _row(epoch: Any) -> dict[str, Any]:

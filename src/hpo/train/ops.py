@@ -3,6 +3,7 @@ measurements (``hpo.train.plan``), so that the plan times the step training take
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,9 +13,21 @@ from torch import nn
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """``auto``: the GPU this process may use, else the CPU; a named device as named. Which GPUs a process
+    may use is its assignment, and it reaches torch through ``CUDA_VISIBLE_DEVICES``, read when CUDA first
+    initialises: Ray sets it for a task holding GPUs, and ``hpo.engine.devices`` empties it for one holding
+    none, so ``auto`` follows the assignment. A named CUDA device torch cannot use fails here, saying so,
+    not at the first kernel."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise RuntimeError(
+            f"device {device!r} asked for, but torch {torch.__version__} cannot use CUDA here "
+            f"(built with CUDA: {torch.backends.cuda.is_built()}, CUDA_VISIBLE_DEVICES={visible!r})"
+        )
+    return chosen
 
 
 def to_device(model: nn.Module, device: torch.device, memory_format: torch.memory_format) -> nn.Module:
