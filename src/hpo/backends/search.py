@@ -138,7 +138,9 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
             k, n = c.final.recheck.top_k, c.final.recheck.seeds
             with console.status(f"re-checking the top {k} configurations with {n} seeds each"):
                 rechecked = recheck(study, run.data, records, tracker, parent)
-            if rechecked is not None:  # None: nothing to re-check
+            if rechecked is not None and rechecked.note:  # runs that failed; all of them: the search's winner
+                console.print(f"[bold]recheck[/] {rechecked.note}", highlight=False)
+            if rechecked is not None and not rechecked.fell_back:  # None: nothing to re-check
                 console.print(
                     f"[bold]recheck[/] trial #{rechecked.winner.number} wins: mean {metric} "
                     f"{rechecked.mean:.4f} ± {rechecked.std:.4f} over {n} seeds"
