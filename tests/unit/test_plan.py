@@ -359,3 +359,30 @@ def test_an_avx2_dispatch_is_not_native_bf16_whatever_the_cpu():
         check=True,
     ).stdout.split()
     assert out == ["AVX2", "False"]
+
+
+def test_a_training_run_that_may_compile_starts_dynamo_afresh_with_bounded_workers(fashion_subset, monkeypatch):
+    """Ray runs many trials in one process: what dynamo compiled for the last one must not count against
+    the next (after ``recompile_limit`` recompiles of ``forward`` it silently runs eager), and inductor's
+    compile pool gets the trial's threads, not one worker per core of the node."""
+    import torch._dynamo
+    import torch._inductor.config
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", torch._inductor.config.compile_threads)
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "")
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        return x * 2 + 1
+
+    torch.compile(step, backend="eager")(torch.ones(3))  # what an earlier trial left compiled
+    assert len(_debug_get_cache_entry_list(step.__code__)) == 1
+    d = fashion_subset
+    data = TrainData.from_arrays(d.x_train[:256], d.y_train[:256], None, None, 10, d.mean, d.std)
+    prefs = Preferences(precision="fp32", channels_last=False, compile=True)  # fixed: nothing to measure
+
+    plan = plan_module.plan_training(cnn(), data, device="cpu", threads=3, prefs=prefs, cache=PlanCache(path=None))
+
+    assert plan.compile  # as the preferences fix it (too short a run to measure the thread counts)
+    assert _debug_get_cache_entry_list(step.__code__) == []  # the next compile starts from nothing
+    assert torch._inductor.config.compile_threads == 3 and os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == "3"

@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -290,6 +291,27 @@ def candidates(machine: Machine, device: torch.device, prefs: Preferences, threa
         for cl in layouts
         for t in thread_counts
     ]
+
+
+# ----------------------------------------------------------------------------------------------- compile
+
+
+def fresh_compile(threads: int) -> None:
+    """Make ready for compiling a new model: forget what dynamo compiled before and hold the compile workers
+    to ``threads``. Ray runs many trials in one process; dynamo keeps every compiled graph and guard of
+    them, and once a code object (every ``Classifier.forward``) has recompiled ``recompile_limit`` (8)
+    times it silently runs eager. Inductor compiles in a pool of up to 32 worker processes (its
+    ``compile_threads``, one per core by default): on a node shared by trials, each starting its own pool
+    the size of the machine oversubscribes it, so the pool gets the trial's CPUs. The pool is made at the
+    first compile, which reads this setting; ``TORCHINDUCTOR_COMPILE_THREADS`` carries it to a process
+    whose inductor is not imported yet."""
+    os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = str(max(1, threads))
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.compile_threads = max(1, threads)  # type: ignore[attr-defined]
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None:  # not imported yet: nothing was compiled (and importing it costs seconds)
+        dynamo.reset()
 
 
 # ----------------------------------------------------------------------------------------------- measure
@@ -568,6 +590,8 @@ def plan_training(
     """The plan for one training run of ``config`` (a TrialConfig) on ``data`` (a TrainData), measured on
     its first batch of real images. ``model`` (as ``train`` takes it) replaces the config's network."""
     dev = pick_device(device) if isinstance(device, str) else device
+    if prefs.compile is not False:  # a plan that may compile: each training run compiles a new model
+        fresh_compile(threads)
     batch = min(config.batch_size, len(data.y_train))
     x = (
         data.x_train[:batch]
