@@ -168,6 +168,20 @@ def test_every_augmentation_at_p1_changes_every_image(name, channels):
     assert changed.all(), f"{name}: {int((~changed).sum())} of 64 images unchanged"
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", EVERY + MIXING)
+def test_every_augmentation_changes_its_share_and_leaves_the_others_bit_for_bit(name, channels):
+    """Ops transform the whole batch (no host sync to find the picked samples): the unpicked get identity
+    parameters or are blended back, and must come out exactly as they went in, targets too."""
+    x = _noise(512, channels)
+    targets = torch.nn.functional.one_hot(torch.arange(512) % 10, 10).float()
+    out, mixed = BatchAugment(AugmentConfig(**{name: 0.3}), torch.Generator().manual_seed(0), channels)(x, targets)
+    same = (out == x).flatten(1).all(1)
+    assert 0.6 < same.float().mean().item() < 0.8  # 30 % picked, each of them changed
+    if name in MIXING:
+        assert torch.equal(mixed[same], targets[same]) and not torch.equal(mixed, targets)
+
+
 def test_colour_jitter_is_a_per_image_linear_map_on_grey_and_turns_hues_on_rgb():
     from hpo.data.augment import color_jitter
 

@@ -1,18 +1,22 @@
-"""Batched augmentation on the device: each op picks its samples with its probability, then transforms
-all picked samples in one tensor operation (no per-sample Python).
+"""Batched augmentation on the device: each op draws, for every sample of the batch, whether it is
+picked (with its probability) and its parameters, then transforms the whole batch in a few tensor
+operations, the unpicked samples with identity parameters or blended back (``torch.where``). No op asks
+the device anything: no ``nonzero``, boolean indexing, ``.item()`` or ``if tensor``, whose answers a GPU
+would have to finish the batch to give (a host sync per op per batch; ``tests/unit/test_host_syncs.py``
+counts them). Shapes stay static, and an op with probability 0 is left out once, by ``BatchAugment``.
 
-Translation moves by whole pixels (pad and crop, as airbench does): exact, no interpolation blur, and
-cheaper than a resampling grid. Rotation, the affine map (translate, scale, shear) and the resized crop
-are composed into one affine matrix per sample and resampled together, once, with ``grid_sample``, for
-the samples that any of them picked. Colour jitter is one brightness factor and one 3x3 colour matrix per
-sample (contrast, saturation, and hue as a rotation in YIQ space). A picked sample is always changed:
-shifts of zero pixels and near-zero angles are never drawn. CutMix and MixUp also mix the labels: they
-turn the targets into class probabilities that the soft-label loss takes.
+Translation moves by whole pixels (pad, then each sample reads its own window: airbench's crop): exact,
+no interpolation blur, and cheaper than a resampling grid. Rotation, the affine map (translate, scale,
+shear) and the resized crop are composed into one affine matrix per sample and resampled together, once,
+with ``grid_sample``. Colour jitter is one brightness factor and one 3x3 colour matrix per sample
+(contrast, saturation, and hue as a rotation in YIQ space). Random erasing zeroes one rectangle per
+sample, drawn as kornia's ``RandomErasing`` draws it (kornia's picks samples by boolean indexing: a sync).
+A picked sample is always changed: shifts of zero pixels and near-zero angles are never drawn. CutMix and
+MixUp also mix the labels: they turn the targets into class probabilities that the soft-label loss takes.
 
-Random erasing is kornia's. kornia has the others too (but not CutMix/MixUp's label mixing); measured
-(benchmarks/augmentation.py), its colour jitter (HSV round trips) is ~5x slower on CPU batches, and its
-geometric ops resample once each where the composed map resamples once for all, so those are written
-out below.
+kornia has most of these too (not CutMix/MixUp's label mixing); measured (benchmarks/augmentation.py), its
+colour jitter (HSV round trips) is ~5x slower on CPU batches, and its geometric ops resample once each
+where the composed map resamples once for all, so they are written out below.
 
 Each op is registered once (``register_augmentation``) under the ``AugmentConfig`` probabilities it reads,
 and runs in registration order. The config declares which fields are probabilities (``Probability``);
@@ -35,17 +39,30 @@ from hpo.config.trial import AugmentConfig
 
 
 def _pick(n: int, p: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Which of ``n`` samples an op with probability ``p`` picks: a bool mask, never read on the host."""
     if p <= 0:
         return torch.zeros(n, dtype=torch.bool, device=device)
     return torch.rand(n, generator=generator, device=device) < p
 
 
+def _per_sample(mask: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, 1, 1, 1)
+
+
+def _uniform(low, high, n: int, generator, device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator, device=device)
+
+
 def _flip(x: torch.Tensor, p: float, dim: int, generator: torch.Generator | None) -> torch.Tensor:
-    idx = _pick(len(x), p, generator, x.device).nonzero().squeeze(1)
-    if len(idx) == 0:
-        return x
-    # index_copy_ of the picked samples: ~10x faster on CPU than torch.where over the whole batch
-    return x.clone().index_copy_(0, idx, x.index_select(0, idx).flip(dim))
+    """Each sample reads its rows (or columns) in its own order, reversed where picked: one gather, ~1.5x
+    faster on CPU than blending a flipped copy in (``torch.where``) and than the index copy of the
+    picked samples it replaced (benchmarks/augmentation.py)."""
+    n, size = len(x), x.shape[dim]
+    forward = torch.arange(size, device=x.device)
+    order = torch.where(_pick(n, p, generator, x.device).view(n, 1), forward.flip(0), forward)
+    shape = [n] + [1] * (x.ndim - 1)
+    shape[dim] = size
+    return x.gather(dim, order.view(shape).expand_as(x))
 
 
 def hflip(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -58,23 +75,20 @@ def vflip(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -
 
 def translate(x: torch.Tensor, p: float, max_px: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Shift each picked sample by whole pixels, (dy, dx) drawn uniformly from the (2r+1)^2 - 1 non-zero
-    shifts up to ``max_px``, filling with zeros. One slice copy per distinct shift (at most 24 for r = 2):
-    3x faster on CPU than gathering every pixel by index."""
-    idx = _pick(len(x), p, generator, x.device).nonzero().squeeze(1)
-    if len(idx) == 0:
-        return x
-    n, (h, w), r = len(idx), x.shape[-2:], max_px
+    shifts up to ``max_px``, filling with zeros. The batch is padded once; each sample then reads its
+    window of the padded image (``unfold`` views, one indexed copy), the unpicked ones the centre window,
+    which is the sample itself."""
+    n, dev, r = len(x), x.device, max_px
     side = 2 * r + 1
     centre = side * side // 2
-    code = torch.randint(0, side * side - 1, (n,), generator=generator, device=x.device)
-    code = code + (code >= centre).long()
-    padded = F.pad(x.index_select(0, idx), (r, r, r, r))
-    moved = torch.empty_like(padded[:, :, :h, :w])
-    for value in code.unique().tolist():
-        sel = (code == value).nonzero().squeeze(1)
-        dy, dx = value // side - r, value % side - r
-        moved[sel] = padded[sel, :, r - dy : r - dy + h, r - dx : r - dx + w]
-    return x.clone().index_copy_(0, idx, moved)
+    code = torch.randint(0, side * side - 1, (n,), generator=generator, device=dev)
+    code = code + (code >= centre).long()  # never the centre: a picked sample always moves
+    code = torch.where(_pick(n, p, generator, dev), code, centre)
+    h, w = x.shape[-2:]
+    # (n, C, side, side, h, w): the window at offset (i, j) of every sample, a view of the padded batch
+    windows = F.pad(x, (r, r, r, r)).unfold(2, h, 1).unfold(3, w, 1)
+    # a shift by (dy, dx) reads the window at offset (r - dy, r - dx)
+    return windows[torch.arange(n, device=dev), :, side - 1 - code // side, side - 1 - code % side]
 
 
 MIN_MIX = 1e-3  # a picked sample keeps at most 1 - MIN_MIX of itself: it is always changed
@@ -90,152 +104,171 @@ def _beta(alpha: float, n: int, generator: torch.Generator | None, device: torch
     return lam.clamp(MIN_MIX, 1 - MIN_MIX).float()
 
 
-def _partners(idx: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
-    """For each picked sample, another sample of the batch (never itself, when the batch has two)."""
+def _partners(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """For each sample, another sample of the batch (never itself, when the batch has two)."""
+    own = torch.arange(n, device=device)
     if n < 2:
-        return idx
-    offset = torch.randint(1, n, (len(idx),), generator=generator, device=idx.device)
-    return (idx + offset) % n
+        return own
+    return (own + torch.randint(1, n, (n,), generator=generator, device=device)) % n
 
 
 def mixup(
     x: torch.Tensor, targets: torch.Tensor, p: float, alpha: float, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each picked sample becomes ``lam * itself + (1 - lam) * a partner`` (another sample of the batch),
-    and so does its target, with ``lam`` ~ Beta(alpha, alpha)."""
-    idx = _pick(len(x), p, generator, x.device).nonzero().squeeze(1)
-    if len(idx) == 0:
-        return x, targets
-    partner = _partners(idx, len(x), generator)
-    lam = _beta(alpha, len(idx), generator, x.device)
-    x, targets = x.clone(), targets.clone()
-    x[idx] = lam.view(-1, 1, 1, 1) * x[idx] + (1 - lam.view(-1, 1, 1, 1)) * x[partner]
-    targets[idx] = lam.view(-1, 1) * targets[idx] + (1 - lam.view(-1, 1)) * targets[partner]
-    return x, targets
+    and so does its target, with ``lam`` ~ Beta(alpha, alpha). The unpicked keep ``lam = 1``: ``lerp``
+    returns its end point exactly at weight 1."""
+    n, dev = len(x), x.device
+    partner = _partners(n, generator, dev)
+    lam = torch.where(_pick(n, p, generator, dev), _beta(alpha, n, generator, dev), 1.0)
+    mixed = torch.lerp(x[partner], x, _per_sample(lam).to(x.dtype))
+    return mixed, torch.lerp(targets[partner], targets, lam.view(-1, 1).to(targets.dtype))
+
+
+def _boxes(y0: torch.Tensor, y1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(n, 1, h, w) masks of the rectangles rows [y0, y1) x columns [x0, x1), one per sample."""
+    rows = torch.arange(h, device=y0.device).view(1, h, 1)
+    cols = torch.arange(w, device=y0.device).view(1, 1, w)
+    inside = (rows >= y0.view(-1, 1, 1)) & (rows < y1.view(-1, 1, 1))
+    return (inside & (cols >= x0.view(-1, 1, 1)) & (cols < x1.view(-1, 1, 1))).unsqueeze(1)
 
 
 def cutmix(
     x: torch.Tensor, targets: torch.Tensor, p: float, alpha: float, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each picked sample gets a rectangle pasted from a partner (area ``1 - lam`` of the image, ``lam`` ~
-    Beta(alpha, alpha), clipped at the border); its target mixes by the area actually pasted."""
-    idx = _pick(len(x), p, generator, x.device).nonzero().squeeze(1)
-    if len(idx) == 0:
-        return x, targets
-    n, (h, w), dev = len(idx), x.shape[-2:], x.device
-    partner = _partners(idx, len(x), generator)
-    lam = _beta(alpha, n, generator, dev)
-    cut = torch.sqrt(1 - lam)
+    Beta(alpha, alpha), clipped at the border); its target mixes by the area actually pasted. The
+    unpicked get an empty rectangle."""
+    n, (h, w), dev = len(x), x.shape[-2:], x.device
+    picked = _pick(n, p, generator, dev)
+    partner = _partners(n, generator, dev)
+    cut = torch.sqrt(1 - _beta(alpha, n, generator, dev))
     ch, cw = (cut * h).round().long().clamp(min=1), (cut * w).round().long().clamp(min=1)
+    ch, cw = ch * picked, cw * picked
     cy = torch.randint(0, h, (n,), generator=generator, device=dev)
     cx = torch.randint(0, w, (n,), generator=generator, device=dev)
     y0, y1 = (cy - ch // 2).clamp(0, h), (cy + ch - ch // 2).clamp(0, h)
     x0, x1 = (cx - cw // 2).clamp(0, w), (cx + cw - cw // 2).clamp(0, w)
-    rows, cols = torch.arange(h, device=dev).view(1, h, 1), torch.arange(w, device=dev).view(1, 1, w)
-    box = (
-        (rows >= y0.view(-1, 1, 1))
-        & (rows < y1.view(-1, 1, 1))
-        & (cols >= x0.view(-1, 1, 1))
-        & (cols < x1.view(-1, 1, 1))
-    ).unsqueeze(1)  # (n, 1, h, w)
+    box = _boxes(y0, y1, x0, x1, h, w)
     pasted = box.flatten(1).float().mean(1)  # the share of the image that now comes from the partner
-    x, targets = x.clone(), targets.clone()
-    x[idx] = torch.where(box, x[partner], x[idx])
-    targets[idx] = (1 - pasted).view(-1, 1) * targets[idx] + pasted.view(-1, 1) * targets[partner]
-    return x, targets
+    mixed = torch.lerp(targets, targets[partner], pasted.view(-1, 1).to(targets.dtype))  # exact at weight 0
+    return torch.where(box, x[partner], x), mixed
 
 
-def _uniform(low, high, n: int, generator, device) -> torch.Tensor:
-    return low + (high - low) * torch.rand(n, generator=generator, device=device)
+def _affine_matrices(
+    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor, e: torch.Tensor, f: torch.Tensor
+) -> torch.Tensor:
+    """(n, 3, 3) matrices [[a, b, c], [d, e, f], [0, 0, 1]] from (n,) entries."""
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    return torch.stack([a, b, c, d, e, f, zero, zero, one], 1).view(-1, 3, 3)
 
 
 def geometric(x: torch.Tensor, c: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """Rotation, affine (translate, scale, shear) and resized crop, each on the samples it picks with its
-    probability, composed into one output-to-input affine map per sample and resampled once (bilinear,
-    zeros outside)."""
-    n, dev = len(x), x.device
-    rot, aff, crop = (_pick(n, p, generator, dev) for p in (c.rotate, c.affine, c.resized_crop))
-    idx = (rot | aff | crop).nonzero().squeeze(1)
-    if len(idx) == 0:
+    probability, composed into one output-to-input affine map per sample (the identity for what an op
+    did not pick) and resampled once (bilinear, zeros outside). The samples no op picked are taken back
+    unresampled: bilinear resampling on an identity grid is not exact in floating point."""
+    if not (c.rotate > 0 or c.affine > 0 or c.resized_crop > 0):
         return x
-    m = len(idx)
-    eye = torch.eye(3, device=dev).expand(m, 3, 3)
-    theta = eye.clone()
-    if rot.any():
-        magnitude = c.rotate_degrees * _uniform(0.1, 1.0, m, generator, dev)
-        sign = torch.randint(0, 2, (m,), generator=generator, device=dev) * 2 - 1
-        angle = torch.where(rot[idx], magnitude * sign * (math.pi / 180.0), torch.zeros(m, device=dev))
+    n, dev = len(x), x.device
+    theta = torch.eye(3, device=dev).expand(n, 3, 3)
+    moved = torch.zeros(n, dtype=torch.bool, device=dev)
+    zero = torch.zeros(n, device=dev)
+    if c.rotate > 0:
+        picked = _pick(n, c.rotate, generator, dev)
+        magnitude = c.rotate_degrees * _uniform(0.1, 1.0, n, generator, dev)
+        sign = torch.randint(0, 2, (n,), generator=generator, device=dev) * 2 - 1
+        angle = torch.where(picked, magnitude * sign * (math.pi / 180.0), 0.0)
         cos, sin = torch.cos(angle), torch.sin(angle)
-        r = eye.clone()
-        r[:, 0, 0], r[:, 0, 1], r[:, 1, 0], r[:, 1, 1] = cos, -sin, sin, cos
-        theta = r @ theta
-    if aff.any():
-        picked = aff[idx]
-        a = eye.clone()
-        scale = torch.where(picked, _uniform(1 - c.affine_scale, 1 + c.affine_scale, m, generator, dev), 1.0)
+        theta = _affine_matrices(cos, -sin, zero, sin, cos, zero) @ theta
+        moved = moved | picked
+    if c.affine > 0:
+        picked = _pick(n, c.affine, generator, dev)
+        scale = torch.where(picked, _uniform(1 - c.affine_scale, 1 + c.affine_scale, n, generator, dev), 1.0)
         shear = torch.where(
-            picked, torch.tan(_uniform(-c.affine_shear, c.affine_shear, m, generator, dev) * (math.pi / 180.0)), 0.0
+            picked, torch.tan(_uniform(-c.affine_shear, c.affine_shear, n, generator, dev) * (math.pi / 180.0)), 0.0
         )
         shift = 2 * c.affine_translate  # normalised coordinates span 2
-        tx = torch.where(picked, _uniform(-shift, shift, m, generator, dev), 0.0)
-        ty = torch.where(picked, _uniform(-shift, shift, m, generator, dev), 0.0)
-        a[:, 0, 0], a[:, 0, 1], a[:, 0, 2] = 1 / scale, shear / scale, tx
-        a[:, 1, 1], a[:, 1, 2] = 1 / scale, ty
-        theta = a @ theta
-    if crop.any():
-        picked = crop[idx]
-        area = _uniform(c.crop_scale, 1.0, m, generator, dev)
-        ratio = torch.exp(_uniform(math.log(3 / 4), math.log(4 / 3), m, generator, dev))
+        tx = torch.where(picked, _uniform(-shift, shift, n, generator, dev), 0.0)
+        ty = torch.where(picked, _uniform(-shift, shift, n, generator, dev), 0.0)
+        theta = _affine_matrices(1 / scale, shear / scale, tx, zero, 1 / scale, ty) @ theta
+        moved = moved | picked
+    if c.resized_crop > 0:
+        picked = _pick(n, c.resized_crop, generator, dev)
+        area = _uniform(c.crop_scale, 1.0, n, generator, dev)
+        ratio = torch.exp(_uniform(math.log(3 / 4), math.log(4 / 3), n, generator, dev))
         w, h = torch.sqrt(area * ratio).clamp(max=1.0), torch.sqrt(area / ratio).clamp(max=1.0)
-        cx, cy = _uniform(-1, 1, m, generator, dev) * (1 - w), _uniform(-1, 1, m, generator, dev) * (1 - h)
-        k = eye.clone()
-        k[:, 0, 0], k[:, 0, 2] = torch.where(picked, w, 1.0), torch.where(picked, cx, 0.0)
-        k[:, 1, 1], k[:, 1, 2] = torch.where(picked, h, 1.0), torch.where(picked, cy, 0.0)
-        theta = k @ theta
-    grid = F.affine_grid(theta[:, :2].to(x.dtype), [m, *x.shape[1:]], align_corners=False)
-    moved = F.grid_sample(x.index_select(0, idx), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return x.clone().index_copy_(0, idx, moved)
+        cx, cy = _uniform(-1, 1, n, generator, dev) * (1 - w), _uniform(-1, 1, n, generator, dev) * (1 - h)
+        crop = _affine_matrices(
+            torch.where(picked, w, 1.0), zero, torch.where(picked, cx, 0.0),
+            zero, torch.where(picked, h, 1.0), torch.where(picked, cy, 0.0),
+        )  # fmt: skip
+        theta = crop @ theta
+        moved = moved | picked
+    grid = F.affine_grid(theta[:, :2].to(x.dtype), list(x.shape), align_corners=False)
+    resampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return torch.where(_per_sample(moved), resampled, x)
 
 
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _GREY = torch.tensor([0.299, 0.587, 0.114])
 
 
+@functools.lru_cache(maxsize=8)
+def _colour_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """YIQ, its inverse and the grey weights on ``device``, copied there once: a copy from the host per
+    batch would wait for the device (and ``linalg.inv`` there checks its result on the host)."""
+    return _YIQ.to(device), torch.linalg.inv(_YIQ).to(device), _GREY.to(device)
+
+
 def color_jitter(
     x: torch.Tensor, p: float, strength: float, hue: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Brightness and contrast by factors in [1 - strength, 1 + strength]; on RGB also saturation (the
-    same range) and hue (a turn of up to ``hue`` of the colour wheel, as a rotation in YIQ space)."""
-    idx = _pick(len(x), p, generator, x.device).nonzero().squeeze(1)
-    if len(idx) == 0:
-        return x
-    m, dev = len(idx), x.device
-    picked = x[idx]
-    brightness = _uniform(1 - strength, 1 + strength, m, generator, dev).view(-1, 1, 1, 1)
-    contrast = _uniform(1 - strength, 1 + strength, m, generator, dev).view(-1, 1, 1, 1)
-    picked = picked * brightness
+    same range) and hue (a turn of up to ``hue`` of the colour wheel, as a rotation in YIQ space).
+
+    All one affine map per sample: ``scale * x + shift`` on grey (factors of 1 and a shift of 0 leave the
+    unpicked exactly as they were), a 3x3 matrix and an offset on RGB (blended, as a matrix product on
+    TF32 tensor cores would round the unpicked)."""
+    n, dev = len(x), x.device
+    picked = _pick(n, p, generator, dev)
+    brightness = torch.where(picked, _uniform(1 - strength, 1 + strength, n, generator, dev), 1.0)
+    contrast = torch.where(picked, _uniform(1 - strength, 1 + strength, n, generator, dev), 1.0)
     rgb = x.shape[1] == 3
-    grey = torch.einsum("c,nchw->nhw", _GREY.to(dev, x.dtype), picked) if rgb else picked[:, 0]
-    mean = grey.mean((1, 2)).view(-1, 1, 1, 1)
-    picked = (picked - mean) * contrast + mean
-    if rgb:
-        saturation = _uniform(1 - strength, 1 + strength, m, generator, dev)
-        turn = _uniform(-hue, hue, m, generator, dev) * (2 * math.pi)
-        yiq, grey_rows = _YIQ.to(dev), _GREY.to(dev).expand(3, 3)
-        sat = saturation.view(-1, 1, 1) * torch.eye(3, device=dev) + (1 - saturation).view(-1, 1, 1) * grey_rows
-        rot = torch.zeros(m, 3, 3, device=dev)
-        rot[:, 0, 0] = 1
-        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = (
-            torch.cos(turn),
-            -torch.sin(turn),
-            torch.sin(turn),
-            torch.cos(turn),
-        )
-        matrix = torch.linalg.inv(yiq) @ rot @ yiq @ sat
-        picked = torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), picked)
-    out = x.clone()
-    out[idx] = picked.clamp_(0.0, 1.0)
-    return out
+    yiq, yiq_inverse, grey_weights = _colour_constants(dev)
+    grey = torch.einsum("c,nchw->nhw", grey_weights.to(x.dtype), x) if rgb else x[:, 0]
+    mean = brightness * grey.mean((1, 2))  # the mean grey level after the brightness factor
+    # (brightness * x - mean) * contrast + mean
+    scale, shift = brightness * contrast, (1 - contrast) * mean
+    if not rgb:
+        return torch.addcmul(_per_sample(shift), x, _per_sample(scale)).clamp_(0.0, 1.0)
+    saturation = _uniform(1 - strength, 1 + strength, n, generator, dev)
+    turn = _uniform(-hue, hue, n, generator, dev) * (2 * math.pi)
+    sat = saturation.view(-1, 1, 1) * torch.eye(3, device=dev) + (1 - saturation).view(-1, 1, 1) * grey_weights
+    zero, one, cos, sin = torch.zeros_like(turn), torch.ones_like(turn), torch.cos(turn), torch.sin(turn)
+    rot = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], 1).view(-1, 3, 3)
+    matrix = yiq_inverse @ rot @ yiq @ sat
+    offset = shift.view(-1, 1) * matrix.sum(2)  # the matrix applied to the shift on every channel
+    out = torch.einsum("nij,njhw->nihw", (scale.view(-1, 1, 1) * matrix).to(x.dtype), x)
+    out = out.add_(offset.view(n, 3, 1, 1).to(x.dtype)).clamp_(0.0, 1.0)
+    return torch.where(_per_sample(picked), out, x)
+
+
+def erase(x: torch.Tensor, p: float, max_area: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Set one rectangle of each picked sample to zero, drawn as kornia's ``RandomErasing`` draws it: an
+    area of U(0.02, ``max_area``) of the image, an aspect ratio (height / width) U(0.3, 1) or U(1, 3.3)
+    with even odds, rounded to whole pixels and clipped to the image, at a uniform position inside it."""
+    n, (h, w), dev = len(x), x.shape[-2:], x.device
+    picked = _pick(n, p, generator, dev)
+    area = _uniform(0.02, max_area, n, generator, dev) * (h * w)
+    wide = torch.rand(n, generator=generator, device=dev) < 0.5
+    ratio = torch.where(wide, _uniform(0.3, 1.0, n, generator, dev), _uniform(1.0, 3.3, n, generator, dev))
+    eh = torch.sqrt(area * ratio).round().clamp(1, h)
+    ew = torch.sqrt(area / ratio).round().clamp(1, w)
+    y0 = (torch.rand(n, generator=generator, device=dev) * (h - eh + 1)).floor()
+    x0 = (torch.rand(n, generator=generator, device=dev) * (w - ew + 1)).floor()
+    y1 = torch.where(picked, y0 + eh, y0)  # an empty rectangle for the unpicked
+    return x.masked_fill(_boxes(y0, y1, x0, x0 + ew, h, w), 0.0)
 
 
 # ------------------------------------------------------------------------------------------- registry
@@ -320,19 +353,11 @@ def _color_jitter(
     return color_jitter(x, c.color_jitter, c.jitter, c.jitter_hue if x.shape[1] == 3 else 0.0, g), targets
 
 
-@functools.lru_cache(maxsize=8)
-def _kornia_erasing(p: float, scale: float) -> torch.nn.Module:
-    import kornia.augmentation as K  # as fast as a hand-written one (benchmarks/augmentation.py)
-
-    return K.RandomErasing(scale=(0.02, scale), ratio=(0.3, 3.3), value=0.0, p=p)
-
-
 @register_augmentation("erasing")
 def _erasing(
     x: torch.Tensor, targets: Targets, c: AugmentConfig, g: torch.Generator | None
 ) -> tuple[torch.Tensor, Targets]:
-    # kornia draws from torch's global generator (seeded by the trainer), not from ``g``
-    return _kornia_erasing(c.erasing, c.erasing_scale)(x), targets
+    return erase(x, c.erasing, c.erasing_scale, g), targets
 
 
 @register_augmentation("cutmix", mixes_labels=True)
