@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hpo.config.trial import ScheduleConfig, TrialConfig
@@ -18,13 +17,14 @@ from hpo.data.streaming import FileImages, iterate_batches
 from hpo.models import create_model
 from hpo.models.zoo import backbone_parts
 from hpo.names import EPOCH_METRICS
-from hpo.train.ops import accuracy, channels_last_gradients, loss_fn, pick_device, to_device, to_float
+from hpo.train.ops import accuracy, channels_last_gradients, hits, loss_fn, pick_device, to_device, to_float
 from hpo.train.plan import ExecutionPlan, Preferences, plan_training
 
 __all__ = [
     "EpochResult",
     "TrainData",
     "TrainResult",
+    "TrainStep",
     "accuracy",
     "channels_last_gradients",
     "evaluate",
@@ -146,23 +146,30 @@ def train(
     dev = plan.torch_device
     torch.manual_seed(seed)
     gen = torch.Generator(device=dev).manual_seed(seed)
-
     if model is None:
         model = create_model(config.model, data.x_train.shape[1], data.num_classes, data.mean, data.std)
     # Master weights and the loss stay fp32 whatever the plan's precision.
     model = to_device(model, dev, plan.memory_format)
-    scaler = plan.grad_scaler()
-    optimizer = make_optimizer(config, model)
     steps_per_epoch = math.ceil(len(data.y_train) / config.batch_size)
-    scheduler = make_schedule(config.schedule, optimizer, config.optimizer.lr, epochs, steps_per_epoch)
-    augment = BatchAugment(config.augment, gen, channels=data.x_train.shape[1])
+    step = TrainStep(
+        config,
+        model,
+        plan,
+        channels=data.x_train.shape[1],
+        num_classes=data.num_classes,
+        multilabel=data.multilabel,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        generator=gen,
+    )
     x_train = data.x_train if isinstance(data.x_train, FileImages) else data.x_train.to(dev)
     y_train = data.y_train.to(dev)
-    multilabel = data.multilabel
-    soft = multilabel or augment.mixes_labels  # targets as probabilities / label vectors, mixable
+    # The validation images join the training images on the device, once per trial (they are a fraction
+    # of them); streamed ones stay files, decoded per chunk.
+    x_val = data.x_val if isinstance(data.x_val, FileImages | None) else data.x_val.to(dev)
+    y_val = None if data.y_val is None else data.y_val.to(dev)
     freezer = Freezer(model, config.transfer)
 
-    forward = torch.compile(model) if plan.compile else model
     result = TrainResult(model=model, plan=plan)
     best, since_best = -math.inf, 0
     with channels_last_gradients(model) if plan.channels_last else nullcontext():
@@ -171,48 +178,25 @@ def train(
             model.train()
             freezer.epoch_begins(epoch)
             order = torch.randperm(len(y_train), generator=gen, device=dev)
-            loss_sum = torch.zeros((), device=dev)
-            correct = torch.zeros((), device=dev)  # per-label hits / labels for a multi-label task
             # batch norm cannot train on a single sample: a last batch of one is left out
             batches = [b for b in torch.split(order, config.batch_size) if len(b) >= 2]
             images: Iterator[torch.Tensor]  # uint8, one batch at a time, on the device
             if isinstance(x_train, FileImages):  # decoded by worker processes ahead of the model
-                spans = [b.cpu().numpy() for b in batches]
+                host = order.cpu().numpy()  # read once an epoch, not once a batch
+                spans = [host[i * config.batch_size :][: len(b)] for i, b in enumerate(batches)]
                 images = (b.to(dev, non_blocking=True) for b in iterate_batches(x_train, spans, STREAM_WORKERS))
             else:
                 images = (x_train[b] for b in batches)
             for batch, uint8 in zip(batches, images, strict=True):
-                x = to_float(uint8)
-                y = y_train[batch]
-                targets = y
-                if soft:
-                    targets = y.float() if multilabel else F.one_hot(y, data.num_classes).float()
-                if augment.active:
-                    x, targets = augment(x, targets) if soft else (augment(x), targets)
-                with plan.autocast():
-                    logits = forward(x.contiguous(memory_format=plan.memory_format))
-                loss = loss_fn(logits.float(), targets, multilabel=multilabel, label_smoothing=config.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is None:
-                    loss.backward()
-                    optimizer.step()
-                else:  # fp16: scaled so that small gradients survive; steps with inf/NaN gradients are skipped
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                scheduler.step()
-                loss_sum += loss.detach() * len(batch)
-                if multilabel:
-                    correct += ((logits > 0) == (y > 0)).float().mean(1).sum()
-                else:
-                    correct += (logits.argmax(1) == y).sum()
-            if not torch.isfinite(loss_sum):
-                raise FloatingPointError(f"training loss became {loss_sum.item()} in epoch {epoch}")
+                step(uint8, y_train[batch])
+            loss_sum, hit_sum = step.epoch_totals()  # the epoch's one wait for the device
+            if not math.isfinite(loss_sum):
+                raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}")
 
             n = len(y_train)
             val_loss = val_acc = None
-            if data.x_val is not None and data.y_val is not None:
-                val_loss, val_acc = evaluate(model, data.x_val, data.y_val, plan=plan)
+            if x_val is not None and y_val is not None:
+                val_loss, val_acc = evaluate(model, x_val, y_val, plan=plan)
             seconds = time.perf_counter() - start
 
             patience = config.early_stopping.patience
@@ -224,11 +208,11 @@ def train(
             stop = patience is not None and since_best >= patience
             epoch_result = EpochResult(
                 epoch=epoch,
-                train_loss=loss_sum.item() / n,
-                train_accuracy=correct.item() / n,
+                train_loss=loss_sum / n,
+                train_accuracy=hit_sum / n,
                 val_loss=val_loss,
                 val_accuracy=val_acc,
-                lr=optimizer.param_groups[0]["lr"],
+                lr=step.optimizer.param_groups[0]["lr"],
                 seconds=seconds,
                 images_per_second=n / seconds,
                 early_stop=stop,
@@ -240,6 +224,70 @@ def train(
                 result.stopped_early = True
                 break
     return result
+
+
+class TrainStep:
+    """One optimisation step on a batch of uint8 images and their labels, on the plan's device: augment,
+    forward, loss, backward, optimizer and schedule. Everything a step needs is decided here, once (which
+    augmentations run, soft or hard targets, the scaler), and nothing in a step waits for the device: the
+    loss and the hits add up there, read once per epoch (``epoch_totals``), so a GPU queues step after
+    step (``tests/unit/test_host_syncs.py`` counts the operators that would wait)."""
+
+    def __init__(
+        self,
+        config: TrialConfig,
+        model: nn.Module,
+        plan: ExecutionPlan,
+        *,
+        channels: int,
+        num_classes: int,
+        multilabel: bool,
+        epochs: int,
+        steps_per_epoch: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        dev = plan.torch_device
+        self.config, self.plan, self.multilabel = config, plan, multilabel
+        self.optimizer = make_optimizer(config, model)
+        self.scheduler = make_schedule(config.schedule, self.optimizer, config.optimizer.lr, epochs, steps_per_epoch)
+        self.scaler = plan.grad_scaler()
+        self.augment = BatchAugment(config.augment, generator, channels=channels)
+        self.forward = torch.compile(model) if plan.compile else model
+        # CutMix/MixUp mix targets as class probabilities: a row of the identity per label, looked up on the
+        # device (F.one_hot on a CPU reads the labels' range back first, which a GPU would wait for).
+        soft = not multilabel and self.augment.mixes_labels
+        self.classes = torch.eye(num_classes, device=dev) if soft else None
+        self.loss_sum = torch.zeros((), device=dev)
+        self.hit_sum = torch.zeros((), device=dev)  # per-label hits / labels for a multi-label task
+
+    def __call__(self, uint8: torch.Tensor, y: torch.Tensor) -> None:
+        x = to_float(uint8)
+        targets = y.float() if self.multilabel else y
+        if self.classes is not None:
+            targets = self.classes[y]
+        if self.augment.active:
+            x, targets = self.augment(x, targets) if self.augment.mixes_labels else (self.augment(x), targets)
+        with self.plan.autocast():
+            logits = self.forward(x.contiguous(memory_format=self.plan.memory_format))
+        loss = loss_fn(logits.float(), targets, multilabel=self.multilabel, label_smoothing=self.config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:  # fp16: scaled so that small gradients survive; steps with inf/NaN gradients are skipped
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+        self.loss_sum += loss.detach() * len(y)
+        self.hit_sum += hits(logits.detach(), y)
+
+    def epoch_totals(self) -> tuple[float, float]:
+        """(summed loss, hits) since the last call, read from the device at once; both start again at 0."""
+        loss_sum, hit_sum = torch.stack([self.loss_sum, self.hit_sum]).tolist()
+        self.loss_sum.zero_()
+        self.hit_sum.zero_()
+        return loss_sum, hit_sum
 
 
 class Freezer:
@@ -267,16 +315,11 @@ class Freezer:
             stage.eval()  # frozen batch norm keeps its (pretrained) statistics
 
 
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module, x: torch.Tensor | FileImages, *, plan: ExecutionPlan | None = None
-) -> torch.Tensor:
-    """Logits (float32, on the CPU) for uint8 images ``x``, in batches, on the plan's device with its
-    precision and layout (default: fp32 on the CPU)."""
-    plan = plan or ExecutionPlan()
+def _logits_in_chunks(model: nn.Module, x: torch.Tensor | FileImages, plan: ExecutionPlan) -> Iterator[torch.Tensor]:
+    """The model's logits (float32, on the plan's device) for uint8 images ``x``, chunk by chunk, in eval
+    mode with the plan's precision and layout. Images already on the device are sliced there."""
     dev = plan.torch_device
     model.eval()
-    out = []
     spans = [np.arange(i, min(i + EVAL_BATCH, len(x))) for i in range(0, len(x), EVAL_BATCH)]
     chunks = (
         iterate_batches(x, spans, STREAM_WORKERS)
@@ -286,19 +329,40 @@ def predict_logits(
     for chunk in chunks:
         xb = to_float(chunk.to(dev)).contiguous(memory_format=plan.memory_format)
         with plan.autocast():
-            out.append(model(xb).float().cpu())
-    return torch.cat(out)
+            logits = model(xb).float()
+        yield logits  # outside autocast: what the caller does with them runs at its own precision
 
 
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, x: torch.Tensor | FileImages, *, plan: ExecutionPlan | None = None
+) -> torch.Tensor:
+    """Logits (float32, on the CPU) for uint8 images ``x``, in batches, on the plan's device with its
+    precision and layout (default: fp32 on the CPU); brought to the CPU once, at the end."""
+    return torch.cat(list(_logits_in_chunks(model, x, plan or ExecutionPlan()))).cpu()
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module, x: torch.Tensor | FileImages, y: torch.Tensor, *, plan: ExecutionPlan | None = None
 ) -> tuple[float, float]:
     """(mean loss, accuracy) of ``model`` on uint8 images ``x`` with labels ``y``: cross-entropy and
     accuracy; for multi-label ``y`` (N, labels), binary cross-entropy and the mean per-label accuracy
-    (1 - Hamming loss)."""
-    logits = predict_logits(model, x, plan=plan)
-    y = y.cpu()
-    return loss_fn(logits, y, multilabel=y.ndim == 2).item(), accuracy(logits, y)
+    (1 - Hamming loss). Summed on the device chunk by chunk and read once, at the end."""
+    plan = plan or ExecutionPlan()
+    y = y.to(plan.torch_device)
+    multilabel = y.ndim == 2
+    loss_sum = torch.zeros((), device=plan.torch_device)
+    hit_sum = torch.zeros((), device=plan.torch_device)
+    start = 0
+    for logits in _logits_in_chunks(model, x, plan):
+        yb = y[start : start + len(logits)]
+        start += len(logits)
+        loss_sum += loss_fn(logits, yb, multilabel=multilabel, reduction="sum")
+        hit_sum += hits(logits, yb)
+    loss_total, hit_total = torch.stack([loss_sum, hit_sum]).tolist()
+    elements = y.numel() if multilabel else len(y)  # binary cross-entropy averages over every label
+    return loss_total / elements, hit_total / len(y)
 
 
 def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -318,11 +382,16 @@ def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimiz
             chosen = [p for p in params if (p.ndim > 1) == decay]
             if chosen:
                 groups.append({"params": chosen, "weight_decay": o.weight_decay if decay else 0.0, "lr": part_lr})
+    # On a GPU, the fused kernels: one launch for all parameters, the step counts kept on the device, and
+    # under fp16 the loss scaler hands them its inf check instead of reading it on the host every step.
+    params = list(model.parameters())
+    fused = True if params and all(p.is_cuda for p in params) else None
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+        nesterov = o.nesterov and o.momentum > 0
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=nesterov, fused=fused)
     if o.name == "adam":
-        return torch.optim.Adam(groups, lr=o.lr)
-    return torch.optim.AdamW(groups, lr=o.lr)
+        return torch.optim.Adam(groups, lr=o.lr, fused=fused)
+    return torch.optim.AdamW(groups, lr=o.lr, fused=fused)
 
 
 def make_schedule(

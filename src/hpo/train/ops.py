@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,19 +42,32 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def loss_fn(
-    logits: torch.Tensor, targets: torch.Tensor, *, multilabel: bool = False, label_smoothing: float = 0.0
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    multilabel: bool = False,
+    label_smoothing: float = 0.0,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> torch.Tensor:
     """Binary cross-entropy per label for a multi-label task (0/1 or mixed targets, shaped as the
-    logits); otherwise cross-entropy against class indices or class probabilities (CutMix/MixUp)."""
+    logits); otherwise cross-entropy against class indices or class probabilities (CutMix/MixUp).
+    ``reduction``: the mean over samples (over every label, multi-label), or the sum."""
     if multilabel:
-        return F.binary_cross_entropy_with_logits(logits, targets.float())
-    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        return F.binary_cross_entropy_with_logits(logits, targets.float(), reduction=reduction)
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction=reduction)
+
+
+def hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """How many samples ``logits`` classify right, as a tensor on their device (summed there, read once);
+    for multi-label ``y`` (N, labels), each sample counts its share of labels right."""
+    if y.ndim == 2:
+        return ((logits > 0) == (y > 0.5)).float().mean(1).sum()
+    return (logits.argmax(1) == y).sum()
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    if y.ndim == 2:
-        return ((logits > 0) == (y > 0.5)).float().mean().item()
-    return (logits.argmax(1) == y).float().mean().item()
+    """The share of samples classified right (multi-label: of labels, 1 - Hamming loss)."""
+    return hits(logits, y).item() / len(y)
 
 
 class _ChannelsLastGrad(torch.autograd.Function):
