@@ -156,6 +156,7 @@ def run_search(
     from ray.tune.search.optuna import OptunaSearch
 
     from hpo.engine._private_api import optuna_trial_number, retry_rule
+    from hpo.engine.concurrency import ElasticLimiter, TrialDemand
     from hpo.engine.ray_callbacks import DeadlineStopper, TrialTracker, trial_error
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -165,12 +166,6 @@ def run_search(
     time_left = None if c.budget.time is None else c.budget.time - time_spent
     if deadline is not None:
         time_left = min(time_left if time_left is not None else math.inf, deadline - time.time() - DEADLINE_MARGIN)
-    cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
-    cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
-    concurrency = max(1, math.floor(cluster_cpus / c.resources.cpus_per_trial))
-    if c.resources.gpus_per_trial > 0:
-        concurrency = min(concurrency, max(1, math.floor(cluster_gpus / c.resources.gpus_per_trial)))
-    concurrency = max(1, min(concurrency, c.resources.max_concurrent or concurrency, remaining))
 
     metric, mode = c.objective.metric, c.objective.direction
     sampler = optuna.samplers.TPESampler(seed=c.seed, n_startup_trials=min(10, max(2, c.budget.trials // 3)))
@@ -223,6 +218,15 @@ def run_search(
                 f"Ray cluster offers {largest / 2**30:.1f} GiB to tasks: lower it"
             )
     trainable = tune.with_resources(trainable, resources)
+    # Concurrency follows the cluster as nodes join and leave (hpo.engine.concurrency).
+    limiter = ElasticLimiter(
+        searcher,
+        TrialDemand.from_tune(resources),
+        cap=max(1, min(c.resources.max_concurrent or remaining, remaining)),
+        on_change=(lambda old, new: view.note(f"trials at once: {new} (was {old}): the cluster changed"))
+        if view is not None
+        else None,
+    )
     fit_start = time.time()
     book = TrialBook(
         study.space,
@@ -247,10 +251,9 @@ def run_search(
             tune_config=tune.TuneConfig(
                 metric=metric,
                 mode=mode,
-                search_alg=searcher,
+                search_alg=limiter,
                 scheduler=scheduler,
                 num_samples=remaining,
-                max_concurrent_trials=concurrency,
                 time_budget_s=time_left,
                 reuse_actors=True,
             ),
@@ -270,7 +273,8 @@ def run_search(
     book.close_unfinished()
     run_dir.save_trials(records, time_spent + fit_end - fit_start)
     stats = {
-        "slots": concurrency,
+        "slots": limiter.peak,  # the most trials allowed at once; slots_history: (time, slots) at each change
+        "slots_history": limiter.history,
         "data_put_seconds": put_seconds,
         "fit_start": fit_start,
         "fit_end": fit_end,
