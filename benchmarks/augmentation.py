@@ -11,18 +11,29 @@ ratio is the median of the rounds' ratios, with the range.
 A second table times each resampling or colour op alone, kornia's against hpo's own, on the RGB batch:
 why hpo writes them out rather than calling kornia (where kornia is installed).
 
-    python benchmarks/augmentation.py [--rounds 5] [--batches 8] [--no-record]
+``--reference REF`` instead times hpo's augmentation against its own version at git commit REF (loaded
+from ``git show REF:src/hpo/data/augment.py`` into this process), side by side in interleaved rounds:
+whole pipelines and each op alone, Fashion-MNIST-sized grey batches of 128-512 and a CIFAR-sized one. It
+is how the sync-free ops (no ``nonzero``, no boolean indexing: they transform whole batches) were checked
+against the index-based ones they replaced (REF 607999f... up to c70d44b).
+
+    python benchmarks/augmentation.py [--rounds 5] [--batches 8] [--no-record] [--reference REF]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import statistics
+import subprocess
+import sys
 import time
+from types import ModuleType
 
 import numpy as np
 import torch
-from _common import markdown_table, record
+from _common import ROOT, markdown_table, record
 
 P = 0.5  # every transform's probability, on both paths
 SHAPES = {"32x32 RGB (CIFAR)": (3, 32), "28x28 grey (Fashion-MNIST)": (1, 28)}
@@ -139,13 +150,98 @@ def kornia_vs_own(batch: torch.Tensor, rounds: int) -> list[list[str]]:
     return rows
 
 
+# ---------------------------------------------------------------------------------- against an older hpo
+def load_reference(ref: str) -> ModuleType:
+    """``hpo.data.augment`` as it was at git commit ``ref``, as a module of its own (its own registry)."""
+    source = subprocess.run(
+        ["git", "show", f"{ref}:src/hpo/data/augment.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    spec = importlib.util.spec_from_loader(f"hpo_augment_at_{ref}", loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    exec(compile(source, f"{ref}:src/hpo/data/augment.py", "exec"), module.__dict__)
+    return module
+
+
+def reference_configs() -> dict[str, dict[str, float]]:
+    """The pipelines compared: the Fashion-MNIST space's most augmented corner, every op at once, and each
+    op alone (p = 0.5: half the batch picked, where the index-based ops saved most by skipping)."""
+    from hpo.config.trial import AugmentConfig
+
+    names = AugmentConfig.probabilities()
+    configs = {
+        "Fashion-MNIST space corner (hflip 0.5, translate 0.8)": {"hflip": 0.5, "translate": 0.8},
+        f"every op, p = {P}": dict.fromkeys(names, P),
+    }
+    return configs | {f"{name} alone, p = {P}": {name: P} for name in names}
+
+
+def old_vs_new(ref: str, rounds: int, batches: int) -> tuple[str, str]:
+    from hpo.config.trial import AugmentConfig
+    from hpo.data import augment as new
+
+    old = load_reference(ref)
+    gen = np.random.default_rng(0)
+    pipelines = [(1, 28, 128), (1, 28, 256), (1, 28, 512), (3, 32, 256)]  # (channels, size, batch)
+    single_ops = [(1, 28, 256), (3, 32, 256)]
+    rows = []
+    for label, probs in reference_configs().items():
+        for channels, size, batch in single_ops if "alone" in label else pipelines:
+            x = torch.as_tensor(gen.random((batch, channels, size, size), dtype=np.float32))
+            targets = torch.nn.functional.one_hot(torch.as_tensor(gen.integers(0, 10, batch)), 10).float()
+            config = AugmentConfig(**probs)
+            runs = {
+                name: functools.partial(
+                    module.BatchAugment(config, torch.Generator().manual_seed(0), channels), x, targets
+                )
+                for name, module in (("old", old), ("new", new))
+            }
+            times: dict[str, list[float]] = {"old": [], "new": []}
+            for name in runs:
+                runs[name]()  # warm-up
+            for r in range(rounds):
+                for name in ("old", "new") if r % 2 == 0 else ("new", "old"):  # alternate who goes first
+                    torch.manual_seed(r)  # the old erasing (kornia's) draws from the global generator
+                    start = time.perf_counter()
+                    for _ in range(batches):
+                        runs[name]()
+                    times[name].append((time.perf_counter() - start) * 1000 / batches)
+            ratios = [o / n for o, n in zip(times["old"], times["new"], strict=True)]
+            rows.append(
+                [
+                    label,
+                    f"{batch} x {channels}x{size}x{size}",
+                    f"{statistics.median(times['old']):.2f}",
+                    f"{statistics.median(times['new']):.2f}",
+                    f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f})",
+                ]
+            )
+    table = markdown_table(
+        ["pipeline", "batch", f"at {ref} (ms/batch)", "sync-free (ms/batch)", "speed, new / old (range)"], rows
+    )
+    notes = (
+        f"Both versions in one process on the same batches (float images, one-hot targets for CutMix and "
+        f"MixUp), one CPU thread, {batches} batches per measurement, {rounds} rounds alternating which "
+        "version goes first; milliseconds are medians of rounds, speed the median of the rounds' ratios "
+        "(above 1: the sync-free version is faster)."
+    )
+    return table, notes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=8, help="batches of 256 per measurement")
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--reference", metavar="REF", help="compare with hpo's augmentation at this git commit")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.reference:
+        table, notes = old_vs_new(args.reference, args.rounds, args.batches)
+        title = f"Augmentation: sync-free ops vs those at {args.reference} (CPU)"
+        record(title, table, notes, dry_run=args.no_record)
+        return
     rng = np.random.default_rng(0)
     rows = []
     for label, (channels, size) in SHAPES.items():
