@@ -251,3 +251,19 @@ def test_the_trainer_learns_with_every_augmentation_on(fashion_subset):
     )
     result = train(config, data, epochs=3, threads=1)
     assert result.history[-1].val_accuracy > 0.6  # chance: 0.1
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_cpu_subset_resample_equals_the_static_shape_one(channels, monkeypatch):
+    """On a CPU the geometric ops resample only the samples they moved; on an accelerator the whole batch,
+    keeping the unmoved ones: the same draws give the same images either way."""
+    from hpo.data import augment
+
+    x = torch.rand(64, channels, 28, 28)
+    config = AugmentConfig(rotate=0.5, affine=0.5, resized_crop=0.5)
+    out = {}
+    for static in (False, True):
+        monkeypatch.setattr(augment, "STATIC_SHAPES_ON_CPU", static)
+        out[static] = augment.geometric(x, config, torch.Generator().manual_seed(3))
+    assert torch.equal(out[False], out[True])
+    assert 0 < (out[True] != x).flatten(1).any(1).sum() < len(x)

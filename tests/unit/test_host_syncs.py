@@ -37,6 +37,12 @@ MASK_INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.defa
 HOST_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"}
 
 
+@pytest.fixture(autouse=True)
+def accelerator_formulation(monkeypatch):
+    """Count what the GPU path does: on a CPU the augmentation may take a cheaper data-dependent path."""
+    monkeypatch.setattr("hpo.data.augment.STATIC_SHAPES_ON_CPU", True)
+
+
 class _Operators(TorchDispatchMode):
     def __init__(self, counts: Counter, exempt: set[int]) -> None:
         super().__init__()
