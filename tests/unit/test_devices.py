@@ -53,6 +53,7 @@ def _what_the_task_sees(gpus: float) -> dict:
     }
 
 
+@pytest.mark.integration
 def test_a_task_holding_no_gpu_sees_none_and_trains_on_the_cpu(ray_with_a_gpu):
     ray = ray_with_a_gpu
     seen = ray.get(ray.remote(num_cpus=1, num_gpus=0)(_what_the_task_sees).remote(0.0))
@@ -71,6 +72,7 @@ def test_a_task_holding_no_gpu_sees_none_and_trains_on_the_cpu(ray_with_a_gpu):
     assert ray.get(Trial.remote().run.remote())["visible"] == ""
 
 
+@pytest.mark.integration
 def test_a_task_holding_a_gpu_share_torch_cannot_use_fails_with_the_device_error(ray_with_a_gpu):
     ray = ray_with_a_gpu
     with pytest.raises(ray.exceptions.RayTaskError) as raised:

@@ -15,6 +15,8 @@ from hpo.names import RunKind, RunStatus, Tag, TrialStatus
 from hpo.stages.recheck import recheck
 from hpo.tracking import InMemoryTracker
 
+pytestmark = pytest.mark.integration  # real Ray tasks
+
 SPACE = """\
 model: {name: cnn, depth: 2, width: {categorical: [8, 256]}, batchnorm: {categorical: [before_activation, none]}}
 optimizer: {name: sgd, momentum: 0.99, lr: {categorical: [0.05, 10.0]}}
