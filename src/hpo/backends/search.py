@@ -275,6 +275,9 @@ def _search(run: RunContext, parent: str, notes: list[str]) -> list[TrialRecord]
             metric=metric,
             mode=mode,
             console=console,
+            time_spent=time_spent,
+            deadline=run.deadline,
+            asha=(c.scheduler.grace_period, c.scheduler.reduction_factor) if c.scheduler.type == "asha" else None,
         )
         if run.live
         else None

@@ -1,4 +1,5 @@
-"""The live terminal view of a search: one row per trial and an overall progress bar."""
+"""The live terminal view of a search: one row per trial and an overall progress bar with an ETA; where no
+terminal is attached, one line per trial event, each with the elapsed time and the ETA."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hpo.engine.eta import SearchBudget, estimate
 from hpo.engine.records import ACTIVE, TrialRecord
 from hpo.names import Metric, TrialStatus
 
@@ -48,10 +50,24 @@ class LiveView:
         metric: str,
         mode: str,
         console: Console | None = None,
+        time_spent: float = 0.0,
+        deadline: float | None = None,
+        asha: tuple[int, float] | None = None,
     ) -> None:
+        """``time_spent``: search seconds earlier attempts used of ``time_budget``; ``deadline``: when the
+        study must end (epoch seconds); ``asha``: (grace_period, reduction_factor) when ASHA prunes."""
         self.records = records
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
         self.time_budget = time_budget
+        self.start = time.time()
+        ends = [self.start + time_budget - time_spent] if time_budget else []
+        self.budget = SearchBudget(
+            trials=trials,
+            max_epochs=max_epochs,
+            asha=asha,
+            ends_at=min([*ends, *([deadline] if deadline is not None else [])], default=None),
+        )
+        self.peak_running = 0  # the most trials seen running at once: the concurrency the ETA assumes
         self.console = console or Console(stderr=True)
         self.progress = Progress(
             TextColumn("[bold]trials"),
@@ -59,9 +75,9 @@ class LiveView:
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.fields[budget]}"),
+            TextColumn("{task.fields[eta]}"),
         )
-        self.task = self.progress.add_task("trials", total=trials, budget=self._budget_text())
-        self.start = time.time()
+        self.task = self.progress.add_task("trials", total=trials, budget=self._budget_text(), eta="")
         self.epochs_shown: dict[str, int] = {}
         # On a terminal: a live table. Elsewhere (CI logs, nohup): one line per trial event instead.
         self.interactive = self.console.is_terminal
@@ -79,9 +95,16 @@ class LiveView:
             return ""
         return f"of {self.time_budget / 60:.0f} min budget"
 
+    def eta(self) -> str:
+        """``ETA ~12 min`` (the search's end), or "" before an epoch was measured."""
+        running = sum(1 for r in self.records if r.status in ACTIVE)
+        self.peak_running = max(self.peak_running, running)
+        found = estimate(self.records, self.budget, now=time.time(), concurrency=max(1, self.peak_running))
+        return f"ETA {found.describe()}" if found is not None else ""
+
     def render(self) -> Group:
         done = sum(1 for r in self.records if r.status not in ACTIVE)
-        self.progress.update(self.task, completed=done)
+        self.progress.update(self.task, completed=done, eta=self.eta())
         table = Table(expand=False, header_style="bold", show_edge=False, pad_edge=False)
         for col in ("#", "status", "epoch", f"best {self.metric}", "s/epoch", "params"):
             table.add_column(col, overflow="fold" if col == "params" else "ellipsis")
@@ -107,6 +130,7 @@ class LiveView:
             return
         elapsed = time.time() - self.start
         done = sum(1 for r in self.records if r.status not in ACTIVE)
+        clock = f"{elapsed / 60:5.1f} min" + (f", {eta}" if (eta := self.eta()) else "")
         shown, self.epochs_shown[record.trial_id] = self.epochs_shown.get(record.trial_id), record.epochs
         if record.status == TrialStatus.RUNNING and shown is not None and record.epochs > shown:
             last = record.history[-1]
@@ -127,7 +151,7 @@ class LiveView:
             best = f"{self.metric} {value:.4f} (epoch {epoch})" if value is not None else record.error or ""
             line = f"trial {record.number} {record.status} after {record.epochs} epochs: {best}"
         self.console.print(
-            f"[{elapsed / 60:5.1f} min] {done}/{self.progress.tasks[0].total} done | {line}",
+            f"[{clock}] {done}/{self.progress.tasks[0].total} done | {line}",
             highlight=False,
             soft_wrap=True,
         )

@@ -1,0 +1,95 @@
+"""When the search will end: an estimate from the epochs measured so far and what the budget leaves.
+
+Pure (no Ray, no clock of its own): the live view and the log lines call :func:`estimate` with the trial
+records and the time, and show ``ETA ~12 min``. The estimate is the smaller of two figures:
+
+- **trials**: the epochs still to train, times the mean measured epoch time, spread over the trials that
+  run at once. Under ASHA a trial trains epoch ``t`` only if it was promoted at every rung below ``t``
+  (rungs at ``grace_period * reduction_factor**k``, each promoting ``1 / reduction_factor`` of the trials),
+  so a new trial is expected to train ``sum_t P(epoch t)`` epochs, and a running trial at epoch ``e`` the
+  rest of that sum given that it reached ``e``. Once trials finish, their epoch counts (early stopping,
+  pruning, failures) pull the expectation towards what this search actually does.
+- **time**: what is left of the time budget or before the deadline, which ends the search whatever remains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hpo.engine.records import ACTIVE, TrialRecord
+from hpo.names import Metric, TrialStatus
+
+PRIOR_WEIGHT = 2.0  # the model's expectation of a trial's epochs counts as this many finished trials
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchBudget:
+    """What bounds a search: its trials and epochs, ASHA's rungs, and when the clock ends it."""
+
+    trials: int
+    max_epochs: int
+    asha: tuple[int, float] | None = None  # (grace_period, reduction_factor); None: no pruning scheduler
+    ends_at: float | None = None  # wall clock (epoch seconds) where the time budget or the deadline ends it
+
+
+@dataclass(frozen=True)
+class Eta:
+    seconds: float
+    bound_by: str  # "trials": the trials left; "time": the time budget or the deadline comes first
+
+    def describe(self) -> str:
+        """``~40 s``, ``~12 min``, ``~2.5 h``; ``(time budget)`` when the clock, not the trials, ends it."""
+        s = self.seconds
+        text = f"~{s:.0f} s" if s < 90 else f"~{s / 60:.0f} min" if s < 90 * 60 else f"~{s / 3600:.1f} h"
+        return text + (" (time budget)" if self.bound_by == "time" else "")
+
+
+def epoch_survival(max_epochs: int, asha: tuple[int, float] | None) -> list[float]:
+    """``P(a trial trains epoch t)`` for ``t`` in ``0..max_epochs`` (index 0 is 1: every trial starts)."""
+    if asha is None:
+        return [1.0] * (max_epochs + 1)
+    grace, factor = asha
+    rungs = []
+    k = 0
+    while grace * factor**k < max_epochs:  # a rung at max_epochs stops nothing: the trial is done there
+        rungs.append(grace * factor**k)
+        k += 1
+    return [1.0] + [factor ** -sum(r < t for r in rungs) for t in range(1, max_epochs + 1)]
+
+
+def remaining_epochs(survival: Sequence[float], trained: int) -> float:
+    """Epochs a trial that trained ``trained`` epochs is expected to train still."""
+    if trained >= len(survival) - 1:
+        return 0.0
+    return sum(survival[trained + 1 :]) / survival[trained]
+
+
+def estimate(records: Sequence[TrialRecord], budget: SearchBudget, *, now: float, concurrency: int = 1) -> Eta | None:
+    """Seconds until the search ends, or None before any epoch was measured (nothing to go by yet).
+    ``concurrency``: the trials that run at once (as seen: the most that ran together so far)."""
+    seconds = [row[Metric.SECONDS] for r in records for row in r.history if row.get(Metric.SECONDS)]
+    left = None if budget.ends_at is None else max(0.0, budget.ends_at - now)
+    if not seconds:
+        return Eta(left, "time") if left is not None and left <= 0 else None
+    epoch = sum(seconds) / len(seconds)
+    survival = epoch_survival(budget.max_epochs, budget.asha)
+    finished = [r for r in records if r.status not in ACTIVE]
+    expected = sum(survival[1:])
+    per_trial = (PRIOR_WEIGHT * expected + sum(r.epochs for r in finished)) / (PRIOR_WEIGHT + len(finished))
+    # a trial's time beyond its epochs (start-up, planning, validation not counted in its epoch seconds)
+    overheads = [max(0.0, r.ended - r.started - r.compute_seconds) for r in finished if r.ended is not None]
+    overhead = sum(overheads) / len(overheads) if overheads else 0.0
+
+    running = [
+        epoch * (remaining_epochs(survival, r.epochs) if r.status == TrialStatus.RUNNING else per_trial)
+        for r in records
+        if r.status in ACTIVE  # a retrying trial starts again from scratch
+    ]
+    new = max(0, budget.trials - len(records))
+    work = sum(running) + new * (per_trial * epoch + overhead)
+    slots = max(1, min(concurrency, len(running) + new))
+    trials_eta = max(work / slots, max(running, default=0.0))
+    if left is not None and left < trials_eta:
+        return Eta(left, "time")
+    return Eta(trials_eta, "trials")

@@ -1,0 +1,126 @@
+"""The search's ETA (hpo.engine.eta) from fake trial records: epochs left under the budget and ASHA's
+rungs, spread over the trials at once, capped by the time budget; and the log lines that show it."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from rich.console import Console
+
+from hpo.config.trial import TrialConfig
+from hpo.engine.eta import Eta, SearchBudget, epoch_survival, estimate, remaining_epochs
+from hpo.engine.live import LiveView
+from hpo.engine.records import TrialRecord
+from hpo.names import Metric, TrialStatus
+
+NOW = 1_000_000.0
+
+
+def trial(number: int, epochs: int, status: str = TrialStatus.RUNNING, seconds: float = 10.0, **kw) -> TrialRecord:
+    history = [{"epoch": e, Metric.VAL_ACCURACY: 0.5, Metric.SECONDS: seconds} for e in range(1, epochs + 1)]
+    return TrialRecord(f"t{number}", number, {}, TrialConfig(), history=history, status=status, **kw)
+
+
+def test_asha_survival_follows_the_rungs():
+    assert epoch_survival(3, None) == [1.0, 1.0, 1.0, 1.0]
+    assert epoch_survival(2, (1, 2.0)) == [1.0, 1.0, 0.5]  # the smoke study: rungs at 1 (and 2, its end)
+    # rungs at 1 and 3 of 9, a third promoted at each: epoch 1 by all, 2-3 by a third, 4-9 by a ninth
+    survival = epoch_survival(9, (1, 3.0))
+    assert survival == pytest.approx([1, 1, 1 / 3, 1 / 3, *[1 / 9] * 6])
+    assert remaining_epochs(survival, 0) == pytest.approx(1 + 2 / 3 + 6 / 9)
+    assert remaining_epochs(survival, 3) == pytest.approx(6 / 9 / (1 / 3))  # promoted at 3 with chance 1/3
+    assert remaining_epochs(survival, 9) == 0.0
+
+
+def test_no_estimate_before_an_epoch_was_measured():
+    budget = SearchBudget(trials=4, max_epochs=3)
+    assert estimate([], budget, now=NOW) is None
+    assert estimate([trial(0, 0)], budget, now=NOW) is None
+    over = SearchBudget(trials=4, max_epochs=3, ends_at=NOW - 5)  # the time budget is spent: it ends now
+    assert estimate([trial(0, 0)], over, now=NOW) == Eta(0.0, "time")
+
+
+def test_epochs_left_times_the_measured_epoch_time():
+    budget = SearchBudget(trials=4, max_epochs=3)
+    # trial 0 at epoch 1 of 3 (2 left), three trials not started (3 epochs each), 10 s an epoch
+    found = estimate([trial(0, 1)], budget, now=NOW)
+    assert found == Eta(pytest.approx((2 + 3 * 3) * 10.0), "trials")
+    assert found.describe() == "~2 min"
+    # a slower epoch measured doubles it
+    slow = estimate([trial(0, 1, seconds=20.0)], budget, now=NOW)
+    assert slow is not None and slow.seconds == pytest.approx(2 * found.seconds)
+
+
+def test_trials_at_once_share_the_work_but_the_longest_trial_bounds_it():
+    budget = SearchBudget(trials=4, max_epochs=3)
+    records = [trial(0, 1), trial(1, 1)]
+    one = estimate(records, budget, now=NOW, concurrency=1)
+    two = estimate(records, budget, now=NOW, concurrency=2)
+    assert one is not None and two is not None
+    assert one.seconds == pytest.approx((2 + 2 + 2 * 3) * 10.0)
+    assert two.seconds == pytest.approx(one.seconds / 2)
+    # the last trial running alone: more slots do not make its 2 epochs left any shorter
+    last = estimate([trial(0, 1), *[trial(n, 3, TrialStatus.COMPLETED) for n in (1, 2, 3)]], budget, now=NOW)
+    assert last is not None and last.seconds == pytest.approx(2 * 10.0)
+    wide = estimate(
+        [trial(0, 1), *[trial(n, 3, TrialStatus.COMPLETED) for n in (1, 2, 3)]], budget, now=NOW, concurrency=4
+    )
+    assert wide == last
+
+
+def test_finished_trials_pull_the_expectation_towards_what_the_search_does():
+    budget = SearchBudget(trials=10, max_epochs=9, asha=(1, 3.0))
+    model = 1 + 2 / 3 + 6 / 9  # epochs a new trial trains under these rungs
+    pruned_early = [trial(n, 1, TrialStatus.PRUNED) for n in range(4)]
+    found = estimate(pruned_early, budget, now=NOW)
+    per_trial = (2 * model + 4 * 1) / (2 + 4)
+    assert found is not None and found.seconds == pytest.approx(6 * per_trial * 10.0)
+    assert found.seconds < 6 * model * 10.0
+    # a trial's time beyond its epochs (start-up) counts for each trial still to start
+    slow_start = [trial(n, 1, TrialStatus.PRUNED, started=NOW - 100, ended=NOW - 100 + 15) for n in range(4)]
+    later = estimate(slow_start, budget, now=NOW)
+    assert later is not None and later.seconds == pytest.approx(found.seconds + 6 * 5.0)
+
+
+def test_a_retrying_trial_starts_again_from_scratch():
+    budget = SearchBudget(trials=1, max_epochs=3)
+    retrying = trial(0, 2, TrialStatus.RETRYING)
+    found = estimate([retrying], budget, now=NOW)
+    assert found is not None and found.seconds == pytest.approx(3 * 10.0)
+
+
+def test_the_time_budget_caps_the_estimate():
+    records = [trial(0, 1)]
+    found = estimate(records, SearchBudget(trials=100, max_epochs=3, ends_at=NOW + 300), now=NOW)
+    assert found == Eta(300.0, "time")
+    assert found.describe() == "~5 min (time budget)"
+    roomy = estimate(records, SearchBudget(trials=2, max_epochs=3, ends_at=NOW + 3600), now=NOW)
+    assert roomy == Eta(pytest.approx(50.0), "trials") and roomy.describe() == "~50 s"
+    assert Eta(3 * 3600.0, "trials").describe() == "~3.0 h"
+
+
+def test_log_lines_carry_the_eta_once_an_epoch_was_measured():
+    out = io.StringIO()
+    record = trial(1, 0)
+    view = LiveView(
+        [record],
+        trials=3,
+        time_budget=3600,
+        max_epochs=4,
+        metric=Metric.VAL_ACCURACY,
+        mode="max",
+        console=Console(file=out, force_terminal=False, width=200),
+    )
+    with view:
+        view.trial_changed(record)
+        record.history.append({"epoch": 1, Metric.VAL_ACCURACY: 0.8, Metric.SECONDS: 30.0})
+        view.trial_changed(record)
+    first, second = out.getvalue().splitlines()
+    assert "ETA" not in first  # nothing measured yet
+    # 3 epochs left of trial 1, then 2 trials of 4 epochs, at 30 s each: 11 x 30 s = 5.5 min
+    assert re.match(r"\[\s*0\.\d min, ETA ~6 min\] 0/3 done \| trial 1 epoch 1/4: val_accuracy 0\.8000", second), second
+    assert view.progress.tasks[0].fields["eta"] == ""  # the live table's column fills in when it renders
+    view.render()
+    assert view.progress.tasks[0].fields["eta"] == "ETA ~6 min"
