@@ -84,15 +84,7 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
         memory_cap(settings.memory_bytes, settings.gpu_fraction, device.device),
         out_of_memory_as_infeasible(config.batch_size, device.device, cap),
     ):
-        train_data = TrainData.from_arrays(
-            data.x_train,  # type: ignore[arg-type]  # from_arrays takes FileImages too: hpo.train says ndarray
-            data.y_train,
-            data.x_val,  # type: ignore[arg-type]
-            data.y_val,
-            data.num_classes,
-            data.mean,
-            data.std,
-        )
+        train_data = TrainData.from_image_data(data)
         prefs = Preferences(settings.precision, settings.channels_last, settings.compile)
         plan = plan_training(
             config,

@@ -78,15 +78,7 @@ def _train_task(
         memory_cap(int(memory) if memory else None, gpus if 0 < gpus < 1 else None, device.device),
         out_of_memory_as_infeasible(config.batch_size, device.device, cap),
     ):
-        train_data = TrainData.from_arrays(
-            data.x_train,  # type: ignore[arg-type]  # from_arrays takes FileImages too: hpo.train says ndarray
-            data.y_train,
-            data.x_val,  # type: ignore[arg-type]
-            data.y_val,
-            data.num_classes,
-            data.mean,
-            data.std,
-        )
+        train_data = TrainData.from_image_data(data)
         result = train(
             config,
             train_data,

@@ -3,9 +3,10 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -13,7 +14,8 @@ from torch import nn
 
 from hpo.config.trial import ScheduleConfig, TrialConfig
 from hpo.data.augment import BatchAugment
-from hpo.data.streaming import FileImages, iterate_batches
+from hpo.data.images import ImageData
+from hpo.data.streaming import FileImages, concat_images, iterate_batches
 from hpo.models import create_model
 from hpo.models.zoo import backbone_parts
 from hpo.names import EPOCH_METRICS
@@ -38,6 +40,7 @@ __all__ = [
 ]
 
 EVAL_BATCH = 1024
+ValUse = Literal["validate", "train", "drop"]  # what TrainData.from_image_data does with the validation split
 STREAM_WORKERS = 2  # processes decoding streamed images ahead of the model
 
 
@@ -61,13 +64,13 @@ class TrainData:
     @classmethod
     def from_arrays(
         cls,
-        x_train: np.ndarray,
+        x_train: np.ndarray | FileImages,
         y_train: np.ndarray,
-        x_val: np.ndarray | None,
+        x_val: np.ndarray | FileImages | None,
         y_val: np.ndarray | None,
         num_classes: int,
-        mean,
-        std,
+        mean: Sequence[float],
+        std: Sequence[float],
     ) -> TrainData:
         # Arrays from Ray's object store are read-only views of shared memory; torch.as_tensor keeps them
         # shared (no copy per trial) and we never write to them.
@@ -79,6 +82,19 @@ class TrainData:
                 return torch.as_tensor(a)
 
         return cls(t(x_train), t(y_train), t(x_val), t(y_val), num_classes, tuple(mean), tuple(std))
+
+    @classmethod
+    def from_image_data(cls, data: ImageData, *, val: ValUse = "validate") -> TrainData:
+        """The study's splits as one run trains on them: ``validate`` on the validation split (a trial, a
+        re-check run), ``train`` on train+val without validation (the final retrain on train+val), or
+        ``drop`` it (the final retrain on the training split alone)."""
+        x_train: np.ndarray | FileImages = data.x_train
+        y_train = data.y_train
+        if val == "train":
+            x_train = concat_images([data.x_train, data.x_val])
+            y_train = np.concatenate([data.y_train, data.y_val])
+        x_val, y_val = (data.x_val, data.y_val) if val == "validate" else (None, None)
+        return cls.from_arrays(x_train, y_train, x_val, y_val, data.num_classes, data.mean, data.std)
 
 
 @dataclass
