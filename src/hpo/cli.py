@@ -105,7 +105,7 @@ def run(
 ) -> None:
     """Search, then retrain the winner on train+val, test it once and register it. Running a study again
     after it was killed continues it: finished trials are kept, cut-off work is redone."""
-    from hpo.errors import DataError, HpoError, RunRefused
+    from hpo.errors import DataError, HpoError, Interrupted, RunRefused
 
     loaded = _load(study)
     try:
@@ -115,6 +115,9 @@ def run(
     except (RunRefused, DataError) as exc:  # like a bad study: nothing to run (unreadable data, ...)
         _print_error(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    except Interrupted as exc:  # SIGINT or SIGTERM: the run is resumable; 130 or 143, as a shell reports it
+        err.print(f"[yellow]{exc}[/]", highlight=False)
+        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
@@ -135,12 +138,13 @@ def status(study: StudyArg, as_json: Annotated[bool, typer.Option("--json", help
     loaded = _load(study)
     c = loaded.config
     problems: list[str] = []
-    runs = [
-        describe(r, c.objective.metric, c.objective.direction)
-        for r in StudyDir.all(Path(c.output_dir) / c.name, problems)
-    ]
+    found = StudyDir.all(Path(c.output_dir) / c.name, problems)
+    runs = [describe(r, c.objective.metric, c.objective.direction) for r in found]
     for problem in problems:  # escaped, not markup=False: that would print the [yellow] tags themselves
         err.print(f"[yellow]warning[/]: {escape(problem)}", highlight=False)
+    for run_dir in found:  # what a killed driver's Ray left running (hpo.engine.ray_procs)
+        if ended := run_dir.end_leftovers():
+            err.print(f"[yellow]{escape(ended)}[/]", highlight=False)
     if as_json:
         out.print_json(data=runs)
         return

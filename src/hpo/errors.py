@@ -58,3 +58,20 @@ class RunRefused(HpoError):
 
 class DataError(HpoError):
     """A dataset cannot be found or read; the message says what to do."""
+
+
+class Interrupted(HpoError):
+    """SIGINT or SIGTERM stopped the run: cut-off work is discarded, Ray is shut down, the run folder holds
+    what the next ``hpo run`` continues. The CLI exits 128 + the signal's number (130, 143), as a shell does."""
+
+    def __init__(self, stage: str, signum: int) -> None:
+        self.stage = stage
+        self.signum = signum
+        super().__init__(f"interrupted in {stage}: hpo run continues it")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __reduce__(self):
+        return Interrupted, (self.stage, self.signum)

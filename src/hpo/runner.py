@@ -4,10 +4,14 @@ their declarations (:mod:`hpo.config.backends`) give the run's stages, their res
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TypeVar
 
 from rich.console import Console
@@ -17,7 +21,7 @@ from hpo.backends import backend_class
 from hpo.backends.base import BackendResult, BackendSummary, RunContext
 from hpo.config.backends import stage_sequence
 from hpo.engine.run_dir import StudyDir
-from hpo.errors import HpoError, RunRefused
+from hpo.errors import HpoError, Interrupted, RunRefused
 from hpo.study import Study
 
 __all__ = ["StudyOutcome", "run_study"]
@@ -53,6 +57,45 @@ def _check_database_drivers(*uris: str | None) -> None:
         raise HpoError('a postgresql:// URI needs the PostgreSQL driver: pip install -e ".[postgres]" (psycopg)')
 
 
+class _Stop:
+    """SIGINT and SIGTERM alike stop the run the way Ctrl-C always did: a KeyboardInterrupt in the main thread,
+    which every stage answers (trials ended, the journal kept, Ray shut down), turned into
+    :class:`hpo.errors.Interrupted` once that is done. A second signal ends the process at once (what Ray
+    leaves, its watchdog ends: :mod:`hpo.engine.ray_procs`)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+            self.install()
+        return self
+
+    def install(self) -> None:
+        """(Again, after ``ray.init``: it sets a SIGTERM handler of its own, which exits mid-cleanup.)"""
+        if self._previous:
+            for s in self.SIGNALS:
+                signal.signal(s, self._handle)
+
+    def __exit__(self, *_exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)  # type: ignore[arg-type]  # what getsignal returned
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is not None:
+            os.write(2, f"{signal.Signals(signum).name} again: stopping at once\n".encode())
+            os._exit(128 + signum)
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def interrupted(self, stage: str) -> Interrupted:
+        return Interrupted(stage, self.signum or signal.SIGINT)
+
+
 def run_study(
     study: Study,
     *,
@@ -68,11 +111,43 @@ def run_study(
     (:mod:`hpo.config.backends`). If an earlier run of the same study was killed, continue it
     (``fresh=True`` starts over instead): see :mod:`hpo.engine.run_dir`.
     ``warm_start`` names a study whose earlier runs' best configurations to evaluate first (overrides
-    the study's ``warm_start.from``)."""
+    the study's ``warm_start.from``).
+
+    SIGINT or SIGTERM at any point ends the run resumable and raises :class:`hpo.errors.Interrupted`."""
+    with _Stop() as stop:
+        try:
+            return _run_study(
+                study,
+                stop,
+                address=address,
+                tracking_uri=tracking_uri,
+                console=console,
+                live=live,
+                points=points,
+                fresh=fresh,
+                warm_start=warm_start,
+            )
+        except KeyboardInterrupt:  # before the run's folder was open: nothing to continue but the start
+            raise stop.interrupted(stage_sequence(study.config.backends)[0]) from None
+
+
+def _run_study(
+    study: Study,
+    stop: _Stop,
+    *,
+    address: str | None,
+    tracking_uri: str | None,
+    console: Console | None,
+    live: bool,
+    points: list[dict] | None,
+    fresh: bool,
+    warm_start: str | None,
+) -> StudyOutcome:
     import ray
 
     from hpo.config.study import parse_deadline
     from hpo.data import load_data
+    from hpo.engine.ray_procs import child_pids, watch_ray
     from hpo.engine.ray_tune import start_ray
     from hpo.security import redact
     from hpo.tracking import MlflowTracker, default_tracking_uri
@@ -91,6 +166,9 @@ def run_study(
             f"budget.until {c.budget.until!r} is {until - start:.0f} s away: too close for even one "
             "trial and the final stage; move it later"
         )
+    for earlier in StudyDir.all(Path(c.output_dir) / c.name):  # what a killed driver's Ray left running
+        if ended := earlier.end_leftovers():
+            console.print(f"[yellow]{ended}[/]", highlight=False)
     # the run's stages, from the declarations of the backends it names, go into its state file
     stages = stage_sequence(c.backends)
     run_dir, resumed = StudyDir.open(Path(c.output_dir), c.name, study.fingerprint(), stages=stages, fresh=fresh)
@@ -120,22 +198,33 @@ def run_study(
         return data, seconds, MlflowTracker(uri, c.tracking.experiment or c.name)
 
     started_ray = not ray.is_initialized()
+    watch = None
     with ThreadPoolExecutor(1) as pool:
         loading = pool.submit(load_then_track)
         try:
             ray_start = time.time()
+            before = child_pids()
             start_ray(address)
+            stop.install()
+            if started_ray:  # the processes Ray added below this one: none outlives this process for long
+                watch = watch_ray(run_dir.path, child_pids() - before)
             ray_seconds = time.time() - ray_start
             with console.status("loading data"):
                 data, data_seconds, tracker = loading.result()
-        except BaseException:
+        except BaseException as exc:
             if started_ray:
                 ray.shutdown()
+            if watch is not None:
+                watch.close()
             if not resumed:  # nothing happened yet: leave no run behind to "resume"
                 run_dir.discard()
             else:
                 run_dir.unlock()
-            raise
+            if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:  # Ray's handler, within ray.init
+                stop.signum = stop.signum or signal.SIGTERM
+            elif not isinstance(exc, KeyboardInterrupt):
+                raise
+            raise stop.interrupted(run_dir.state.stage) from None
     console.print(f"[bold]data[/] {c.dataset.name}: {data.summary()} (from {data.origin})")
 
     try:
@@ -159,9 +248,13 @@ def run_study(
         )
         results = {name: backend_class(name)(run).run() for name in c.backends}
         outcome = StudyOutcome(results=results, seconds=time.time() - start, tracking_uri=redact(uri))
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: the stages have ended their work; Ray ends below
+        raise stop.interrupted(run_dir.state.stage) from None
     finally:
         if started_ray:
             ray.shutdown()
+        if watch is not None:
+            watch.close()
         run_dir.unlock()
     for result in outcome.results.values():  # each backend says what it found
         result.print_summary(console, run)

@@ -6,7 +6,9 @@ Each run of a study owns a folder, ``runs/<study>/<timestamp>/``, holding what a
   :mod:`hpo.config.backends`; recorded when the run starts) and the one reached, the MLflow study run, the
   study's fingerprint, the time budget already spent, the re-check's verdict, each stage's own state;
 - ``trials.json``: every trial the driver has seen, rewritten (atomically) on each event;
-- ``optuna.db``: the sampler's history (Optuna's own storage).
+- ``optuna.db``: the sampler's history (Optuna's own storage);
+- ``ray_procs.json``: while the run's driver lives, the processes of the Ray instance it started (see
+  :mod:`hpo.engine.ray_procs`); left behind only if the driver and its watchdog were both killed.
 
 ``hpo run`` picks up the newest unfinished folder of the same study (same fingerprint). Work that is
 finished is kept; work that was cut off is discarded and redone: a trial that was running restarts from
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo._locks import exclusive
+from hpo.engine.ray_procs import describe_ended, end_leftovers
 from hpo.errors import RunRefused
 from hpo.names import FINISHED_ORDER, RunOutcome, Stage
 
@@ -207,6 +210,14 @@ class StudyDir:
             return True
         finally:
             os.close(fd)
+
+    def end_leftovers(self) -> str | None:
+        """End the Ray processes a dead driver of this run left behind (recorded in ``ray_procs.json``, see
+        :mod:`hpo.engine.ray_procs`); one line saying which, or None if there were none."""
+        if self.is_locked():  # its driver runs: they are its own
+            return None
+        ended = end_leftovers(self.path)
+        return describe_ended(self.path, ended) if ended else None
 
     # ------------------------------------------------------------------ state and trials
     def save_state(self) -> None:
