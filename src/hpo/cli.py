@@ -477,6 +477,162 @@ def schema(
     sys.stdout.write(to_json(space_schema() if space else trial_schema() if trial else study_schema()))
 
 
+@app.command()
+def stop(
+    study: StudyArg,
+    timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the run to end")] = 60.0,
+) -> None:
+    """Stop a running study from another shell, as Ctrl-C would: SIGTERM to its driver, then wait for it to
+    end. The run stays resumable: `hpo run STUDY` continues it. Exit 1 when nothing runs the study."""
+    from hpo.errors import HpoError
+    from hpo.fleet import stop_study
+
+    loaded = _load(study)
+
+    def signalled(run, pid: int) -> None:
+        err.print(f"sent SIGTERM to study {loaded.name} (pid {pid}, {run.path}); waiting for it to end", markup=False)
+
+    try:
+        stopped = stop_study(loaded, timeout=timeout, on_signal=signalled)
+    except HpoError as exc:
+        _print_error(exc)
+        raise typer.Exit(EXIT_FAILED) from None
+    for s in stopped:
+        if s.finished:
+            out.print(f"study {s.study} (pid {s.pid}) finished before it stopped", highlight=False, soft_wrap=True)
+        else:
+            out.print(
+                f"stopped study {s.study} (pid {s.pid}) in stage {s.stage} after {s.seconds:.1f} s; "
+                f"`hpo run {study}` continues it",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+
+
+@app.command(name="list")
+def list_(
+    tracking_uri: TrackingOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """The studies an MLflow store holds: each one's latest run (when, its status, the best objective value,
+    the final run's test accuracy) and its registered model's version and champion."""
+    import datetime as dt
+
+    from rich import box
+    from rich.table import Table
+
+    from hpo.errors import HpoError
+    from hpo.fleet import list_studies
+    from hpo.security import redact
+    from hpo.tracking import default_tracking_uri
+
+    uri = default_tracking_uri(tracking_uri)
+    try:
+        studies = list_studies(uri)
+    except HpoError as exc:
+        _print_error(exc)
+        raise typer.Exit(EXIT_FAILED) from None
+    if as_json:
+        print(json.dumps([s.as_dict() for s in studies], indent=2))
+        return
+    if not studies:
+        out.print(f"no study has run in {redact(uri)}", highlight=False)
+        return
+    objectives = {s.objective for s in studies if s.objective}
+    title = f"studies in {redact(uri)}" + (f" (best: {next(iter(objectives))})" if len(objectives) == 1 else "")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("study", "runs", "last run", "status", "best", "test acc", "model", "champion"):
+        table.add_column(
+            col, justify="right" if col in ("runs", "best", "test acc") else "left", no_wrap=col != "study"
+        )
+    for s in studies:
+        table.add_row(
+            s.study,
+            str(s.runs),
+            dt.datetime.fromtimestamp(s.started).strftime("%m-%d %H:%M"),
+            s.status.lower(),
+            "-" if s.best is None else f"{s.best:.4f}" if len(objectives) <= 1 else f"{s.best:.4f} {s.objective}",
+            f"{s.test_accuracy:.4f}" if s.test_accuracy is not None else "-",
+            f"{s.model} v{s.version}" if s.model else "-",
+            # green: the latest run's own version is the champion
+            f"[green]v{s.champion}[/]" if s.champion and s.champion == s.version else f"v{s.champion or '-'}",
+        )
+    (out if out.is_terminal else Console(width=120)).print(table)  # a pipe or a log: no terminal's width to fit
+    out.print("model: the version the latest run registered; champion: its model's `champion` now", soft_wrap=True)
+
+
+@app.command()
+def compare(
+    a: Annotated[str, typer.Argument(help="a study name (its latest run) or an MLflow run id (study or final run)")],
+    b: Annotated[str, typer.Argument(help="the other study or run")],
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="write the two sides' curves by epoch to this PNG")
+    ] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="list the params both share too, not only those that differ")
+    ] = False,
+    tracking_uri: TrackingOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Two runs or two studies side by side: their params (those that differ highlighted), their metrics,
+    and the per-epoch curves of their best trials and final retrains."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from hpo.errors import HpoError
+    from hpo.fleet import open_store
+    from hpo.report.compare import compare as compare_runs
+    from hpo.report.compare import compare_png
+    from hpo.tracking import default_tracking_uri
+
+    try:
+        comparison = compare_runs(open_store(default_tracking_uri(tracking_uri)), a, b)
+        png = compare_png(comparison, plot) if plot is not None else None
+    except HpoError as exc:
+        _print_error(exc)
+        raise typer.Exit(EXIT_FAILED) from None
+    if as_json:
+        print(json.dumps({**comparison.as_dict(), "plot": str(png) if png else None}, indent=2))
+        return
+    left, right = escape(comparison.a.label), escape(comparison.b.label)
+    wide = out if out.is_terminal else Console(width=120)  # a pipe or a log: no terminal's width to fit
+
+    def cell(value: object) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.4g}" if isinstance(value, float) else escape(str(value))
+
+    rows = comparison.param_rows()
+    differ = sum(r[3] for r in rows)
+    params = Table(title=f"params: {differ} of {len(rows)} differ", title_justify="left")
+    for col in ("param", left, right):
+        params.add_column(col, overflow="fold")
+    for name, x, y, differs in rows:
+        if differs or show_all:
+            params.add_row(escape(name), cell(x), cell(y), style="bold yellow" if differs else "dim")
+    metrics = Table(title="metrics", title_justify="left")
+    for col in ("metric", left, right):
+        metrics.add_column(col, justify="left" if col == "metric" else "right")
+    for metric, u, v in comparison.metric_rows():
+        metrics.add_row(escape(metric), cell(u), cell(v))
+    wide.print(params)
+    if not show_all and differ < len(rows):
+        out.print(f"{len(rows) - differ} params equal (--all lists them)", highlight=False)
+    wide.print(metrics)
+    header, curve_rows = comparison.curve_rows(accuracy_only=True)  # the losses: in --plot and --json
+    if curve_rows:
+        curves = Table(title="accuracy by epoch: the best trial's validation, the final retrain's training")
+        curves.title_justify = "left"
+        for col in header:
+            curves.add_column(escape(col).replace(": ", "\n", 1), justify="right")
+        for row in curve_rows:
+            curves.add_row(str(int(row[0] or 0)), *(cell(v) for v in row[1:]))
+        wide.print(curves)
+    if png is not None:
+        out.print(f"curves: {png}", highlight=False)
+
+
 def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:

@@ -1,8 +1,12 @@
-"""The `champion` alias moves to a new version only when its test metric is higher."""
+"""The `champion` alias moves to a new version only when its test metric is higher; `hpo list` and `hpo compare`
+on the store the three runs leave."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from typer.testing import CliRunner
 
 from hpo.testing import run_hpo
 
@@ -50,3 +54,43 @@ def test_champion_moves_only_when_beaten(tmp_path, data_dir):
     assert weak_again < strong
     assert champion() == v2  # not beaten: the alias stays, the newcomer is a challenger
     assert client.get_model_version("shared-model", v3).tags["hpo.role"] == "challenger"
+
+    # hpo list and hpo compare on this store (in-process: MLflow is loaded already)
+    from hpo.cli import app
+
+    uri = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"]
+    cli = CliRunner()
+    listed = cli.invoke(app, ["list", "--json", *uri])
+    assert listed.exit_code == 0, listed.output
+    studies = {s["study"]: s for s in json.loads(listed.stdout)}
+    assert set(studies) == {"weak", "strong"}
+    assert (studies["weak"]["runs"], studies["strong"]["runs"]) == (2, 1)
+    assert (studies["weak"]["version"], studies["strong"]["version"]) == (str(v3), str(v2))  # their latest runs'
+    assert studies["weak"]["champion"] == studies["strong"]["champion"] == str(v2)
+    assert studies["weak"]["test_accuracy"] == pytest.approx(weak_again)
+    assert studies["strong"]["status"] == "FINISHED" and studies["strong"]["objective"] == "val_accuracy"
+    table = cli.invoke(app, ["list", *uri]).stdout
+    assert "shared-model v3" in table and "shared-model v2" in table and "strong" in table, table
+
+    png = tmp_path / "compare.png"
+    compared = cli.invoke(app, ["compare", "weak", "strong", "--plot", str(png), *uri])
+    assert compared.exit_code == 0, compared.output
+    # the studies differ in epochs and training images (and the retrain's epochs, if strong's best came last);
+    # their models are the same
+    assert "budget.max_epochs" in compared.stdout and "final.train_images" in compared.stdout, compared.stdout
+    assert "model.width" not in compared.stdout and "test_accuracy" in compared.stdout
+    from PIL import Image
+
+    with Image.open(png) as image:
+        assert image.size[0] > 600 and image.convert("L").getextrema()[0] < 128  # lines drawn, not blank
+    final_runs = {s: studies[s]["final_run"] for s in studies}
+    by_run = cli.invoke(app, ["compare", final_runs["weak"], final_runs["strong"], "--json", *uri])
+    assert by_run.exit_code == 0, by_run.output
+    sides = json.loads(by_run.stdout)
+    assert {"budget.max_epochs", "final.train_images"} <= set(sides["params_differ"])
+    assert set(sides["params_differ"]) <= {"budget.max_epochs", "final.train_images", "final.epochs"}
+    assert sides["a"]["study"] == "weak" and sides["b"]["study"] == "strong"
+    assert sides["b"]["metrics"]["test_accuracy"] == pytest.approx(strong)
+    # per epoch: the strong study's best trial validated twice, its retrain trained as many epochs as chosen
+    assert [e for e, _ in sides["b"]["curves"]["trial val_accuracy"]] == [1, 2]
+    assert len(sides["b"]["curves"]["final train_accuracy"]) == int(sides["b"]["params"]["final.epochs"])
