@@ -38,6 +38,14 @@ def test_a_log_shows_every_epoch_of_the_search_and_the_final_stage(smoke_run):
     assert re.search(
         r"finalize: retraining trial #\d+ on train\+val, epoch 1/\d: train_accuracy 0\.\d{4}", smoke_run.stderr
     )
+    # from the first epoch measured on, each line carries the search's ETA (hpo.engine.eta) beside the time
+    events = [line for line in smoke_run.stderr.splitlines() if re.match(r"\[\s*\d+\.\d min.*\] \d/4 done \| ", line)]
+    first = next(i for i, line in enumerate(events) if re.search(r"trial \d+ epoch 1/2", line))
+    etas = [
+        re.match(r"\[\s*\d+\.\d min, ETA ~(\d+(?:\.\d)?) (s|min|h)(?: \(time budget\))?\]", e) for e in events[first:]
+    ]
+    assert all(etas), events
+    assert all(float(m[1]) * {"s": 1, "min": 60, "h": 3600}[m[2]] <= 5 * 60 for m in etas)  # budget.time: 5m
 
 
 def test_the_console_carries_no_library_warnings(smoke_run):

@@ -82,6 +82,13 @@ def test_finished_trials_pull_the_expectation_towards_what_the_search_does():
     slow_start = [trial(n, 1, TrialStatus.PRUNED, started=NOW - 100, ended=NOW - 100 + 15) for n in range(4)]
     later = estimate(slow_start, budget, now=NOW)
     assert later is not None and later.seconds == pytest.approx(found.seconds + 6 * 5.0)
+    # the first trial also paid the worker's start-up (20 s here): it counts only until another one finished
+    first = trial(0, 1, TrialStatus.PRUNED, started=NOW - 200, ended=NOW - 200 + 30)
+    alone = estimate([first], SearchBudget(trials=2, max_epochs=1), now=NOW)
+    assert alone is not None and alone.seconds == pytest.approx(10.0 + 20.0)
+    after = estimate([first, *slow_start], budget, now=NOW)
+    assert after is not None and after.seconds == pytest.approx(5 * (per_trial2 := (2 * model + 5) / 7) * 10 + 5 * 5.0)
+    assert per_trial2 < model
 
 
 def test_a_retrying_trial_starts_again_from_scratch():

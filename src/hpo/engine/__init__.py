@@ -4,7 +4,7 @@
 bookkeeping of trial events: records, tracker runs, journal; no Ray), ``ray_callbacks`` (the Ray callback
 and stopper that feed it), ``records`` (what the driver knows of each trial), ``recovery`` (continuing a
 killed search), ``asha`` (seeding a fresh ASHA), ``_private_api`` (every read of a private Ray or Optuna
-attribute), ``live`` (the terminal view), ``limits`` (per-trial memory caps) and ``run_dir`` (a run's
-folder: state, journal, lock; standard library only, so ``hpo status`` stays fast). Nothing here imports
-Ray at package import.
+attribute), ``live`` (the terminal view), ``eta`` (its estimate of the search's end), ``limits`` (per-trial
+memory caps) and ``run_dir`` (a run's folder: state, journal, lock; standard library only, so ``hpo status``
+stays fast). Nothing here imports Ray at package import.
 """

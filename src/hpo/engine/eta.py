@@ -77,8 +77,11 @@ def estimate(records: Sequence[TrialRecord], budget: SearchBudget, *, now: float
     finished = [r for r in records if r.status not in ACTIVE]
     expected = sum(survival[1:])
     per_trial = (PRIOR_WEIGHT * expected + sum(r.epochs for r in finished)) / (PRIOR_WEIGHT + len(finished))
-    # a trial's time beyond its epochs (start-up, planning, validation not counted in its epoch seconds)
-    overheads = [max(0.0, r.ended - r.started - r.compute_seconds) for r in finished if r.ended is not None]
+    # A trial's time beyond its epochs (its start, the validation and checks outside its epoch seconds). The
+    # first trial in each worker also paid the worker's start-up and its plan's measurement, which trials
+    # after it (on the same, reused worker) do not: they count only while no other trial has finished.
+    spans = sorted((r.started, r.ended - r.started - r.compute_seconds) for r in finished if r.ended is not None)
+    overheads = [max(0.0, extra) for _, extra in spans[concurrency:] or spans]
     overhead = sum(overheads) / len(overheads) if overheads else 0.0
 
     running = [
