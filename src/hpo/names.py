@@ -168,3 +168,11 @@ class Metric(StrEnum):
 
 
 EPOCH_METRICS: tuple[Metric, ...] = tuple(Metric)
+
+
+class Artifact(StrEnum):
+    """Files hpo logs on runs, besides those a stage names itself."""
+
+    TRIAL_LOG = "trial.log"  # on a trial run: what its process wrote to stdout and stderr (the last MiB)
+    TRACEBACK = "traceback.txt"  # on a failed trial run: the whole traceback, as raised in the trial's process
+    DRIVER_LOG = "driver.log"  # on a study run (and in the run folder): what the console printed

@@ -1,6 +1,7 @@
 """Trials that raise, go NaN, run out of memory or lose their process are recorded with the reason; the
-retry policy restarts them; the study finishes with the others. A study where no trial succeeds exits 1
-with the reasons."""
+retry policy restarts them; the study finishes with the others. Each trial's run holds what the trial
+wrote and a failed one its whole traceback; the study run holds the driver's log. A study where no trial
+succeeds exits 1 with the reasons."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -69,9 +71,11 @@ def test_each_fault_is_recorded_and_the_study_goes_on(tmp_path, data_dir, monkey
     import ray
 
     import mlflow
+    from hpo.engine.driver_log import LOG_WIDTH
+    from hpo.names import Artifact
     from hpo.runner import run_study
     from hpo.study import load_study
-    from hpo.testing.faults import FAULTS_ENV
+    from hpo.testing.faults import FAULTS_ENV, MESSAGE_END
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "space.yaml").write_text(SPACE)
@@ -91,10 +95,11 @@ def test_each_fault_is_recorded_and_the_study_goes_on(tmp_path, data_dir, monkey
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_trial_process, args=(tmp_path / "runs" / "faults", 0.04, stop, killed))
     killer.start()
+    screen = io.StringIO()
     try:
         outcome = run_study(
             study,
-            console=Console(file=io.StringIO()),
+            console=Console(file=screen, width=LOG_WIDTH, soft_wrap=True),  # as the CLI's, at the log's width
             live=False,
             points=[
                 point(0.05),
@@ -140,6 +145,37 @@ def test_each_fault_is_recorded_and_the_study_goes_on(tmp_path, data_dir, monkey
             assert run.data.tags["hpo.error"] == record.error
         if record.attempts > 1:
             assert run.data.tags["hpo.attempt"] == "2" and run.data.tags["hpo.retry_errors"]
+
+    # Logs: what each trial wrote, and a failed trial's whole traceback, on its run (from the worker's process)
+    def artifact(run_id: str, path: str) -> str:
+        return Path(client.download_artifacts(run_id, path, str(tmp_path / "artifacts" / run_id))).read_text()
+
+    traceback = artifact(always.run_id, Artifact.TRACEBACK)
+    frames = [line.strip() for line in traceback.splitlines() if line.strip().startswith('File "')]
+    assert any("ray_tune.py" in frame and "in run_trial" in frame for frame in frames)  # from the outermost...
+    assert "faults.py" in frames[-1] and frames[-1].endswith("in _fail")  # ...to the innermost frame
+    message = traceback[traceback.index("InjectedFault: injected fault for lr=0.03") :]
+    assert MESSAGE_END in message and message.index(MESSAGE_END) > 500  # the whole message, past the tag's 500
+    assert len(runs[always.run_id].data.tags["hpo.error"]) <= 500  # (the tag keeps its first line only)
+    log = artifact(always.run_id, Artifact.TRIAL_LOG)
+    assert "fault injection on stdout: lr=0.03, rule always" in log  # print
+    assert "fault injection on stderr: lr=0.03" in log  # a write to descriptor 2, below Python
+    assert "first attempt" in artifact(once.run_id, f"attempt-1/{Artifact.TRACEBACK}")  # the retried attempt's
+    assert "fault injection on stdout: lr=0.02" in artifact(once.run_id, f"attempt-1/{Artifact.TRIAL_LOG}")
+    for record in (ok, once, dead):  # successful trials: their output too (sent with their epochs' reports)
+        assert f"fault injection on stdout: lr={record.params['optimizer.lr']}" in artifact(
+            record.run_id, Artifact.TRIAL_LOG
+        )
+    assert "out of memory" in artifact(oom.run_id, Artifact.TRACEBACK)
+
+    # The driver's log: the console's lines, plain, in the run folder and on the study run
+    driver_log = artifact(outcome.result(SearchOutcome).run_id, Artifact.DRIVER_LOG)
+    (in_folder,) = (tmp_path / "runs" / "faults").glob(f"*/{Artifact.DRIVER_LOG}")
+    assert driver_log == in_folder.read_text()
+    logged = {line[20:].rstrip() for line in driver_log.splitlines()}  # after the time stamp
+    printed = [line.rstrip() for line in screen.getvalue().splitlines() if line.strip()]
+    assert len(printed) > 5 and [line for line in printed if line not in logged] == []
+    assert "\x1b" not in driver_log and driver_log.rstrip().endswith("run ended")
 
 
 FAILING = """\

@@ -9,8 +9,8 @@ import pytest
 
 from hpo.config.yaml_loader import parse_yaml
 from hpo.engine.records import TrialRecord
-from hpo.engine.trial_book import HISTORY_KEYS, TrialBook, classify, error_status, error_text
-from hpo.names import EPOCH_METRICS, Metric, RunKind, RunStatus, Tag, TrialStatus
+from hpo.engine.trial_book import HISTORY_KEYS, OUTPUT, TrialBook, classify, error_status, error_text
+from hpo.names import EPOCH_METRICS, Artifact, Metric, RunKind, RunStatus, Tag, TrialStatus
 from hpo.space import SearchSpace, parse_space
 from hpo.tracking import InMemoryTracker, Tracker
 
@@ -201,10 +201,48 @@ def test_what_ray_pickles_leaves_the_view_and_journal_behind(space):
     import pickle
 
     book, _ = make_book(space, InMemoryTracker(), journal=Journal(), on_change=print, optuna_number=lambda _: 1)
+    book.started("a", PARAMS)
+    book.reported("a", result(1, 0.5, **{OUTPUT: "x" * 1000}))
     state = book.__getstate__()
     assert state["journal"] is not book.journal and state["on_change"] is not print
     assert state["optuna_number"]("x") is None
+    assert state["outputs"] == {} and len(book.outputs["a"].text()) == 1000  # Ray snapshots often: not the logs
     pickle.dumps(state["journal"])
+
+
+def test_each_trial_run_gets_its_output_and_a_failed_one_its_whole_traceback(space):
+    tracker = InMemoryTracker()
+    book, _ = make_book(space, tracker, max_epochs=2)
+    ok, failed, silent = book.started("a", PARAMS), book.started("b", OTHER), book.started("c", PARAMS)
+    book.reported("a", result(1, 0.5, **{OUTPUT: "epoch 1 of a\n"}))
+    book.reported("b", result(1, 0.5, **{OUTPUT: "epoch 1 of b\n"}))
+    book.reported("a", result(2, 0.6, **{OUTPUT: "epoch 2 of a\n"}))
+    book.completed("a")
+    traceback = "Traceback (most recent call last):\n" + '  File "x.py", line 1, in f\n' * 200 + "ValueError: bad"
+    book.errored("b", "ValueError: bad", traceback, "after the last report\n")
+    book.close_unfinished()  # ran here but wrote nothing: an empty log all the same
+    artifacts = {tracker.runs[r.run_id].name: tracker.runs[r.run_id].artifacts for r in (ok, failed, silent)}
+    assert artifacts["trial-001"] == {Artifact.TRIAL_LOG: "epoch 1 of a\nepoch 2 of a\n"}
+    assert artifacts["trial-002"][Artifact.TRIAL_LOG] == "epoch 1 of b\nafter the last report\n"
+    assert artifacts["trial-002"][Artifact.TRACEBACK] == traceback  # all of it, not the tag's 500 characters
+    assert artifacts["trial-003"] == {Artifact.TRIAL_LOG: ""}
+    assert book.outputs == {}  # handed over: nothing held for ended trials
+
+
+def test_a_retried_trials_new_run_keeps_the_failed_attempts_traceback_and_output(space):
+    tracker = InMemoryTracker()
+    book, _ = make_book(space, tracker)
+    record = book.started("a", PARAMS)
+    book.reported("a", result(1, 0.5, **{OUTPUT: "first attempt\n"}))
+    book.retried("a", "RuntimeError: flaky", "Traceback ...\nRuntimeError: flaky", "its last words\n")
+    book.started("a", PARAMS)
+    book.reported("a", result(1, 0.5, **{OUTPUT: "second attempt\n"}))
+    book.completed("a")
+    assert tracker.runs[record.run_id].artifacts == {
+        f"attempt-1/{Artifact.TRIAL_LOG}": "first attempt\nits last words\n",
+        f"attempt-1/{Artifact.TRACEBACK}": "Traceback ...\nRuntimeError: flaky",
+        Artifact.TRIAL_LOG: "second attempt\n",
+    }
 
 
 @pytest.mark.parametrize(

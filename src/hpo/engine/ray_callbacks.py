@@ -4,15 +4,18 @@ only when a search runs."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ray import tune
+from ray import cloudpickle, tune
 
 from hpo.engine.records import TrialRecord
 from hpo.engine.trial_book import TrialBook, error_text
+from hpo.engine.trial_output import attached_output
 
 
 class TrialTracker(tune.Callback):
@@ -20,6 +23,12 @@ class TrialTracker(tune.Callback):
 
     def __init__(self, book: TrialBook) -> None:
         self.book = book
+
+    def setup(self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any) -> None:
+        for name in _FAILURE_LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _QuietFailures) for f in logger.filters):
+                logger.addFilter(_QuietFailures())
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.book.started(trial.trial_id, trial.config)
@@ -32,11 +41,22 @@ class TrialTracker(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id in self.book.by_id:
-            self.book.retried(trial.trial_id, trial_error(trial))
+            self.book.retried(trial.trial_id, trial_error(trial), *trial_failure(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id in self.book.by_id:
-            self.book.errored(trial.trial_id, trial_error(trial))
+            self.book.errored(trial.trial_id, trial_error(trial), *trial_failure(trial))
+
+
+_FAILURE_LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.tune")
+
+
+class _QuietFailures(logging.Filter):
+    """Drops Ray Tune's console records of a trial's failure (its whole traceback, each time): the trial's
+    run holds the traceback (``traceback.txt``) and the view prints the reason in a line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Trial task failed for trial", "Trials did not complete"))
 
 
 class DeadlineStopper(tune.Stopper):
@@ -86,3 +106,43 @@ def _raw_error_text(trial: Any) -> str:
         lines = Path(trial.error_file).read_text().strip().splitlines()
         return (lines[-1] if lines else "unknown error")[:500]
     return "unknown error"
+
+
+_FAILURE_HEADER = re.compile(r"^Failure # \d+ \(occurred at [^)]*\)\n", re.MULTILINE)  # Trial.handle_error's
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def trial_failure(trial: Any) -> tuple[str, str]:
+    """(the whole traceback, the output the error carried) of the failure that just ended an attempt of
+    ``trial``. Ray's ``Trial.handle_error`` wrote both in the driver before calling any callback, on
+    whichever node the trial ran: the error's text (a task's error holds the traceback formatted in the
+    trial's process, innermost frame included) appended to the trial's error file, and the error itself
+    pickled beside it (a task's error or a lost process only). ``Trial.get_pickled_error`` would read
+    them from the experiment's storage, where they arrive later."""
+    traceback = _last_failure(trial.error_file)
+    error = _pickled_error(trial)
+    if error is not None and traceback and _ANSI.sub("", str(error)).strip() != traceback:
+        error = None  # the pickle is an earlier attempt's: this failure was not a task's
+    if not traceback and error is not None:
+        traceback = _ANSI.sub("", str(error)).strip()
+    return traceback, attached_output(getattr(error, "cause", None))
+
+
+def _last_failure(error_file: str | None) -> str:
+    if not error_file or not Path(error_file).is_file():
+        return ""
+    text = Path(error_file).read_text(errors="replace")
+    headers = list(_FAILURE_HEADER.finditer(text))
+    return _ANSI.sub("", text[headers[-1].end() :] if headers else text).strip()
+
+
+def _pickled_error(trial: Any) -> BaseException | None:
+    path = trial.pickled_error_file
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            error = cloudpickle.load(f)
+    except Exception:  # an exception type this process cannot import: the traceback's text will do
+        return None
+    return error if isinstance(error, BaseException) else None

@@ -17,7 +17,8 @@ from hpo.data import ImageData
 from hpo.engine.asha import seed_asha
 from hpo.engine.records import TrialRecord
 from hpo.engine.run_dir import StudyDir
-from hpo.engine.trial_book import TrialBook, classify, may_retry
+from hpo.engine.trial_book import OUTPUT, TrialBook, classify, may_retry
+from hpo.engine.trial_output import OutputCapture
 from hpo.errors import HpoError
 from hpo.space import SearchSpace, define_by_run
 from hpo.study import Study
@@ -44,7 +45,17 @@ class TrialSettings:
 
 def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, settings: TrialSettings) -> None:
     """The Ray Tune trainable: one trial, reporting once per epoch. Imports stay inside so that the
-    driver's import of this module stays light."""
+    driver's import of this module stays light.
+
+    Everything the trial's process writes to stdout and stderr (C code's included) goes to the driver
+    with its reports, and the rest with its error: see ``hpo.engine.trial_output``."""
+    with OutputCapture() as output:
+        _train_trial(params, space=space, data=data, settings=settings, output=output)
+
+
+def _train_trial(
+    params: dict[str, Any], *, space: SearchSpace, data: ImageData, settings: TrialSettings, output: OutputCapture
+) -> None:
     import ray
 
     from hpo.engine.devices import assigned_device
@@ -76,6 +87,7 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, se
                 "pid": pid,
                 "node": node,
                 **plan_info,
+                OUTPUT: output.take(),
             }
         )
 

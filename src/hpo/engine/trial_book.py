@@ -1,6 +1,7 @@
 """The driver's bookkeeping of a search's trials, without Ray: ``TrialBook`` turns trial events (started,
-reported an epoch, completed, failed, retried) into ``TrialRecord`` s, one tracker run per trial, the
-journal (``trials.json``) and the live view. Ray's callback (``hpo.engine.ray_callbacks``) only forwards
+reported an epoch, completed, failed, retried) into ``TrialRecord`` s, one tracker run per trial (with
+the trial's output and, when it failed, its whole traceback as artifacts), the journal (``trials.json``)
+and the live view. Ray's callback (``hpo.engine.ray_callbacks``) only forwards
 its events here, so all of this is tested with an in-memory tracker in milliseconds.
 """
 
@@ -12,12 +13,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from hpo.engine.records import ACTIVE, TrialRecord
-from hpo.names import EPOCH_METRICS, RunKind, Tag, TrialStatus
+from hpo.engine.trial_output import OutputTail
+from hpo.names import EPOCH_METRICS, Artifact, RunKind, Tag, TrialStatus
 from hpo.space import SearchSpace
 from hpo.tracking import Tracker, flatten
 
 EPOCH = "epoch"  # the keys of a trial's report besides its metrics (see engine.ray_tune.run_trial)
 EARLY_STOP = "early_stop"
+OUTPUT = "output"  # what the trial wrote to stdout and stderr since its last report (hpo.engine.trial_output)
 HISTORY_KEYS: tuple[str, ...] = (EPOCH, *EPOCH_METRICS, EARLY_STOP)  # what a history row keeps of a report
 OUT_OF_MEMORY = "TrialOutOfMemory"  # the type name of hpo.engine.limits.TrialOutOfMemory, as errors print it
 
@@ -80,7 +83,11 @@ class TrialBook:
     a retry after an error) has its partial run deleted and a new one started.
 
     ``optuna_number(trial_id)`` names the sampler's trial for a Tune trial id (to reconcile the two after a
-    crash); ``journal(records)`` writes ``trials.json``; ``on_change`` and ``on_plan`` feed the live view."""
+    crash); ``journal(records)`` writes ``trials.json``; ``on_change`` and ``on_plan`` feed the live view.
+
+    Each trial's output (the pieces its reports and its error carry) is kept here, its last MiB, until
+    the trial ends and it is logged as ``trial.log``: not in the journal, which is rewritten on every
+    event."""
 
     def __init__(
         self,
@@ -104,6 +111,7 @@ class TrialBook:
         self.optuna_number = optuna_number or _no_number
         self.on_plan = on_plan or _ignore_plan
         self.by_id: dict[str, TrialRecord] = {}
+        self.outputs: dict[str, OutputTail] = {}  # by trial id, while the trial runs
         self.stop_reason: str | None = None  # set when the search as a whole is stopped early
         self.next_number = max((r.number for r in [*records, *self.restarts]), default=0) + 1
 
@@ -115,6 +123,7 @@ class TrialBook:
             "journal": _ignore_journal,
             "optuna_number": _no_number,
             "on_plan": _ignore_plan,
+            "outputs": {},
         }
 
     # ------------------------------------------------------------------------------ trial events
@@ -135,12 +144,14 @@ class TrialBook:
         record.run_id = self._start_run(record)
         self.records.append(record)
         self.by_id[trial_id] = record
+        self.outputs[trial_id] = OutputTail()
         self.changed(record)
         return record
 
     def reported(self, trial_id: str, result: Mapping[str, Any]) -> None:
         """One epoch's report (see ``engine.ray_tune.run_trial``)."""
         record = self.by_id[trial_id]
+        self._output(trial_id).write(result.get(OUTPUT) or "")
         row = {k: result[k] for k in HISTORY_KEYS if k in result}
         record.history.append(row)
         record.worker_started = result.get("trial_started", record.worker_started)
@@ -170,27 +181,35 @@ class TrialBook:
             record.status, reason = TrialStatus.STOPPED, f"stopped at epoch {record.epochs}: {self.stop_reason}"
         self.end(record, reason)
 
-    def retried(self, trial_id: str, error: str) -> None:
-        """Failed with ``error`` and is about to run again (``failures.retries``): its run starts over."""
+    def retried(self, trial_id: str, error: str, traceback: str = "", output: str = "") -> None:
+        """Failed with ``error`` and is about to run again (``failures.retries``): its run starts over,
+        with the failed attempt's ``traceback`` and output under ``attempt-<n>/``."""
         record = self.by_id.get(trial_id)
         if record is None:
             return
         self.tracker.delete_run(self._run(record))
+        tail = self.outputs.pop(trial_id, None) or OutputTail()
+        tail.write(output)
         record.retry_errors.append(error)
+        failed_attempt = record.attempts
         record.attempts += 1
         record.history.clear()
         record.status = TrialStatus.RETRYING
         record.run_id = self._start_run(record)
+        self.outputs[trial_id] = OutputTail()
+        self._log_output(record, tail, traceback, folder=f"attempt-{failed_attempt}/")
         self.changed(record)
 
-    def errored(self, trial_id: str, error: str) -> None:
-        """Failed with ``error``, for good."""
+    def errored(self, trial_id: str, error: str, traceback: str = "", output: str = "") -> None:
+        """Failed with ``error``, for good: ``traceback`` (the whole of it, as raised in the trial's process)
+        and the ``output`` its error carried (since its last report) go to its run."""
         record = self.by_id.get(trial_id)
         if record is None:
             return
+        self._output(trial_id).write(output)
         record.error = error
         record.status = error_status(error)
-        self.end(record, f"{record.status}: {record.error}")
+        self.end(record, f"{record.status}: {record.error}", traceback=traceback)
 
     def close_unfinished(self) -> None:
         """After the search: trials still running when it ended (no completion event comes when the time
@@ -212,10 +231,23 @@ class TrialBook:
         self.records.sort(key=lambda r: r.number)
 
     # ------------------------------------------------------------------------------ the rest
-    def end(self, record: TrialRecord, reason: str) -> None:
+    def end(self, record: TrialRecord, reason: str, *, traceback: str = "") -> None:
         record.ended = time.time()
+        tail = self.outputs.pop(record.trial_id, None)
+        if tail is not None and record.run_id is not None:  # it ran here (a trial cut off by a crash did not)
+            self._log_output(record, tail, traceback)
         end_run(self.tracker, record, reason)
         self.changed(record)
+
+    def _log_output(self, record: TrialRecord, output: OutputTail, traceback: str, folder: str = "") -> None:
+        """``trial.log`` (what the trial wrote, possibly nothing) and, when it failed, ``traceback.txt``."""
+        run = self._run(record)
+        self.tracker.log_text(run, output.text(), f"{folder}{Artifact.TRIAL_LOG}")
+        if traceback:
+            self.tracker.log_text(run, traceback, f"{folder}{Artifact.TRACEBACK}")
+
+    def _output(self, trial_id: str) -> OutputTail:
+        return self.outputs.setdefault(trial_id, OutputTail())
 
     def changed(self, record: TrialRecord) -> None:
         self.journal(self.records)
