@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from rich.table import Table
 from hpo.backends import backend_class
 from hpo.backends.base import BackendResult, BackendSummary, RunContext
 from hpo.config.backends import stage_sequence
+from hpo.engine.driver_log import DriverLog
 from hpo.engine.run_dir import StudyDir
 from hpo.errors import HpoError, Interrupted, RunRefused
 from hpo.study import Study
@@ -172,6 +174,7 @@ def _run_study(
     # the run's stages, from the declarations of the backends it names, go into its state file
     stages = stage_sequence(c.backends)
     run_dir, resumed = StudyDir.open(Path(c.output_dir), c.name, study.fingerprint(), stages=stages, fresh=fresh)
+    driver_log = DriverLog.start(console, run_dir.path)  # the console, also in the run folder's driver.log
     run_dir.shared_storage = c.tracking.optuna_storage
     deadline = run_dir.state.deadline or until  # fixed when the run began: "06:00" means that night's 06:00
     if deadline is not None and run_dir.state.deadline is None:
@@ -212,6 +215,7 @@ def _run_study(
             with console.status("loading data"):
                 data, data_seconds, tracker = loading.result()
         except BaseException as exc:
+            driver_log.finish(error=exc)
             if started_ray:
                 ray.shutdown()
             if watch is not None:
@@ -251,6 +255,8 @@ def _run_study(
     except KeyboardInterrupt:  # SIGINT or SIGTERM: the stages have ended their work; Ray ends below
         raise stop.interrupted(run_dir.state.stage) from None
     finally:
+        if (error := sys.exc_info()[1]) is not None:  # failed or interrupted: the log so far, on the study run
+            driver_log.finish(tracker, error)
         if started_ray:
             ray.shutdown()
         if watch is not None:
@@ -260,6 +266,7 @@ def _run_study(
         result.print_summary(console, run)
     if len(outcome.results) > 1:
         print_comparison(console, study, outcome.summaries())
+    driver_log.finish(tracker)
     return outcome
 
 

@@ -5,6 +5,7 @@ read back with MLflow's own client; and MLflow's process-wide state left as it w
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -61,6 +62,17 @@ def memory_tracker(tmp_path) -> Tracker:
     return InMemoryTracker("protocol")
 
 
+def artifact_text(tracker: Tracker, run_id: str, path: str, tmp_path: Path) -> str:
+    """An artifact read back: from MLflow's store with its own client, or from the in-memory run."""
+    if isinstance(tracker, InMemoryTracker):
+        stored = tracker.runs[run_id].artifacts[path]
+        return stored.read_text() if isinstance(stored, Path) else stored
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracker.uri)  # type: ignore[attr-defined]
+    return Path(client.download_artifacts(run_id, path, str(tmp_path / "downloads"))).read_text()
+
+
 @pytest.mark.parametrize("make", [mlflow_tracker, memory_tracker])
 def test_runs_lookups_and_the_registry_through_the_protocol(tmp_path, make):
     """The same behaviour from both trackers: the in-memory twin stands in for MLflow in unit tests."""
@@ -72,11 +84,18 @@ def test_runs_lookups_and_the_registry_through_the_protocol(tmp_path, make):
     tracker.log_params(trial, {"a.b": 1})
     tracker.log_metrics(trial, {"val_accuracy": 0.5, "skipped": None}, step=1)
     tracker.log_metrics(trial, {"val_accuracy": 0.75}, step=2)
+    traceback = "Traceback (most recent call last):\n" + "  a frame\n" * 100 + "ValueError: boom"
+    tracker.log_text(trial, traceback, "attempt-1/traceback.txt")  # a trial's traceback: whole, in a folder
     with pytest.raises(ValueError), tracker.finishing(trial):
         raise ValueError("boom")
     tracker.log_text(study, "hello", "notes.md")
     with tracker.finishing(study):
         pass
+    (tmp_path / "driver.log").write_text("the console's lines\n")
+    tracker.log_artifact(study, tmp_path / "driver.log")  # on a run already ended, as the driver's log is
+    assert artifact_text(tracker, trial, "attempt-1/traceback.txt", tmp_path) == traceback
+    assert artifact_text(tracker, study, "notes.md", tmp_path) == "hello"
+    assert artifact_text(tracker, study, "driver.log", tmp_path) == "the console's lines\n"
     old = tracker.start_run("study", tags={Tag.KIND: RunKind.STUDY, Tag.STUDY: "s"})
     tracker.end_run(old, RunStatus.KILLED)
 
@@ -89,8 +108,10 @@ def test_runs_lookups_and_the_registry_through_the_protocol(tmp_path, make):
     assert tracker.child_runs(study, RunKind.FINAL) == []
     assert [r.info.run_id for r in tracker.study_runs("s")] == [study]  # finished ones only
     assert tracker.get_run(study).data.tags[Tag.STATUS] == TrialStatus.COMPLETED
+    assert tracker.opened_study_runs() == []  # started with start_run: not a study run of this tracker's
     tracker.reopen(study, {Tag.ATTEMPTS: 2})
     assert tracker.get_run(study).info.status == RunStatus.RUNNING and tracker.study_runs("s") == []
+    assert tracker.opened_study_runs() == [study]  # where the driver's log goes
 
     tracker.ensure_registered_model("m", {Tag.STUDY: "s"})
     tracker.ensure_registered_model("m", {})  # exists: left alone

@@ -114,6 +114,10 @@ class Tracker(Protocol):
 
     def reopen(self, run_id: str, tags: Mapping[str, Any]) -> None: ...
 
+    def opened_study_runs(self) -> list[str]:
+        """The study runs this tracker started (``start_study``) or reopened, in order."""
+        ...
+
     def delete_run(self, run_id: str) -> None:
         """Discard a run whose work is redone, with the model versions registered from it."""
         ...
@@ -177,6 +181,7 @@ class TrackerBase:
     """The operations composed of a tracker's primitives, the same for every implementation."""
 
     busy_seconds: float = 0.0
+    _opened_studies: tuple[str, ...] = ()
 
     # the primitives each implementation provides (see ``Tracker``)
     def start_run(self, name: str, *, parent: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
@@ -244,12 +249,20 @@ class TrackerBase:
         )
         self.log_text(run_id, redact(yaml.safe_dump(dict(resolved), sort_keys=False)), "study.resolved.yaml")
         self.log_dict(run_id, environment(), "environment.json")
+        self._opened_studies = (*self._opened_studies, run_id)
         return run_id
 
     def reopen(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        """Mark a run that a killed or interrupted attempt left behind as running again."""
+        """Mark a study run that a killed or interrupted attempt left behind as running again."""
         self._set_running(run_id)
         self.set_tags(run_id, {**tags, Tag.STATUS: TrialStatus.RUNNING})
+        if run_id not in self._opened_studies:
+            self._opened_studies = (*self._opened_studies, run_id)
+
+    def opened_study_runs(self) -> list[str]:
+        """The study runs this tracker started (``start_study``) or reopened, in order: where the
+        driver's log goes at the end of ``hpo run``."""
+        return list(self._opened_studies)
 
     @contextmanager
     def finishing(self, run_id: str) -> Iterator[str]:
