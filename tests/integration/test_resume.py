@@ -1,12 +1,14 @@
 """Kill the driver with SIGKILL mid-search, between search and finalize, and mid-finalize; each rerun
 continues the study. Finished trials are not re-run, MLflow holds one live run per trial, the sampler's
-history survives, and the final stage's result is there once."""
+history survives, and the final stage's result is there once. Nothing of a killed driver's Ray outlives it
+by 30 s; killed with its watchdog, what it leaves is ended by the next ``hpo status``."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -51,8 +53,11 @@ def _start(work: Path) -> subprocess.Popen:
     )
 
 
-def _kill_driver_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
-    """SIGKILL the driver once ``ready()`` holds, then end the Ray processes it had started (only those)."""
+def _kill_driver_when(proc: subprocess.Popen, ready, timeout: float = 240, *, watchdog_in: Path | None = None) -> None:
+    """SIGKILL the driver once ``ready()`` holds; nothing of its Ray outlives it by 30 s. With
+    ``watchdog_in`` (the run's working directory), the driver's watchdog (hpo.engine.ray_procs) is SIGKILLed
+    first: then ``hpo status`` ends exactly what the run folder recorded, and says so. Whatever fails, the
+    Ray processes the driver started (only those) are ended before returning."""
     deadline = time.time() + timeout
     while not ready():
         if proc.poll() is not None:
@@ -60,12 +65,31 @@ def _kill_driver_when(proc: subprocess.Popen, ready, timeout: float = 240) -> No
         assert time.time() < deadline, "the kill point was never reached"
         time.sleep(0.1)
     family = psutil.Process(proc.pid).children(recursive=True)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    for child in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    wait_ended(family, timeout=30)
+    try:
+        if watchdog_in is not None:
+            record = json.loads((_run_dir(watchdog_in) / "ray_procs.json").read_text())
+            watchdog = psutil.Process(record["watchdog"][0])
+            assert watchdog in family
+            watchdog.kill()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if watchdog_in is None:
+            left = wait_ended(family, timeout=30)
+            assert not left, f"outlived the driver by 30 s: {[(p.pid, p.name()) for p in left]}"
+            return
+        status = run_hpo(["status", "study.yaml"], watchdog_in)
+        assert status.returncode == 0, status.stdout + status.stderr
+        line = next((x for x in status.stderr.splitlines() if "leftover Ray process" in x), None)
+        assert line is not None, status.stderr
+        named = {int(pid) for pid in re.findall(r"(\d+) ray::", line)}
+        assert named and named <= {p.pid for p in family}, line  # exactly those the run had started
+        left = wait_ended(family, timeout=5)
+        assert not left, f"{line}; still running: {[(p.pid, p.name()) for p in left]}"
+    finally:
+        for child in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        wait_ended(family, timeout=30)
 
 
 def _run_dir(work: Path) -> Path | None:
@@ -114,7 +138,7 @@ def test_a_killed_study_continues_where_it_stopped(tmp_path, data_dir):
         trials = _journal(tmp_path)
         return len(trials) >= 3 and trials[-1]["status"] == "running" and trials[-2]["status"] in TERMINAL
 
-    _kill_driver_when(_start(tmp_path), mid_search)
+    _kill_driver_when(_start(tmp_path), mid_search, watchdog_in=tmp_path)
     before = _journal(tmp_path)
     finished_before = {t["number"]: t for t in before if t["status"] in TERMINAL}
     cut_off = [t for t in before if t["status"] not in TERMINAL]

@@ -30,7 +30,7 @@ __all__ = ["RECORD", "Proc", "RayWatch", "child_pids", "end_leftovers", "watch_r
 
 RECORD = "ray_procs.json"  # in the run folder
 SCAN_SECONDS = 1.0  # how often the watchdog looks for new Ray processes (workers come and go)
-GRACE_SECONDS = 3.0  # SIGTERM, then SIGKILL for what is still running after this
+GRACE_SECONDS = 1.0  # SIGTERM, then SIGKILL for what is still running after this (agents ignore it)
 
 
 @dataclass(frozen=True)
