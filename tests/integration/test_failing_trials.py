@@ -1,10 +1,12 @@
-"""A trial that fails is recorded with its error; the study goes on and finishes with the others."""
+"""A trial that fails is recorded with its error (its run holds the whole traceback); the study goes on and
+finishes with the others; the console stays quiet and its lines are in the driver's log."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,4 +54,13 @@ def test_diverging_trials_fail_with_their_error_and_the_study_completes(tmp_path
         assert trial.info.status == "FAILED"
         assert trial.data.params["optimizer.lr"] == "10.0"
         assert "FloatingPointError: training loss became" in trial.data.tags["hpo.error"]
+        traceback = Path(client.download_artifacts(trial.info.run_id, "traceback.txt", str(tmp_path))).read_text()
+        assert 'loop.py", line' in traceback and "FloatingPointError: training loss became" in traceback
     assert "failed" in result.stderr
+    assert "Trial task failed" not in result.stderr and "Traceback" not in result.stderr  # Ray's, per failure
+    (driver_log,) = (tmp_path / "runs" / "failing").glob("*/driver.log")
+    logged = driver_log.read_text()
+    shown = ("data ", "tracking ", "search study run")  # the console's own lines (its tables: at another width)
+    lines = [line for line in result.stderr.splitlines() if line.startswith(shown)]
+    assert len(lines) == 3 and all(line.rstrip() in logged for line in lines)
+    assert logged.rstrip().endswith("run ended")
