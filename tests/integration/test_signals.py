@@ -129,7 +129,10 @@ def _interrupt(work: Path, data_dir: Path, signum: int, ready: Callable[[int], b
         family = _session(proc.pid)
         assert len(family) > 5, [p.name() for p in family]  # Ray's processes are there to end
         sent = time.monotonic()
-        os.kill(proc.pid, signum)
+        if signum == signal.SIGINT:  # Ctrl-C: a terminal signals the whole foreground process group
+            os.killpg(proc.pid, signum)
+        else:  # a scheduler's or `hpo stop`'s SIGTERM: the driver alone
+            os.kill(proc.pid, signum)
         rc = proc.wait(timeout=60)
         took = time.monotonic() - sent
         output = log.read_text()

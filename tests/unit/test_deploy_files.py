@@ -274,6 +274,15 @@ def test_cronjob_runs_the_study_nightly_against_the_ray_head():
     assert head in settings["HPO_WAIT_FOR"].split(",")
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/work/studies", "/work/runs"} <= mounts
+    # hpo stops within ~10 s of SIGTERM (tests/integration/test_signals.py): the grace period leaves room
+    assert spec["jobTemplate"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+
+
+def test_ray_jobs_get_time_to_stop_cleanly():
+    """`ray job stop` SIGKILLs the entrypoint 3 s after its SIGTERM unless the head says otherwise."""
+    head = k8s_doc("RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in head["env"]}
+    assert int(env["RAY_JOB_STOP_WAIT_TIME_S"]) >= 30
 
 
 def test_the_nightly_study_in_the_configmap_is_valid(tmp_path):
