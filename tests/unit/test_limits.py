@@ -108,3 +108,52 @@ def test_ray_tune_asks_the_retry_rule_besides_its_own_count():
         flaky.run_metadata.num_failures = 3  # past max_failures: Ray's own count still decides
         assert not flaky.should_recover()
     assert oom.should_recover()  # Ray's rule alone once the block ends
+
+
+def _node_lost(kind: str) -> BaseException:
+    """What Ray raises in the driver for a trial whose node went away (its processes and raylet killed):
+    the actor's connection dropped, or the actor or its node declared dead, or the node preempted."""
+    import ray.exceptions as rex
+    from ray.core.generated.common_pb2 import ActorDiedErrorContext
+
+    actor = "01" * 16
+    if kind == "unavailable":
+        message = "The actor is temporarily unavailable: RpcError: RPC error: Socket closed rpc_code: 14."
+        return rex.ActorUnavailableError(message, bytes.fromhex(actor))
+    if kind == "actor died with its node":
+        died = "The actor died because its node has died. Node Id: 5e0c"
+        context = ActorDiedErrorContext(error_message=died, node_ip_address="127.0.0.2", actor_id=bytes.fromhex(actor))
+        return rex.ActorDiedError(context)
+    if kind == "node died":
+        return rex.NodeDiedError("Node 5e0c died")
+    return rex.RayActorError(actor, preempted=True)
+
+
+@pytest.mark.parametrize("kind", ["unavailable", "actor died with its node", "node died", "preempted"])
+def test_a_trial_whose_node_was_lost_is_retried(kind):
+    """Preemption: the same trial may well run on another node (failures.retries), unlike one that ran out
+    of memory (above). The error as the driver words it: type and first line (hpo.engine.ray_callbacks)."""
+    exc = _node_lost(kind)
+    error = error_text(f"{type(exc).__name__}: {exc}".splitlines()[0])
+    assert may_retry(error), error
+
+
+def test_a_retried_trial_reporting_its_epochs_again_raises_no_optuna_warning():
+    """A retry starts over and reports epoch 1, 2, ... again to the same Optuna trial (through Ray's
+    OptunaSearch): Optuna keeps the first values and would warn on the console of each repeat."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study(direction="maximize").ask()
+    trial.report(0.5, step=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with retry_rule(lambda trial: True):
+            trial.report(0.6, step=1)  # the retry's first epoch
+        assert not caught, [str(w.message) for w in caught]
+        trial.report(0.6, step=1)  # outside the search, Optuna's warning stands
+    assert [str(w.message) for w in caught] == [
+        "The reported value is ignored because this `step=1` is already reported."
+    ]

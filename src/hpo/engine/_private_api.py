@@ -15,6 +15,7 @@ Each accessor raises ``PrivateApiChanged`` naming the attribute when a library u
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -58,7 +59,12 @@ def retry_rule(may_retry: Callable[[Any], bool]) -> Iterator[None]:
     its own count (``Trial.should_recover``: failures <= ``FailureConfig.max_failures``). Tune asks that
     method right after recording the error and offers no hook of its own there (callbacks hear of the
     retry only once it is scheduled), so the class's method is wrapped for the block, in the driver, where
-    the controller runs (under Ray Client, Tune runs it in a remote task: there Ray's count alone decides)."""
+    the controller runs (under Ray Client, Tune runs it in a remote task: there Ray's count alone decides).
+
+    A retried trial starts over (on whichever node has room: a lost node's trial goes to another) and
+    reports its epochs again to the same Optuna trial, which keeps the first value of each step and warns
+    of every other: that warning is silenced for the block (the search's trials report to Optuna through
+    Ray's ``OptunaSearch``; hpo's own records and tracker runs follow the attempt that finished)."""
     from ray.tune.experiment import Trial
 
     ray_rule = _attribute(Trial, "should_recover")
@@ -68,6 +74,12 @@ def retry_rule(may_retry: Callable[[Any], bool]) -> Iterator[None]:
 
     Trial.should_recover = should_recover  # type: ignore[method-assign]
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=OPTUNA_STEP_REPORTED, category=UserWarning)
+            yield
     finally:
         Trial.should_recover = ray_rule  # type: ignore[method-assign]
+
+
+# Optuna's warning for a step reported twice to one trial (optuna.trial.Trial.report), as a regex.
+OPTUNA_STEP_REPORTED = r"The reported value is ignored because this `step=\d+` is already reported"

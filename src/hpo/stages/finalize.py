@@ -1,13 +1,19 @@
 """Finalize: retrain the winning configuration on train+val for its best epoch count, test it once,
-log the evaluation, the model and its exports, register it, and move the ``champion`` alias if it won."""
+log the evaluation, the model and its exports, register it, and move the ``champion`` alias if it won.
+
+Retraining, the test and the exports run as one Ray task on a worker, with the study's resources (a whole
+GPU when trials use GPUs: ``final_task_options``); the driver logs what the task sends back
+(``Retrained``: a cluster's nodes share no filesystem) and registers the model."""
 
 from __future__ import annotations
 
 import json
-import os
+import math
+import queue
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -15,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from hpo.config.study import Resources
 from hpo.data import ImageData
-from hpo.data.streaming import FileImages, concat_images, head
-from hpo.engine.devices import describe
+from hpo.data.streaming import FileImages, head
 from hpo.engine.records import TrialRecord
 from hpo.errors import HpoError
 from hpo.names import Metric, RunKind, Tag
@@ -25,7 +31,7 @@ from hpo.stages.champion import CHAMPION, ChampionGuard, ChampionRule, apply
 from hpo.study import Study
 from hpo.tracking import Tracker, flatten
 
-__all__ = ["CHAMPION", "ChampionGuard", "FinalResult", "finalize", "register"]
+__all__ = ["CHAMPION", "ChampionGuard", "FinalResult", "Retrained", "final_task_options", "finalize", "register"]
 
 
 @dataclass
@@ -66,13 +72,14 @@ def finalize(
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> FinalResult:
-    import torch
+    """Retrain, test and export in the final task (on a worker), then log what it sends back and
+    register the model. Interrupted while the task runs (Ctrl-C, or SIGTERM raised as
+    ``KeyboardInterrupt``), the driver cancels the task and raises on."""
+    import ray
 
     from hpo.report import learning_curves_png
     from hpo.report.evaluation import write_evaluation, write_multilabel_evaluation
     from hpo.report.study_plots import family_table, optuna_plots_html
-    from hpo.train import Preferences, TrainData, predict_logits, train
-    from hpo.train.loop import accuracy, loss_fn
 
     c = study.config
     start = time.time()
@@ -81,11 +88,7 @@ def finalize(
     epochs = best_epoch if c.final.epochs == "best" else c.final.epochs
     if epochs is None:  # cannot happen for a winner picked by its best value, which has an epoch
         raise HpoError(f"trial #{winner.number} reported no {c.objective.metric}: no epoch count to retrain for")
-    if c.final.retrain_on == "train+val":
-        x = concat_images([data.x_train, data.x_val])
-        y = np.concatenate([data.y_train, data.y_val])
-    else:
-        x, y = data.x_train, data.y_train
+    train_images = len(data.y_train) + (len(data.y_val) if c.final.retrain_on == "train+val" else 0)
 
     run_id = tracker.start_run(
         "final",
@@ -98,50 +101,50 @@ def finalize(
             **flatten(winner.config.model_dump(mode="json")),
             "final.epochs": epochs,
             "final.retrain_on": c.final.retrain_on,
-            "final.train_images": len(y),
+            "final.train_images": train_images,
             "seed": c.seed,
         },
     )
     with tracker.finishing(run_id):
-        train_data = TrainData.from_arrays(x, y, None, None, data.num_classes, data.mean, data.std)
-
-        def report(epoch, _model) -> None:
-            tracker.log_metrics(run_id, epoch.metrics(), step=epoch.epoch)
-            if progress is not None:
-                progress(
-                    f"epoch {epoch.epoch}/{epochs}: train_accuracy {epoch.train_accuracy:.4f}, {epoch.seconds:.0f} s"
-                )
-
-        result = train(
-            winner.config,
-            train_data,
+        job = FinalJob(
+            config=winner.config.model_dump(mode="json"),
             epochs=epochs,
             seed=c.seed,
-            device=final_device(c.resources.gpus_per_trial),
-            threads=threads or os.cpu_count(),
-            prefs=Preferences.from_resources(c.resources),
-            report=report,
+            retrain_on=c.final.retrain_on,
+            resources=c.resources,
+            threads=threads or max(1, math.floor(c.resources.cpus_per_trial)),
+            exports=tuple(f for f in c.final.export if f in EXPORT_FILES),
         )
-        device = describe(result.plan.torch_device)  # uncapped: the driver holds what it trains on whole
-        tracker.set_tags(run_id, {**result.plan.tags(), **device.tags()})
-        # tested once, on the device it trained on, as it trained (precision, layout)
-        logits = predict_logits(
-            result.model,
-            data.x_test if isinstance(data.x_test, FileImages) else torch.as_tensor(data.x_test),
-            plan=result.plan,
-        )
-        model = result.model.cpu().to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
-        y_test = torch.as_tensor(data.y_test)
-        test_loss = loss_fn(logits, y_test, multilabel=data.multilabel).item()
-        test_accuracy = accuracy(logits, y_test)  # multi-label: the mean per-label accuracy
+        task = ray.remote(**final_task_options(c.resources, c.failures.retries))(_final_task)
+        stream: ray.ObjectRefGenerator = task.remote(job, ray.put(data))  # a generator task: refs as it yields
+        retrained: Retrained | None = None
+        try:
+            for ref in stream:  # each epoch as it ends, then what the task made
+                item = ray.get(ref)
+                if isinstance(item, Retrained):
+                    retrained = item
+                    continue
+                tracker.log_metrics(run_id, {k: v for k, v in item.items() if k != "epoch"}, step=item["epoch"])
+                if progress is not None:
+                    progress(
+                        f"epoch {item['epoch']}/{epochs}: train_accuracy {item[Metric.TRAIN_ACCURACY]:.4f}, "
+                        f"{item[Metric.SECONDS]:.0f} s"
+                    )
+        except KeyboardInterrupt:  # the driver is stopping: the retrain on the worker stops with it
+            ray.cancel(stream, force=True)
+            raise
+        if retrained is None:
+            raise HpoError("the final task ended without sending its result back")
+        tracker.set_tags(run_id, retrained.tags)
+        test_accuracy, test_loss = retrained.test_accuracy, retrained.test_loss
 
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             if data.multilabel:
-                metrics = write_multilabel_evaluation(logits.numpy(), data.y_test, data.classes, out, study.name)
+                metrics = write_multilabel_evaluation(retrained.logits, data.y_test, data.classes, out, study.name)
             else:
                 metrics = write_evaluation(
-                    logits.numpy(),
+                    retrained.logits,
                     data.y_test,
                     data.x_test,  # type: ignore[arg-type]  # FileImages too
                     data.classes,
@@ -150,7 +153,7 @@ def finalize(
                 )
             learning_curves_png(
                 winner.history,
-                [_row(e) for e in result.history],
+                retrained.history,
                 out / "learning_curves.png",
                 f"{study.name}: winning trial #{winner.number} and its retrain",
             )
@@ -165,12 +168,12 @@ def finalize(
             "test_accuracy": test_accuracy,
             "test_loss": test_loss,
             **metrics,
-            "retrain_seconds": sum(e.seconds for e in result.history),
+            "retrain_seconds": sum(row[Metric.SECONDS] for row in retrained.history),
         }
         tracker.log_metrics(run_id, metrics)
 
-        model_uri, model_id = _log_model(tracker, run_id, model, data)
-        _log_exports(tracker, run_id, model, data, c.final.export)
+        model_uri, model_id = _log_model(tracker, run_id, retrained.model, data)
+        _log_exports(tracker, run_id, retrained.exports, data)
         name, version, promotion = register(tracker, study, run_id, model_uri, model_id, metrics)
         tracker.set_tags(run_id, {Tag.PROMOTION: promotion})
     return FinalResult(
@@ -178,21 +181,126 @@ def finalize(
     )
 
 
-def final_device(gpus_per_trial: float) -> str:
-    """Where the driver retrains the winner: on the CPU for a study whose trials held no GPU (as they
-    trained, and a GPU the driver's machine has may belong to others' tasks); else on a GPU where this
-    machine has one (a head node without one retrains on its CPU, tagged so)."""
-    return "cpu" if gpus_per_trial == 0 else "auto"
+# What the final task exports beside the logged model: format -> file name (artifact folder ``exports/``).
+EXPORT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+
+
+@dataclass(frozen=True)
+class FinalJob:
+    """What the final task is asked to do; the data goes beside it, through Ray's object store."""
+
+    config: dict[str, Any]  # the winner's TrialConfig, as JSON
+    epochs: int
+    seed: int
+    retrain_on: str  # train+val | train
+    resources: Resources
+    threads: int
+    exports: tuple[str, ...]  # formats, keys of EXPORT_FILES
+
+
+@dataclass
+class Retrained:
+    """What the final task sends back. A cluster's nodes share no filesystem, so all the driver logs
+    travels in it: the model (on the CPU), the test set's logits (the evaluation's metrics and plots are
+    drawn from them), the exported files' bytes, and where and how it trained (tags: node, device, plan)."""
+
+    history: list[dict[str, Any]]  # one row per epoch: ``epoch`` and its metrics (``hpo.names.Metric``)
+    model: Any  # the trained torch module: on the CPU, contiguous, in eval mode
+    logits: np.ndarray  # float32 (test images, classes)
+    test_loss: float
+    test_accuracy: float  # multi-label: the mean per-label accuracy
+    exports: dict[str, bytes]  # file name -> content
+    tags: dict[str, str]
+
+
+def final_task_options(resources: Resources, retries: int) -> dict[str, Any]:
+    """The final task's Ray options: a trial's CPUs (and memory), and a whole GPU when trials use GPUs
+    (a fractional share packs trials side by side; the final run is alone). ``retries``
+    (``failures.retries``) runs it again elsewhere if its worker or node is lost."""
+    options: dict[str, Any] = {
+        "num_cpus": resources.cpus_per_trial,
+        "num_gpus": 1 if resources.gpus_per_trial > 0 else 0,
+        "max_retries": retries,
+        "num_returns": "streaming",  # a generator: each epoch reaches the driver as it ends
+    }
+    if resources.memory_per_trial:
+        options["memory"] = int(resources.memory_per_trial)  # as trials ask (hpo.engine.ray_tune)
+    return options
+
+
+def _final_task(job: FinalJob, data: ImageData) -> Iterator[dict[str, Any] | Retrained]:
+    """The Ray task: yields each epoch's row as it ends, then the ``Retrained``. Training runs in a thread
+    of the task so that its per-epoch callback can hand rows to this generator."""
+    from hpo.engine.devices import assigned_device
+
+    # First, before anything asks torch about CUDA (see hpo.engine.ray_tune.run_trial).
+    device = assigned_device(1.0 if job.resources.gpus_per_trial > 0 else 0.0, who="final run")
+
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def work() -> None:
+        try:
+            retrained = _retrain(job, data, device.device, lambda row: events.put(("epoch", row)))
+            retrained.tags.update({**device.tags(), Tag.NODE.value: node})
+            events.put(("done", retrained))
+        except BaseException as exc:  # raised again by the task itself, which fails with it
+            events.put(("error", exc))
+
+    threading.Thread(target=work, name="final-retrain", daemon=True).start()
+    while True:
+        kind, item = events.get()
+        if kind == "error":
+            raise item
+        yield item
+        if kind == "done":
+            return
+
+
+def _retrain(job: FinalJob, data: ImageData, device: str, on_epoch: Callable[[dict[str, Any]], None]) -> Retrained:
+    """Train, test once and export: the final task's work, in the task's process."""
+    import torch
+
+    from hpo.config import TrialConfig
+    from hpo.engine.limits import out_of_memory_as_infeasible
+    from hpo.train import Preferences, TrainData, predict_logits, train
+    from hpo.train.loop import accuracy, loss_fn
+
+    config = TrialConfig.model_validate(job.config)
+    with out_of_memory_as_infeasible(config.batch_size, device):
+        train_data = TrainData.from_image_data(data, val="train" if job.retrain_on == "train+val" else "drop")
+        result = train(
+            config,
+            train_data,
+            epochs=job.epochs,
+            seed=job.seed,
+            device=device,
+            threads=job.threads,
+            prefs=Preferences.from_resources(job.resources),
+            report=lambda epoch, _model: on_epoch(_row(epoch)),
+        )
+        # tested once, on the device it trained on, as it trained (precision, layout)
+        x_test = data.x_test if isinstance(data.x_test, FileImages) else torch.as_tensor(data.x_test)
+        logits = predict_logits(result.model, x_test, plan=result.plan)
+    model = result.model.cpu().to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
+    y_test = torch.as_tensor(data.y_test)
+    return Retrained(
+        history=[_row(e) for e in result.history],
+        model=model,
+        logits=logits.numpy(),
+        test_loss=loss_fn(logits, y_test, multilabel=data.multilabel).item(),
+        test_accuracy=accuracy(logits, y_test),
+        exports=_export_files(model, data, job.exports),
+        tags=dict(result.plan.tags()),
+    )
 
 
 def _row(epoch: Any) -> dict[str, Any]:
-    return {
-        "epoch": epoch.epoch,
-        Metric.TRAIN_LOSS: epoch.train_loss,
-        Metric.TRAIN_ACCURACY: epoch.train_accuracy,
-        Metric.VAL_LOSS: epoch.val_loss,
-        Metric.VAL_ACCURACY: epoch.val_accuracy,
-    }
+    """An epoch of the retrain as plain values (they cross from the task to the driver): its number and
+    metrics (no validation ones: the retrain holds nothing out)."""
+    return {"epoch": epoch.epoch, **epoch.metrics()}
 
 
 def model_metadata(data: ImageData) -> dict:
@@ -238,20 +346,20 @@ def _log_model(tracker: Tracker, run_id: str, model: Any, data: ImageData) -> tu
     return logged.uri, logged.model_id
 
 
-def _log_exports(tracker: Tracker, run_id: str, model: Any, data: ImageData, formats: Sequence[str]) -> None:
-    """TorchScript and ONNX files beside the logged model (artifact folder ``exports/``)."""
+def _export_files(model: Any, data: ImageData, formats: Sequence[str]) -> dict[str, bytes]:
+    """TorchScript and ONNX files of ``model`` (made in the final task, where the model is), as bytes."""
     import torch
 
     example = torch.as_tensor(head(data.x_test, 4).astype(np.float32) / 255.0)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         if "torchscript" in formats:
-            torch.jit.trace(model, example).save(str(out / "model.torchscript.pt"))
+            torch.jit.trace(model, example).save(str(out / EXPORT_FILES["torchscript"]))
         if "onnx" in formats:
             torch.onnx.export(
                 model,
                 (example,),
-                str(out / "model.onnx"),
+                str(out / EXPORT_FILES["onnx"]),
                 input_names=["images"],
                 output_names=["logits"],
                 dynamo=True,
@@ -259,6 +367,16 @@ def _log_exports(tracker: Tracker, run_id: str, model: Any, data: ImageData, for
                 external_data=False,
                 dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
             )
+        return {path.name: path.read_bytes() for path in sorted(out.iterdir())}
+
+
+def _log_exports(tracker: Tracker, run_id: str, exports: Mapping[str, bytes], data: ImageData) -> None:
+    """The final task's exported files beside the logged model, with the model's metadata (artifact
+    folder ``exports/``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for name, content in exports.items():
+            (out / name).write_bytes(content)
         (out / "model_metadata.json").write_text(json.dumps(model_metadata(data), indent=2))
         for path in sorted(out.iterdir()):
             tracker.log_artifact(run_id, path, "exports")

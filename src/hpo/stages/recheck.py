@@ -2,8 +2,9 @@
 configurations at the full epoch budget with fresh seeds, as Ray tasks, and pick by the mean of their
 best validation metric; the spread across seeds is recorded.
 
-Each run is a trial in all but name: it trains on the device Ray assigned it (``hpo.engine.devices``), under
-the same memory caps, and running out of memory is classed as for trials (``TrialOutOfMemory``). A run
+Each run is a trial in all but name: a Ray task with a trial's resources, on whichever node Ray places it
+(tagged ``hpo.node``), training on the device Ray assigned it (``hpo.engine.devices``) under the same memory
+caps, and running out of memory is classed as for trials (``TrialOutOfMemory``). A run
 that raises (out of memory, a loss gone NaN, anything) is recorded, its tracker run failed with the
 reason, and the others go on; a candidate none of whose runs finished is out, and when every run failed
 the search's winner stands, with a note saying so."""
@@ -67,6 +68,8 @@ def _train_task(
     # First, before anything asks torch about CUDA (see hpo.engine.ray_tune.run_trial).
     device = assigned_device(resources.gpus_per_trial, who="re-check run")
 
+    import ray
+
     from hpo.engine.limits import memory_cap, out_of_memory_as_infeasible
     from hpo.train import Preferences, TrainData, train
 
@@ -90,7 +93,7 @@ def _train_task(
         )
     return {
         "history": [{"epoch": e.epoch, **e.metrics()} for e in result.history],
-        "tags": {**result.plan.tags(), **device.tags()},
+        "tags": {**result.plan.tags(), **device.tags(), Tag.NODE.value: ray.get_runtime_context().get_node_id()},
     }
 
 
@@ -108,7 +111,11 @@ def recheck(
     candidates = [Candidate(r) for r in scored[: c.final.recheck.top_k]]
     seeds = [c.seed + 1000 + i for i in range(c.final.recheck.seeds)]
 
-    options: dict[str, Any] = {"num_cpus": c.resources.cpus_per_trial, "num_gpus": c.resources.gpus_per_trial}
+    options: dict[str, Any] = {
+        "num_cpus": c.resources.cpus_per_trial,
+        "num_gpus": c.resources.gpus_per_trial,
+        "max_retries": c.failures.retries,  # a run whose process or node is lost runs again, as a trial would
+    }
     if c.resources.memory_per_trial:
         options["memory"] = int(c.resources.memory_per_trial)  # as trials ask (hpo.engine.ray_tune)
     task = ray.remote(**options)(_train_task)
@@ -121,17 +128,22 @@ def recheck(
         for cand in candidates
         for seed in seeds
     }
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        cand, seed = pending.pop(done[0])
-        try:
-            outcome = ray.get(done[0])
-        except Exception as exc:  # this run failed; the others go on
-            cand.failures[seed] = _error(exc)
-            _log_run(tracker, parent_run, cand, seed, [], {}, cand.failures[seed])
-            continue
-        cand.histories[seed] = outcome["history"]
-        _log_run(tracker, parent_run, cand, seed, outcome["history"], outcome["tags"], None)
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            cand, seed = pending.pop(done[0])
+            try:
+                outcome = ray.get(done[0])
+            except Exception as exc:  # this run failed; the others go on
+                cand.failures[seed] = _error(exc)
+                _log_run(tracker, parent_run, cand, seed, [], {}, cand.failures[seed])
+                continue
+            cand.histories[seed] = outcome["history"]
+            _log_run(tracker, parent_run, cand, seed, outcome["history"], outcome["tags"], None)
+    except KeyboardInterrupt:  # the driver is stopping: so do the runs still going on the workers
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
 
     def mean_best(cand: Candidate) -> float:
         return float(np.mean(cand.bests(metric, mode)))
