@@ -18,12 +18,8 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from hpo.names import Tag
-
-if TYPE_CHECKING:
-    import torch
 
 CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 
@@ -96,14 +92,6 @@ def cuda_device(index: int = 0, *, share: float = 1.0, gpu_ids: tuple[str, ...] 
 
     major, minor = torch.cuda.get_device_capability(index)
     return Device("cuda", torch.cuda.get_device_name(index), f"{major}.{minor}", share, gpu_ids)
-
-
-def describe(device: torch.device) -> Device:
-    """A device this process trains on outside Ray's assignment (the driver's final retrain, held whole),
-    described for its tags."""
-    if device.type == "cuda":
-        return cuda_device(device.index or 0)
-    return cpu_device()
 
 
 def cuda_unusable_reason() -> str | None:
