@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 import tempfile
@@ -55,9 +56,6 @@ class OutputTail:
         dropped = self.dropped + cut
         note = f"[... {dropped} earlier characters dropped: the last {self.limit} are kept ...]\n" if dropped else ""
         return note + joined[cut:]
-
-    def __len__(self) -> int:
-        return min(self._size, self.limit)
 
 
 class OutputCapture:
@@ -158,7 +156,12 @@ def _flush() -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     with contextlib.suppress(Exception):
-        ctypes.CDLL(None).fflush(None)
+        _libc().fflush(None)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None)
 
 
 def _read_all(fd: int, offset: int, size: int) -> bytes:
