@@ -197,6 +197,19 @@ def test_every_attempts_run_carries_the_device_the_trial_reported(space):
         assert tags[Tag.DEVICE_CAPABILITY] == "8.0" and tags[Tag.GPU_SHARE] == "0.25" and tags[Tag.GPU_IDS] == "3"
 
 
+def test_a_retry_on_the_same_node_names_its_node_and_plan_on_its_new_run(space):
+    tracker, plans = InMemoryTracker(), []
+    book, _ = make_book(space, tracker, on_plan=lambda record, key: plans.append(key))
+    record = book.started("a", PARAMS)
+    plan = {"plan": {"precision": "fp32"}, "plan_key": "k1", "plan_tags": {Tag.PLAN_PRECISION: "fp32"}}
+    book.reported("a", result(1, 0.5, **plan))
+    book.retried("a", "TrialProcessDied: the trial's process died")
+    book.reported("a", result(1, 0.5, **plan))  # the same node ("node-1") and plan as the first attempt
+    tags = tracker.runs[record.run_id].tags
+    assert tags[Tag.NODE] == "node-1" and tags[Tag.PLAN_PRECISION] == "fp32", tags
+    assert plans == ["k1"]  # handed on once
+
+
 def test_what_ray_pickles_leaves_the_view_and_journal_behind(space):
     import pickle
 

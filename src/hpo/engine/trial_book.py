@@ -157,15 +157,18 @@ class TrialBook:
         record.worker_started = result.get("trial_started", record.worker_started)
         record.worker_last = result.get("reported_at", record.worker_last)
         record.worker_pid = result.get("pid", record.worker_pid)
-        if result.get("node") and result["node"] != record.node:  # where it runs, on a cluster
+        first = len(record.history) == 1  # each attempt's run gets its node, device and plan tags
+        if result.get("node") and (first or result["node"] != record.node):  # where it runs, on a cluster
             record.node = result["node"]
             self.tracker.set_tags(self._run(record), {Tag.NODE: record.node})
-        if result.get("device_tags") and len(record.history) == 1:  # each attempt's run, on its first epoch
+        if result.get("device_tags") and first:
             self.tracker.set_tags(self._run(record), result["device_tags"])
-        if result.get("plan") and record.plan is None:  # how it trains: precision, layout, threads
+        if result.get("plan") and (first or record.plan is None):  # how it trains: precision, layout, threads
+            planned = record.plan is not None
             record.plan = dict(result["plan"])
             self.tracker.set_tags(self._run(record), result.get("plan_tags") or {})
-            self.on_plan(record, result.get("plan_key", ""))
+            if not planned:
+                self.on_plan(record, result.get("plan_key", ""))
         metrics = {k: v for k, v in row.items() if k not in (EPOCH, EARLY_STOP)}
         self.tracker.log_metrics(self._run(record), metrics, step=row[EPOCH])
         self.changed(record)
