@@ -9,7 +9,8 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -96,6 +97,21 @@ class _Stop:
 
     def interrupted(self, stage: str) -> Interrupted:
         return Interrupted(stage, self.signum or signal.SIGINT)
+
+
+def _in_background(work: Callable[[], R]) -> Future[R]:
+    """``work()`` in a daemon thread. Not a pool's: the interpreter joins those at exit, so a signal during
+    Ray's start would wait for the data to load before the process could end."""
+    future: Future[R] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # handed to whoever waits for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="load-data", daemon=True).start()
+    return future
 
 
 def run_study(
@@ -202,33 +218,32 @@ def _run_study(
 
     started_ray = not ray.is_initialized()
     watch = None
-    with ThreadPoolExecutor(1) as pool:
-        loading = pool.submit(load_then_track)
-        try:
-            ray_start = time.time()
-            before = child_pids()
-            start_ray(address)
-            stop.install()
-            if started_ray:  # the processes Ray added below this one: none outlives this process for long
-                watch = watch_ray(run_dir.path, child_pids() - before)
-            ray_seconds = time.time() - ray_start
-            with console.status("loading data"):
-                data, data_seconds, tracker = loading.result()
-        except BaseException as exc:
-            driver_log.finish(error=exc)
-            if started_ray:
-                ray.shutdown()
-            if watch is not None:
-                watch.close()
-            if not resumed:  # nothing happened yet: leave no run behind to "resume"
-                run_dir.discard()
-            else:
-                run_dir.unlock()
-            if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:  # Ray's handler, within ray.init
-                stop.signum = stop.signum or signal.SIGTERM
-            elif not isinstance(exc, KeyboardInterrupt):
-                raise
-            raise stop.interrupted(run_dir.state.stage) from None
+    loading = _in_background(load_then_track)  # a daemon thread: an interrupted start does not wait for it
+    try:
+        ray_start = time.time()
+        before = child_pids()
+        start_ray(address)
+        stop.install()
+        if started_ray:  # the processes Ray added below this one: none outlives this process for long
+            watch = watch_ray(run_dir.path, child_pids() - before)
+        ray_seconds = time.time() - ray_start
+        with console.status("loading data"):
+            data, data_seconds, tracker = loading.result()
+    except BaseException as exc:
+        driver_log.finish(error=exc)
+        if started_ray:
+            ray.shutdown()
+        if watch is not None:
+            watch.close()
+        if not resumed:  # nothing happened yet: leave no run behind to "resume"
+            run_dir.discard()
+        else:
+            run_dir.unlock()
+        if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:  # Ray's handler, within ray.init
+            stop.signum = stop.signum or signal.SIGTERM
+        elif not isinstance(exc, KeyboardInterrupt):
+            raise
+        raise stop.interrupted(run_dir.state.stage) from None
     console.print(f"[bold]data[/] {c.dataset.name}: {data.summary()} (from {data.origin})")
 
     try:
