@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo.engine.ray_procs import RECORD, Proc, end_leftovers, proc
+from hpo.engine.ray_procs import RECORD, Proc, end_leftovers, proc, this_machine
 from hpo.engine.run_dir import StudyDir
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
@@ -31,8 +31,9 @@ def _wait_dead(p: Proc, timeout: float = 10) -> bool:
     return not p.alive()
 
 
-def _record(folder: Path, driver: Proc, procs: list[Proc]) -> None:
+def _record(folder: Path, driver: Proc, procs: list[Proc], machine: str | None = None) -> None:
     data = {
+        "machine": machine or this_machine(),
         "driver": [driver.pid, driver.start, ""],
         "watchdog": None,
         "processes": [[p.pid, p.start, p.name] for p in procs],
@@ -60,6 +61,19 @@ def test_a_dead_runs_record_ends_exactly_the_processes_it_names(tmp_path):
         for p in (recorded, other, reused):
             p.kill()
             p.wait()
+
+
+def test_another_machines_record_is_left_alone(tmp_path):
+    """A run folder on a shared volume: the pids a driver elsewhere recorded are not this machine's."""
+    ray_process = _sleeper()
+    try:
+        target = proc(ray_process.pid)
+        assert target
+        _record(tmp_path, Proc(999_999_999, 0), [target], machine="elsewhere/boot/1")
+        assert end_leftovers(tmp_path) == [] and target.alive()
+    finally:
+        ray_process.kill()
+        ray_process.wait()
 
 
 def test_a_live_drivers_record_is_left_alone(tmp_path):

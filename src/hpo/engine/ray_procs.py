@@ -19,6 +19,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RECORD", "Proc", "RayWatch", "child_pids", "end_leftovers", "watch_ray"]
+__all__ = ["RECORD", "Proc", "RayWatch", "child_pids", "end_leftovers", "this_machine", "watch_ray"]
 
 RECORD = "ray_procs.json"  # in the run folder
 SCAN_SECONDS = 1.0  # how often the watchdog looks for new Ray processes (workers come and go)
@@ -140,9 +141,23 @@ def _write(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def this_machine() -> str:
+    """This machine as its processes see it: a pid names a process only within one PID namespace of one
+    boot of one host (a run folder on a shared volume is read from other pods and hosts)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        boot, namespace = "?", 0
+    return f"{socket.gethostname()}/{boot}/{namespace}"
+
+
 def _read(path: Path) -> tuple[list[Proc], list[Proc]]:
-    """(the driver and the watchdog, Ray's processes) as recorded in ``path``."""
+    """(the driver and the watchdog, Ray's processes) as recorded in ``path``; nothing if another machine
+    wrote it."""
     data = json.loads(path.read_text())
+    if data.get("machine") != this_machine():
+        return [], []
     keepers = [Proc(*data[k]) for k in ("driver", "watchdog") if data.get(k)]
     return keepers, [Proc(*p) for p in data.get("processes", [])]
 
@@ -185,6 +200,8 @@ def end_leftovers(run_folder: Path) -> list[Proc]:
         keepers, procs = _read(record)
     except (OSError, ValueError, TypeError):
         return []
+    if not keepers:  # another machine's record: its processes are not ours to end
+        return []
     if any(p.alive() for p in keepers):
         return []
     ended = end(procs)
@@ -206,7 +223,7 @@ def _watch(record: Path, roots: list[int]) -> None:
     # stays until the driver's end closes its pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    driver, me = proc(os.getppid()), proc(os.getpid())
+    driver, me, machine = proc(os.getppid()), proc(os.getpid()), this_machine()
     seen: dict[int, Proc] = {}
     while driver is not None and driver.alive():
         current = descendants(roots + [p.pid for p in seen.values() if p.alive()])
@@ -217,6 +234,7 @@ def _watch(record: Path, roots: list[int]) -> None:
             _write(
                 record,
                 {
+                    "machine": machine,
                     "driver": [driver.pid, driver.start, driver.name],
                     "watchdog": [me.pid, me.start, me.name] if me else None,
                     "processes": [[p.pid, p.start, p.name] for p in seen.values()],
