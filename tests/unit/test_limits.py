@@ -136,6 +136,9 @@ def test_a_trial_whose_node_was_lost_is_retried(kind):
     exc = _node_lost(kind)
     error = error_text(f"{type(exc).__name__}: {exc}".splitlines()[0])
     assert may_retry(error), error
+    if kind in ("unavailable", "node died"):  # what the driver saw when a test killed a worker node
+        assert error.startswith("TrialNodeLost: the trial's node, or the connection to it, was lost"), error
+    assert may_retry(error_text(str(exc).splitlines()[-1])), str(exc)  # a lost process's error: its last line
 
 
 def test_a_retried_trial_reporting_its_epochs_again_raises_no_optuna_warning():
@@ -157,3 +160,8 @@ def test_a_retried_trial_reporting_its_epochs_again_raises_no_optuna_warning():
     assert [str(w.message) for w in caught] == [
         "The reported value is ignored because this `step=1` is already reported."
     ]
+
+
+def test_an_out_of_memory_mentioning_a_lost_node_is_still_not_retried():
+    error = error_text("TrialOutOfMemory: out of memory with batch size 64 on cpu (NodeDiedError in the log)")
+    assert error.startswith("TrialOutOfMemory") and not may_retry(error)

@@ -49,13 +49,24 @@ def may_retry(error: str) -> bool:
 
 
 def error_text(raw: str) -> str:
-    """``"TypeName: message"`` with the module path dropped; a process that died says so in words."""
+    """``"TypeName: message"`` with the module path dropped; a process or node lost says so in words."""
+    if any(marker in raw for marker in _NODE_LOST) and OUT_OF_MEMORY not in raw:
+        return (
+            "TrialNodeLost: the trial's node, or the connection to it, was lost (the node died, was "
+            f"preempted or became unreachable): {re.sub(_MODULE_PATH, '', raw)[:300]}"
+        )
     if "worker process has died" in raw or "actor died unexpectedly" in raw:
         return (
             "TrialProcessDied: the trial's process died (killed by a signal, by the kernel's OOM killer, "
             "or crashed in native code)"
         )
-    return re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=\w+(?::|$))", "", raw)
+    return re.sub(_MODULE_PATH, "", raw)
+
+
+_MODULE_PATH = r"^(?:[A-Za-z_][\w]*\.)+(?=\w+(?::|$))"  # ray.exceptions.RayTaskError -> RayTaskError
+# What Ray says in the driver of a trial whose node went away: the actor's connection dropped
+# (ActorUnavailableError), the actor died with its node, or the node itself was declared dead.
+_NODE_LOST = ("The actor is temporarily unavailable", "its node has died", "NodeDiedError")
 
 
 def _ignore(record: TrialRecord) -> None:
