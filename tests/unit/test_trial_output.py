@@ -1,17 +1,18 @@
 """A trial's output caught at the file descriptors (``hpo.engine.trial_output``): print, warnings, raw
-writes, C's stdio and child processes alike; handed over in pieces, bounded, and carried by an error."""
+writes, C's stdio and child processes alike; handed over in pieces, bounded, and carried by an error's
+traceback."""
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
+import traceback
 
 import pytest
 
-from hpo.engine.trial_output import OutputCapture, OutputTail, attached_output
+from hpo.engine.trial_output import OutputCapture, OutputTail, split_output
 
 SCRIPT = """\
 import ctypes, json, os, subprocess, sys, warnings
@@ -65,12 +66,14 @@ def test_the_output_is_bounded_to_its_last_characters():
     assert tail.text().endswith("y" * 10) and tail._size < 110  # old pieces are let go as new ones come
 
 
-def test_an_error_carries_what_was_written_since_the_last_hand_over_and_keeps_it_through_pickling():
+def test_an_error_carries_what_was_written_since_the_last_hand_over_in_its_traceback():
     with pytest.raises(ValueError) as raised, OutputCapture() as output:
         os.write(1, b"before the report\n")  # (print would go to pytest's capture, not the descriptor)
         output.take()
         os.write(2, b"its last words\n")
         raise ValueError("boom")
-    assert attached_output(raised.value) == "its last words\n"
-    assert attached_output(pickle.loads(pickle.dumps(raised.value))) == "its last words\n"  # as Ray ships it
-    assert attached_output(None) == "" and attached_output(ValueError()) == ""
+    text = "".join(traceback.format_exception(raised.value))  # as Ray formats it in the trial's process
+    head, carried = split_output(text)
+    assert carried == "its last words\n" and head.rstrip().endswith("ValueError: boom")
+    assert "before the report" not in text  # handed over already, with a report
+    assert split_output(head) == (head, "")

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ray import cloudpickle, tune
+from ray import tune
 
 from hpo.engine.records import TrialRecord
 from hpo.engine.trial_book import TrialBook, error_text
-from hpo.engine.trial_output import attached_output
+from hpo.engine.trial_output import split_output
 
 
 class TrialTracker(tune.Callback):
@@ -95,17 +95,30 @@ def trial_error(trial: Any) -> str:
 
 
 def _raw_error_text(trial: Any) -> str:
-    try:
-        error = trial.get_pickled_error() or trial.get_error()
+    traceback, _ = trial_failure(trial)
+    if traceback:
+        return _exception_line(traceback)[:500]
+    try:  # no error file here: Ray's copy in the experiment's storage
+        error = trial.get_pickled_error()
     except Exception:
         error = None
     if error is not None:
         cause = getattr(error, "cause", None) or error
         return f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
-    if trial.error_file and Path(trial.error_file).is_file():
-        lines = Path(trial.error_file).read_text().strip().splitlines()
-        return (lines[-1] if lines else "unknown error")[:500]
     return "unknown error"
+
+
+def _exception_line(traceback: str) -> str:
+    """The first line of the exception a formatted traceback ends with: the first line at the margin after
+    the last frame (a message may span lines, indented ones too); a lost process's error has no frames:
+    its last line says why."""
+    lines = [line for line in traceback.splitlines() if line.strip()]
+    frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
+    if frames:
+        for line in lines[frames[-1] + 1 :]:
+            if line[:1] not in (" ", "\t"):
+                return line
+    return lines[-1] if lines else "unknown error"
 
 
 _FAILURE_HEADER = re.compile(r"^Failure # \d+ \(occurred at [^)]*\)\n", re.MULTILINE)  # Trial.handle_error's
@@ -114,35 +127,14 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def trial_failure(trial: Any) -> tuple[str, str]:
     """(the whole traceback, the output the error carried) of the failure that just ended an attempt of
-    ``trial``. Ray's ``Trial.handle_error`` wrote both in the driver before calling any callback, on
-    whichever node the trial ran: the error's text (a task's error holds the traceback formatted in the
-    trial's process, innermost frame included) appended to the trial's error file, and the error itself
-    pickled beside it (a task's error or a lost process only). ``Trial.get_pickled_error`` would read
-    them from the experiment's storage, where they arrive later."""
-    traceback = _last_failure(trial.error_file)
-    error = _pickled_error(trial)
-    if error is not None and traceback and _ANSI.sub("", str(error)).strip() != traceback:
-        error = None  # the pickle is an earlier attempt's: this failure was not a task's
-    if not traceback and error is not None:
-        traceback = _ANSI.sub("", str(error)).strip()
-    return traceback, attached_output(getattr(error, "cause", None))
-
-
-def _last_failure(error_file: str | None) -> str:
-    if not error_file or not Path(error_file).is_file():
-        return ""
-    text = Path(error_file).read_text(errors="replace")
+    ``trial``. Ray's ``Trial.handle_error`` appended the error's text to the trial's error file in the
+    driver before calling any callback, whichever node the trial ran on: for an exception, the traceback
+    formatted in the trial's process (innermost frame included) with the output noted after it
+    (``hpo.engine.trial_output.attach_output``); for a lost process, what Ray knows of its end.
+    ``Trial.get_error`` would read it from the experiment's storage, where it arrives later."""
+    if not trial.error_file or not Path(trial.error_file).is_file():
+        return "", ""
+    text = Path(trial.error_file).read_text(errors="replace")
     headers = list(_FAILURE_HEADER.finditer(text))
-    return _ANSI.sub("", text[headers[-1].end() :] if headers else text).strip()
-
-
-def _pickled_error(trial: Any) -> BaseException | None:
-    path = trial.pickled_error_file
-    if not path or not Path(path).is_file():
-        return None
-    try:
-        with open(path, "rb") as f:
-            error = cloudpickle.load(f)
-    except Exception:  # an exception type this process cannot import: the traceback's text will do
-        return None
-    return error if isinstance(error, BaseException) else None
+    last = _ANSI.sub("", text[headers[-1].end() :] if headers else text).strip()
+    return split_output(last)

@@ -4,8 +4,10 @@ The trial may run on another node of the cluster and no filesystem is shared, so
 way the metrics do: ``OutputCapture`` points the process's file descriptors 1 and 2 at a file of its own
 (so C and C++ code, ``warnings`` and child processes are caught, not only ``print``), and each ``take()``
 hands over what was written since the last one — the trial adds it to its epoch's report, and an error
-carries the rest (``attach_output``). The driver keeps the last ``LIMIT`` characters of each trial
-(``OutputTail``) and logs them as the trial run's ``trial.log``.
+carries the rest as a note (``attach_output``: PEP 678, so it travels inside the traceback text Ray
+records in the driver, and nothing has to be unpickled to read it; ``split_output`` takes it back out).
+The driver keeps the last ``LIMIT`` characters of each trial (``OutputTail``) and logs them as the trial
+run's ``trial.log``.
 
 No thread reads a pipe: writers never block, whatever holds the GIL. ``take()`` switches descriptors 1
 and 2 to a fresh file, reads the previous one (its last ``LIMIT`` bytes at most) and deletes it, so a
@@ -28,7 +30,7 @@ from collections import deque
 from types import TracebackType
 
 LIMIT = 1 << 20  # characters (bytes, in the trial) kept of a trial's output: the last MiB
-OUTPUT_ATTRIBUTE = "hpo_trial_output"  # set on the exception a trial raises: its output since the last report
+OUTPUT_NOTE = "--- hpo: what the trial wrote after its last report (in its trial.log) ---"  # heads the note
 
 
 class OutputTail:
@@ -133,15 +135,16 @@ class OutputCapture:
 
 
 def attach_output(exc: BaseException, output: str) -> None:
-    """Let ``exc`` carry ``output`` to the driver (Ray pickles the exception with its attributes)."""
-    with contextlib.suppress(AttributeError, TypeError):  # an exception type without a __dict__
-        setattr(exc, OUTPUT_ATTRIBUTE, getattr(exc, OUTPUT_ATTRIBUTE, "") + output)
+    """Let ``exc`` carry ``output`` to the driver: a note after its message, so in its formatted traceback
+    (the text Ray ships and records), under ``OUTPUT_NOTE``."""
+    if output.strip():
+        exc.add_note(f"{OUTPUT_NOTE}\n{output.removesuffix(chr(10))}")
 
 
-def attached_output(exc: BaseException | None) -> str:
-    """The output ``attach_output`` put on ``exc`` (``""`` if none)."""
-    output = getattr(exc, OUTPUT_ATTRIBUTE, "") if exc is not None else ""
-    return output if isinstance(output, str) else ""
+def split_output(traceback: str) -> tuple[str, str]:
+    """(the traceback, the output ``attach_output`` noted in it) of a formatted traceback."""
+    head, marker, output = traceback.partition(f"\n{OUTPUT_NOTE}\n")
+    return head, f"{output.rstrip(chr(10))}\n" if marker else ""
 
 
 def _new_file() -> int:
