@@ -1,7 +1,12 @@
-"""The final stage's pure parts: what the final task asks Ray for (a trial's CPUs, a whole GPU when trials
-use GPUs), and the splits each run trains on (``TrainData.from_image_data``)."""
+"""The final stage's parts that need no Ray: what the final task asks Ray for (a trial's CPUs, a whole GPU
+when trials use GPUs), the splits each run trains on (``TrainData.from_image_data``), and the task's own
+work run in this process (its device and node answered as Ray would): the epochs it streams and all it
+sends back to the driver."""
 
 from __future__ import annotations
+
+import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +16,8 @@ from pydantic import ByteSize
 from hpo.config.study import Resources
 from hpo.data import ImageData
 from hpo.data.images import FileImages
-from hpo.stages.finalize import final_task_options
+from hpo.names import Tag
+from hpo.stages.finalize import FinalJob, Retrained, _final_task, _final_task_at_once, final_task_options
 from hpo.train import TrainData
 
 
@@ -60,3 +66,72 @@ def test_streamed_splits_stay_files():
     assert TrainData.from_image_data(data).x_val is files
     merged = TrainData.from_image_data(data, val="train").x_train
     assert isinstance(merged, FileImages) and merged.paths[-2:] == files.paths and len(merged.paths) == 8
+
+
+def test_without_streaming_the_final_task_asks_for_one_result():
+    options = final_task_options(Resources(), retries=0, streaming=False)  # Ray Client runs no generators
+    assert "num_returns" not in options and options["num_cpus"] == 1
+
+
+def _job(**overrides) -> FinalJob:
+    config = {"model": {"name": "cnn", "depth": 1, "width": 8}, "optimizer": {"name": "adam", "lr": 0.01}}
+    return FinalJob(
+        **{
+            "config": {**config, "batch_size": 16},
+            "epochs": 2,
+            "seed": 0,
+            "retrain_on": "train+val",
+            "resources": Resources(),
+            "threads": 1,
+            "exports": ("torchscript",),
+            **overrides,
+        }
+    )
+
+
+@pytest.fixture
+def in_a_task(monkeypatch):
+    """What the final task asks Ray (its device, its node), answered as a CPU task on node "node-7"."""
+    import ray
+
+    import hpo.engine.devices as devices
+
+    monkeypatch.setattr(devices, "assigned_device", lambda gpus, who: devices.cpu_device())
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "node-7"))
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # the task sets its own: the tests after these keep theirs
+
+
+def test_the_final_task_streams_its_epochs_then_sends_back_all_the_driver_logs(in_a_task):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (72, 1, 8, 8), dtype=np.uint8)
+    y = np.arange(72) % 3
+    index = np.arange(8)
+    splits = (x[:48], y[:48], x[48:64], y[48:64], x[64:], y[64:])
+    data = ImageData(*splits, ["a", "b", "c"], (0.5,), (0.25,), index, index, index)
+
+    items = list(_final_task(_job(), data))
+    *epochs, retrained = items
+    assert [row["epoch"] for row in epochs] == [1, 2] and isinstance(retrained, Retrained)
+    assert retrained.history == epochs and "val_accuracy" not in epochs[0]  # train+val: nothing held out
+    assert retrained.logits.shape == (8, 3) and retrained.logits.dtype == np.float32
+    assert 0.0 <= retrained.test_accuracy <= 1.0 and retrained.test_loss > 0
+    assert retrained.tags[Tag.NODE] == "node-7" and retrained.tags[Tag.DEVICE] == "cpu"
+    assert retrained.tags[Tag.PLAN_DEVICE] == "cpu"
+    model = retrained.model  # on the CPU, in eval mode: the driver logs it as it is
+    assert not model.training and all(p.device.type == "cpu" for p in model.parameters())
+    with torch.no_grad():
+        expected = model(torch.as_tensor(data.x_test[:4], dtype=torch.float32) / 255.0)
+    traced = torch.jit.load(io.BytesIO(retrained.exports["model.torchscript.pt"]))  # the file's bytes
+    assert torch.allclose(traced(torch.as_tensor(data.x_test[:4], dtype=torch.float32) / 255.0), expected)
+
+    whole = _final_task_at_once(_job(exports=()), data)  # under Ray Client: the epochs come with the result
+    assert [row["epoch"] for row in whole.history] == [1, 2] and whole.exports == {}
+
+
+def test_a_final_task_that_fails_raises_its_error(in_a_task):
+    x = np.random.default_rng(1).integers(0, 256, (8, 1, 4, 4), dtype=np.uint8)
+    data = _data(x[:6], x[6:])
+    with pytest.raises(ValueError):
+        list(_final_task(_job(config={"model": {"name": "cnn", "depth": 1, "width": 8}, "batch_size": 0}), data))

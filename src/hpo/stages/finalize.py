@@ -115,23 +115,28 @@ def finalize(
             threads=threads or max(1, math.floor(c.resources.cpus_per_trial)),
             exports=tuple(f for f in c.final.export if f in EXPORT_FILES),
         )
-        task = ray.remote(**final_task_options(c.resources, c.failures.retries))(_final_task)
-        stream: ray.ObjectRefGenerator = task.remote(job, ray.put(data))  # a generator task: refs as it yields
+        streaming = not ray.util.client.ray.is_connected()  # Ray Client (ray://) runs no generator tasks
+        options = final_task_options(c.resources, c.failures.retries, streaming=streaming)
+        task = ray.remote(**options)(_final_task if streaming else _final_task_at_once)
+        submitted: Any = task.remote(job, ray.put(data))  # an ObjectRefGenerator, or one ObjectRef
         retrained: Retrained | None = None
+        logged = 0  # epochs logged so far
         try:
-            for ref in stream:  # each epoch as it ends, then what the task made
+            for ref in submitted if streaming else [submitted]:  # each epoch as it ends, then the result
                 item = ray.get(ref)
+                rows = [item] if isinstance(item, dict) else item.history[logged:]
+                for row in rows:
+                    tracker.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+                    if progress is not None:
+                        progress(
+                            f"epoch {row['epoch']}/{epochs}: train_accuracy {row[Metric.TRAIN_ACCURACY]:.4f}, "
+                            f"{row[Metric.SECONDS]:.0f} s"
+                        )
+                logged += len(rows)
                 if isinstance(item, Retrained):
                     retrained = item
-                    continue
-                tracker.log_metrics(run_id, {k: v for k, v in item.items() if k != "epoch"}, step=item["epoch"])
-                if progress is not None:
-                    progress(
-                        f"epoch {item['epoch']}/{epochs}: train_accuracy {item[Metric.TRAIN_ACCURACY]:.4f}, "
-                        f"{item[Metric.SECONDS]:.0f} s"
-                    )
         except KeyboardInterrupt:  # the driver is stopping: the retrain on the worker stops with it
-            ray.cancel(stream, force=True)
+            ray.cancel(submitted, force=True)
             raise
         if retrained is None:
             raise HpoError("the final task ended without sending its result back")
@@ -213,16 +218,18 @@ class Retrained:
     tags: dict[str, str]
 
 
-def final_task_options(resources: Resources, retries: int) -> dict[str, Any]:
+def final_task_options(resources: Resources, retries: int, *, streaming: bool = True) -> dict[str, Any]:
     """The final task's Ray options: a trial's CPUs (and memory), and a whole GPU when trials use GPUs
     (a fractional share packs trials side by side; the final run is alone). ``retries``
-    (``failures.retries``) runs it again elsewhere if its worker or node is lost."""
+    (``failures.retries``) runs it again elsewhere if its worker or node is lost. ``streaming``: a
+    generator task, each epoch reaching the driver as it ends (not under Ray Client)."""
     options: dict[str, Any] = {
         "num_cpus": resources.cpus_per_trial,
         "num_gpus": 1 if resources.gpus_per_trial > 0 else 0,
         "max_retries": retries,
-        "num_returns": "streaming",  # a generator: each epoch reaches the driver as it ends
     }
+    if streaming:
+        options["num_returns"] = "streaming"
     if resources.memory_per_trial:
         options["memory"] = int(resources.memory_per_trial)  # as trials ask (hpo.engine.ray_tune)
     return options
@@ -257,6 +264,14 @@ def _final_task(job: FinalJob, data: ImageData) -> Iterator[dict[str, Any] | Ret
         yield item
         if kind == "done":
             return
+
+
+def _final_task_at_once(job: FinalJob, data: ImageData) -> Retrained:
+    """The final task where Ray runs no generator tasks (Ray Client): its epochs come with its result."""
+    *_, retrained = _final_task(job, data)
+    if not isinstance(retrained, Retrained):  # the generator ends with it, or raises
+        raise HpoError("the final task ended without its result")
+    return retrained
 
 
 def _retrain(job: FinalJob, data: ImageData, device: str, on_epoch: Callable[[dict[str, Any]], None]) -> Retrained:
