@@ -50,8 +50,14 @@ class Proc:
         """Send ``signum`` if this very process still runs (a pidfd pins it between the check and the kill)."""
         try:
             fd = os.pidfd_open(self.pid)
-        except (OSError, AttributeError):
-            return False
+        except (OSError, AttributeError) as exc:  # no such process, or no pidfds (Linux < 5.3)
+            if isinstance(exc, ProcessLookupError) or not self.alive():
+                return False
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                return False
+            return True
         try:
             if not self.alive():
                 return False
