@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -39,7 +39,7 @@ budget: {{trials: 1, max_epochs: 1}}
 resources: {{cpus_per_trial: 1, max_concurrent: 1}}
 final: {{recheck: {{top_k: 0}}, export: []}}
 """
-# One tiny trial, then a final retrain of 1,000 epochs: the signal lands in it.
+# One tiny trial, then a final retrain of 1,000 epochs: the signal lands in it, after its first epoch.
 LONG_FINAL = """\
 name: signals_final
 seed: 1
@@ -90,25 +90,9 @@ def _trials(work: Path, study: str) -> list[dict]:
     return json.loads((run_dir / "trials.json").read_text())["trials"]
 
 
-def _live_final_run(work: Path) -> bool:
-    db = work / "mlflow" / "mlflow.db"
-    if not db.is_file():
-        return False
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
-            return bool(
-                conn.execute(
-                    "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid where t.key = 'hpo.kind' "
-                    "and t.value = 'final' and r.status = 'RUNNING' and r.lifecycle_stage = 'active'"
-                ).fetchone()[0]
-            )
-    except sqlite3.OperationalError:  # locked or tables not there yet
-        return False
-
-
-def _interrupt(work: Path, data_dir: Path, signum: int, ready: Callable[[int], bool], stage: str) -> str:
-    """Start ``hpo run``, send ``signum`` once ``ready(driver pid)`` holds, check how it ended; return its
-    output."""
+def _interrupt(work: Path, data_dir: Path, signum: int, ready: Callable[[int, str], bool], stage: str) -> str:
+    """Start ``hpo run``, send ``signum`` once ``ready(driver pid, its output so far)`` holds, check how it
+    ended; return its output."""
     log = work / f"run-{signum}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -122,7 +106,7 @@ def _interrupt(work: Path, data_dir: Path, signum: int, ready: Callable[[int], b
         )
     try:
         deadline = time.monotonic() + 240
-        while not ready(proc.pid):
+        while not ready(proc.pid, log.read_text()):
             assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before the signal:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"the signal's moment never came:\n{log.read_text()}"
             time.sleep(0.2)
@@ -165,7 +149,7 @@ def _training(sid: int, cpu_seconds: float) -> bool:
 def test_signals_mid_epoch_of_a_trial(tmp_path, data_dir):
     (tmp_path / "study.yaml").write_text(LONG_EPOCH.format(data=data_dir))
 
-    def mid_epoch(sid: int) -> bool:
+    def mid_epoch(sid: int, _output: str) -> bool:
         return _training(sid, 5.0)
 
     _interrupt(tmp_path, data_dir, signal.SIGINT, mid_epoch, "search")
@@ -183,8 +167,8 @@ def test_signals_mid_epoch_of_a_trial(tmp_path, data_dir):
 def test_signals_in_the_final_retrain(tmp_path, data_dir):
     (tmp_path / "study.yaml").write_text(LONG_FINAL.format(data=data_dir))
 
-    def retraining(_sid: int) -> bool:
-        return _state(tmp_path, "signals_final").get("stage") == "finalize" and _live_final_run(tmp_path)
+    def retraining(_sid: int, output: str) -> bool:  # this attempt's retrain has finished an epoch
+        return re.search(r"^finalize: retraining .*, epoch \d+/1000", output, re.MULTILINE) is not None
 
     _interrupt(tmp_path, data_dir, signal.SIGTERM, retraining, "finalize")
     output = _interrupt(tmp_path, data_dir, signal.SIGINT, retraining, "finalize")
