@@ -68,8 +68,10 @@ class _Stop:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, first_stage: str) -> None:
         self.signum: int | None = None
+        self.run_dir: StudyDir | None = None  # once open, its stage is where the run was interrupted
+        self._first_stage = first_stage
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> _Stop:
@@ -95,7 +97,8 @@ class _Stop:
         self.signum = signum
         raise KeyboardInterrupt
 
-    def interrupted(self, stage: str) -> Interrupted:
+    def interrupted(self) -> Interrupted:
+        stage = self.run_dir.state.stage if self.run_dir is not None else self._first_stage
         return Interrupted(stage, self.signum or signal.SIGINT)
 
 
@@ -132,7 +135,7 @@ def run_study(
     the study's ``warm_start.from``).
 
     SIGINT or SIGTERM at any point ends the run resumable and raises :class:`hpo.errors.Interrupted`."""
-    with _Stop() as stop:
+    with _Stop(stage_sequence(study.config.backends)[0]) as stop:
         try:
             return _run_study(
                 study,
@@ -145,8 +148,8 @@ def run_study(
                 fresh=fresh,
                 warm_start=warm_start,
             )
-        except KeyboardInterrupt:  # before the run's folder was open: nothing to continue but the start
-            raise stop.interrupted(stage_sequence(study.config.backends)[0]) from None
+        except KeyboardInterrupt:  # where no stage turned it into Interrupted (the run's start, its summary)
+            raise stop.interrupted() from None
 
 
 def _run_study(
@@ -190,6 +193,7 @@ def _run_study(
     # the run's stages, from the declarations of the backends it names, go into its state file
     stages = stage_sequence(c.backends)
     run_dir, resumed = StudyDir.open(Path(c.output_dir), c.name, study.fingerprint(), stages=stages, fresh=fresh)
+    stop.run_dir = run_dir
     driver_log = DriverLog.start(console, run_dir.path)  # the console, also in the run folder's driver.log
     run_dir.shared_storage = c.tracking.optuna_storage
     deadline = run_dir.state.deadline or until  # fixed when the run began: "06:00" means that night's 06:00
@@ -243,7 +247,7 @@ def _run_study(
             stop.signum = stop.signum or signal.SIGTERM
         elif not isinstance(exc, KeyboardInterrupt):
             raise
-        raise stop.interrupted(run_dir.state.stage) from None
+        raise stop.interrupted() from None
     console.print(f"[bold]data[/] {c.dataset.name}: {data.summary()} (from {data.origin})")
 
     try:
@@ -268,7 +272,7 @@ def _run_study(
         results = {name: backend_class(name)(run).run() for name in c.backends}
         outcome = StudyOutcome(results=results, seconds=time.time() - start, tracking_uri=redact(uri))
     except KeyboardInterrupt:  # SIGINT or SIGTERM: the stages have ended their work; Ray ends below
-        raise stop.interrupted(run_dir.state.stage) from None
+        raise stop.interrupted() from None
     finally:
         if (error := sys.exc_info()[1]) is not None:  # failed or interrupted: the log so far, on the study run
             driver_log.finish(tracker, error)

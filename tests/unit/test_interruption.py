@@ -145,12 +145,12 @@ def test_the_watchdog_ends_what_it_watched_when_the_driver_is_killed(tmp_path):
 SECOND_SIGNAL = """
 import os, signal, time
 from hpo.runner import _Stop
-with _Stop() as stop:
+with _Stop("search") as stop:
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)
     except KeyboardInterrupt:
-        print("first:", stop.interrupted("search"), stop.interrupted("search").exit_code, flush=True)
+        print("first:", stop.interrupted(), stop.interrupted().exit_code, flush=True)
         os.kill(os.getpid(), signal.SIGINT)  # while cleaning up: at once
         time.sleep(30)
         print("not reached")
