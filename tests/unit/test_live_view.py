@@ -1,13 +1,15 @@
 """The search's progress where no terminal is attached (CI logs, nohup): a line per trial event,
-including every epoch, so that a long trial is never silent."""
+including every epoch, so that a long trial is never silent; on a terminal, the same lines in the driver log."""
 
 import io
 
 from rich.console import Console
 
 from hpo.config.trial import TrialConfig
+from hpo.engine.driver_log import DriverLog
 from hpo.engine.live import LiveView
 from hpo.engine.records import TrialRecord
+from hpo.names import Artifact
 
 
 def test_log_lines_show_starts_epochs_and_ends():
@@ -35,3 +37,23 @@ def test_log_lines_show_starts_epochs_and_ends():
     assert lines[1].endswith("trial 1 epoch 1/10: val_accuracy 0.8500, 41 s")
     assert lines[2].endswith("trial 1 epoch 2/10: val_accuracy 0.8300, best 0.8500 (epoch 1), 41 s")
     assert lines[3].endswith("1/3 done | trial 1 pruned after 2 epochs: val_accuracy 0.8500 (epoch 1)")
+
+
+def test_on_a_terminal_the_table_shows_the_trials_and_the_driver_log_still_gets_their_lines(tmp_path):
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=200)
+    record = TrialRecord("t1", 1, {"model.name": "cnn", "model.cnn.depth": 4}, TrialConfig())
+    view = LiveView(
+        [record], trials=3, time_budget=600, max_epochs=10, metric="val_accuracy", mode="max", console=console
+    )
+    assert view.interactive
+    log = DriverLog.start(console, tmp_path)
+    with view:
+        view.trial_changed(record)
+        record.history.append({"epoch": 1, "val_accuracy": 0.85, "seconds": 41.0})
+        view.trial_changed(record)
+    log.finish()
+    logged = (tmp_path / Artifact.DRIVER_LOG).read_text()
+    assert "trial 1 started: cnn" in logged
+    assert "trial 1 epoch 1/10: val_accuracy 0.8500, 41 s" in logged
+    assert "trial 1 started" not in screen.getvalue()  # the terminal has the table, not the lines

@@ -16,6 +16,7 @@ import time
 import traceback
 from pathlib import Path
 from typing import IO
+from weakref import WeakKeyDictionary
 
 from rich.console import Console, ConsoleRenderable, Group, RenderableType, RenderHook
 from rich.control import Control
@@ -25,6 +26,16 @@ from hpo.names import Artifact
 from hpo.tracking import Tracker
 
 LOG_WIDTH = 160  # columns tables are laid out in; text lines are never wrapped
+_TEEING: WeakKeyDictionary[Console, DriverLog] = WeakKeyDictionary()  # the log each console tees into
+
+
+def log_only(console: Console, text: str) -> None:
+    """Write ``text`` to the driver log ``console`` tees into, not to the console: what a terminal shows
+    in place (the live table's rows) still reaches the log as lines. Nothing if it tees into none."""
+    log = _TEEING.get(console)
+    if log is not None:
+        with contextlib.suppress(OSError):
+            log._print(text)
 
 
 class DriverLog(RenderHook):
@@ -51,6 +62,7 @@ class DriverLog(RenderHook):
         log = cls(console, folder / Artifact.DRIVER_LOG)
         log._print(f"hpo {__version__}: run in {folder} (pid {os.getpid()})")
         console.push_render_hook(log)
+        _TEEING[console] = log
         return log
 
     def process_renderables(self, renderables: list[ConsoleRenderable]) -> list[ConsoleRenderable]:
@@ -67,6 +79,7 @@ class DriverLog(RenderHook):
         if self._file is None:
             return
         self.console.pop_render_hook()  # the last pushed: the live views inside the run have ended
+        _TEEING.pop(self.console, None)
         self._print(_ending(error))
         if tracker is not None:
             for run_id in tracker.opened_study_runs():

@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hpo.engine.driver_log import log_only
 from hpo.engine.eta import SearchBudget, estimate
 from hpo.engine.records import ACTIVE, TrialRecord
 from hpo.names import Metric, TrialStatus
@@ -125,9 +126,8 @@ class LiveView:
         return Group(table, self.progress)
 
     def trial_changed(self, record: TrialRecord) -> None:
-        """Called by the driver's callback when a trial starts, reports an epoch or ends."""
-        if self.interactive:
-            return
+        """Called by the driver's callback when a trial starts, reports an epoch or ends: a log line (on a
+        terminal the live table shows it, and only the driver log gets the line)."""
         elapsed = time.time() - self.start
         done = sum(1 for r in self.records if r.status not in ACTIVE)
         clock = f"{elapsed / 60:5.1f} min" + (f", {eta}" if (eta := self.eta()) else "")
@@ -150,11 +150,11 @@ class LiveView:
             value, epoch = record.best(self.metric, self.mode)
             best = f"{self.metric} {value:.4f} (epoch {epoch})" if value is not None else record.error or ""
             line = f"trial {record.number} {record.status} after {record.epochs} epochs: {best}"
-        self.console.print(
-            f"[{clock}] {done}/{self.progress.tasks[0].total} done | {line}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        text = f"[{clock}] {done}/{self.progress.tasks[0].total} done | {line}"
+        if self.interactive:
+            log_only(self.console, text)
+        else:
+            self.console.print(text, highlight=False, soft_wrap=True, markup=False)
 
     def note(self, text: str) -> None:
         """A line of its own (above the live table on a terminal)."""
