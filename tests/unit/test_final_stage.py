@@ -17,7 +17,14 @@ from hpo.config.study import Resources
 from hpo.data import ImageData
 from hpo.data.images import FileImages
 from hpo.names import Tag
-from hpo.stages.finalize import FinalJob, Retrained, _final_task, _final_task_at_once, final_task_options
+from hpo.stages.finalize import (
+    FinalJob,
+    Retrained,
+    _final_task,
+    _final_task_at_once,
+    final_task_options,
+    raised_in_task,
+)
 from hpo.train import TrainData
 
 
@@ -135,3 +142,15 @@ def test_a_final_task_that_fails_raises_its_error(in_a_task):
     data = _data(x[:6], x[6:])
     with pytest.raises(ValueError):
         list(_final_task(_job(config={"model": {"name": "cnn", "depth": 1, "width": 8}, "batch_size": 0}), data))
+
+
+def test_what_the_final_task_raised_reaches_the_console_without_rays_wrapper():
+    from ray.exceptions import RayTaskError
+
+    from hpo.engine.limits import TrialOutOfMemory
+
+    oom = TrialOutOfMemory("out of memory with batch size 512 on cuda")
+    wrapped = RayTaskError("_final_task", "Traceback (most recent call last):\n  ...\nTrialOutOfMemory: ...", oom)
+    assert raised_in_task(wrapped.as_instanceof_cause()) is oom
+    plain = RuntimeError("not from a task")
+    assert raised_in_task(plain) is plain

@@ -138,6 +138,8 @@ def finalize(
         except KeyboardInterrupt:  # the driver is stopping: the retrain on the worker stops with it
             ray.cancel(submitted, force=True)
             raise
+        except ray.exceptions.RayTaskError as exc:  # the error as the task raised it; Ray's (its traceback) chained
+            raise raised_in_task(exc) from exc
         if retrained is None:
             raise HpoError("the final task ended without sending its result back")
         tracker.set_tags(run_id, retrained.tags)
@@ -233,6 +235,13 @@ def final_task_options(resources: Resources, retries: int, *, streaming: bool = 
     if resources.memory_per_trial:
         options["memory"] = int(resources.memory_per_trial)  # as trials ask (hpo.engine.ray_tune)
     return options
+
+
+def raised_in_task(exc: BaseException) -> BaseException:
+    """What a Ray task raised, out of Ray's wrapper (whose text is the task's whole traceback): a final
+    stage that runs out of memory reads ``TrialOutOfMemory: ...`` on the console, as in a trial."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
 
 
 def _final_task(job: FinalJob, data: ImageData) -> Iterator[dict[str, Any] | Retrained]:
