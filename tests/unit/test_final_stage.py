@@ -37,6 +37,12 @@ def test_the_final_task_asks_for_a_trials_cpus_and_a_whole_gpu_when_trials_use_g
     assert "memory" not in options
 
 
+def test_on_one_machine_the_final_task_takes_all_its_cpus_and_on_a_pool_a_trials():
+    resources = Resources(cpus_per_trial=1)
+    assert final_task_options(resources, retries=0, machine_cpus=16.0)["num_cpus"] == 16.0  # alone, as in the driver
+    assert final_task_options(resources, retries=0, machine_cpus=None)["num_cpus"] == 1  # a pool: a trial's share
+
+
 def test_the_final_task_asks_for_a_trials_memory():
     options = final_task_options(Resources(memory_per_trial=ByteSize(2 * 2**30)), retries=0)
     assert options["memory"] == 2 * 2**30

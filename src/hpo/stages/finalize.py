@@ -106,17 +106,19 @@ def finalize(
         },
     )
     with tracker.finishing(run_id):
+        streaming = not ray.util.client.ray.is_connected()  # Ray Client (ray://) runs no generator tasks
+        options = final_task_options(
+            c.resources, c.failures.retries, streaming=streaming, machine_cpus=_single_node_cpus()
+        )
         job = FinalJob(
             config=winner.config.model_dump(mode="json"),
             epochs=epochs,
             seed=c.seed,
             retrain_on=c.final.retrain_on,
             resources=c.resources,
-            threads=threads or max(1, math.floor(c.resources.cpus_per_trial)),
+            threads=threads or max(1, math.floor(options["num_cpus"])),
             exports=tuple(f for f in c.final.export if f in EXPORT_FILES),
         )
-        streaming = not ray.util.client.ray.is_connected()  # Ray Client (ray://) runs no generator tasks
-        options = final_task_options(c.resources, c.failures.retries, streaming=streaming)
         task = ray.remote(**options)(_final_task if streaming else _final_task_at_once)
         submitted: Any = task.remote(job, ray.put(data))  # an ObjectRefGenerator, or one ObjectRef
         retrained: Retrained | None = None
@@ -220,13 +222,26 @@ class Retrained:
     tags: dict[str, str]
 
 
-def final_task_options(resources: Resources, retries: int, *, streaming: bool = True) -> dict[str, Any]:
+def _single_node_cpus() -> float | None:
+    """The CPUs of the one node with CPUs when Ray is one machine (``hpo run`` without ``--address``, or
+    a one-node cluster); None for a pool of several."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    return float(nodes[0]["Resources"]["CPU"]) if len(nodes) == 1 else None
+
+
+def final_task_options(
+    resources: Resources, retries: int, *, streaming: bool = True, machine_cpus: float | None = None
+) -> dict[str, Any]:
     """The final task's Ray options: a trial's CPUs (and memory), and a whole GPU when trials use GPUs
-    (a fractional share packs trials side by side; the final run is alone). ``retries``
+    (a fractional share packs trials side by side; the final run is alone). On one machine
+    (``machine_cpus``: Ray has a single node) the final run, alone once the search is over, takes all
+    its CPUs, as a retrain in the driver did; a pool of several nodes gives it a trial's. ``retries``
     (``failures.retries``) runs it again elsewhere if its worker or node is lost. ``streaming``: a
     generator task, each epoch reaching the driver as it ends (not under Ray Client)."""
     options: dict[str, Any] = {
-        "num_cpus": resources.cpus_per_trial,
+        "num_cpus": max(resources.cpus_per_trial, machine_cpus or 0),
         "num_gpus": 1 if resources.gpus_per_trial > 0 else 0,
         "max_retries": retries,
     }
