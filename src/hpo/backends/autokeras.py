@@ -144,6 +144,7 @@ class AutoKerasBackend:
         self.console = run.console
         self.folder = run.run_dir.path / "autokeras"
         self.trials: dict[str, _Trial] = {}
+        self._adopting = False  # replaying the events of a killed attempt (see _adopt_children)
         self.final_run: str | None = None
         self.final_params: dict[str, Any] = {}
         self.done: dict[str, Any] | None = None
@@ -230,7 +231,11 @@ class AutoKerasBackend:
         if events.exists():
             with events.open() as fh:
                 fh.seek(state.get("offset", 0))
-                self._drain(fh, None, state)
+                self._adopting = True  # events the dead driver may have logged before it saved the offset
+                try:
+                    self._drain(fh, None, state)
+                finally:
+                    self._adopting = False
         for key, trial in list(self.trials.items()):
             if trial.status == TrialStatus.RUNNING:
                 self.tracker.delete_run(trial.run_id)
@@ -361,6 +366,9 @@ class AutoKerasBackend:
             )
         elif kind == "trial_begin":
             key = event["trial"]
+            if self._adopting and key in self.trials:  # its run is the one the dead driver started for it
+                self.trials[key].params = event["params"]
+                return
             if key in self.trials:  # started again after a kill: the cut-off attempt goes
                 self.tracker.delete_run(self.trials.pop(key).run_id)
             number = max((t.number for t in self.trials.values()), default=0) + 1
@@ -383,6 +391,8 @@ class AutoKerasBackend:
             )
         elif kind == "epoch":
             trial = self.trials[event["trial"]]
+            if self._adopting and any(r["epoch"] == event["epoch"] for r in trial.history):
+                return  # the dead driver logged it (its run's metric history holds it)
             row: dict[str, Any] = {k: event[k] for k in ("epoch", *TRIAL_METRICS) if k in event}
             trial.history.append(row)
             self.tracker.log_metrics(trial.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
