@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from hpo._torchvision import import_torchvision
 from hpo.config.study import Resources
 from hpo.data import ImageData
 from hpo.data.streaming import FileImages, head
@@ -121,6 +122,9 @@ def finalize(
         )
         task = ray.remote(**options)(_final_task if streaming else _final_task_at_once)
         submitted: Any = task.remote(job, ray.put(data))  # an ObjectRefGenerator, or one ObjectRef
+        # the model it sends back unpickles here: a torchvision or timm network imports torchvision, which
+        # needs its operators defined first where torch and torchvision builds differ (hpo._torchvision)
+        import_torchvision()
         retrained: Retrained | None = None
         logged = 0  # epochs logged so far
         try:
