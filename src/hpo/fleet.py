@@ -16,9 +16,9 @@ from typing import Any
 from hpo.engine.run_dir import StudyDir
 from hpo.errors import HpoError
 from hpo.names import Role, RunKind, Stage, Tag
+from hpo.report.compare import latest_final_run
 from hpo.security import redact
 from hpo.study import Study
-from hpo.tracking.base import PARENT_RUN_TAG
 
 __all__ = ["NotRunning", "Stopped", "StudyListing", "list_studies", "open_store", "stop_study"]
 
@@ -169,13 +169,7 @@ def list_studies(uri: str) -> list[StudyListing]:
     for name, runs in sorted(by_study.items()):
         last = runs[0]
         objective = last.data.params.get("objective.metric")
-        finals = client.search_runs(
-            [last.info.experiment_id],
-            f"tags.`{PARENT_RUN_TAG}` = '{last.info.run_id}' and tags.`{Tag.KIND}` = '{RunKind.FINAL}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        final = finals[0] if finals else None
+        final = latest_final_run(client, last)
         model = version = champion = None
         if final is not None:
             versions = client.search_model_versions(f"run_id = '{final.info.run_id}'")

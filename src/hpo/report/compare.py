@@ -244,13 +244,7 @@ def _side(client, asked: str) -> CompareSide:
     else:
         study_run = _latest_study_run(client, asked)
     if study_run is not None and final is None and winner is None:
-        finals = client.search_runs(
-            [study_run.info.experiment_id],
-            f"tags.`{PARENT_RUN_TAG}` = '{study_run.info.run_id}' and tags.`{Tag.KIND}` = '{RunKind.FINAL}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        final = finals[0] if finals else None
+        final = latest_final_run(client, study_run)
     if winner is None:
         winner_id = (final.data.tags.get(Tag.WINNER_RUN) if final else None) or (
             study_run.data.tags.get(Tag.WINNER_RUN) if study_run else None
@@ -275,6 +269,17 @@ def _side(client, asked: str) -> CompareSide:
     some = study_run or final or winner
     study = some.data.tags.get(Tag.STUDY) if some is not None else None
     return CompareSide(asked, study or asked, study_run, final, winner, params, metrics, curves)
+
+
+def latest_final_run(client, study_run):
+    """The latest final run under ``study_run`` (an MLflow run), or None."""
+    finals = client.search_runs(
+        [study_run.info.experiment_id],
+        f"tags.`{PARENT_RUN_TAG}` = '{study_run.info.run_id}' and tags.`{Tag.KIND}` = '{RunKind.FINAL}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return finals[0] if finals else None
 
 
 def _latest_study_run(client, study: str):
