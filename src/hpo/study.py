@@ -172,7 +172,7 @@ Check = Callable[[StudyConfig, YamlDoc], StudyError | None]
 
 def _grace_within_epochs(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
     s, b = config.scheduler, config.budget
-    if s.type == "asha" and s.grace_period > b.max_epochs:
+    if s.type != "none" and s.grace_period > b.max_epochs:
         return doc.error(
             ("scheduler", "grace_period"), f"must be <= budget.max_epochs ({b.max_epochs}) (got {s.grace_period})"
         )
@@ -180,14 +180,15 @@ def _grace_within_epochs(config: StudyConfig, doc: YamlDoc) -> StudyError | None
 
 
 def _mode_follows_metric(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
-    o = config.objective
-    natural = "max" if o.metric == "val_accuracy" else "min"
-    if o.mode is not None and o.mode != natural:
-        return doc.error(
-            ("objective", "mode"),
-            f"{o.metric} is {'maximised' if natural == 'max' else 'minimised'}; "
-            f"mode must be {natural!r} (got {o.mode!r})",
-        )
+    several = config.objective.multi
+    for i, o in enumerate(config.objective):
+        natural = "max" if o.metric == "val_accuracy" else "min"
+        if o.mode is not None and o.mode != natural:
+            return doc.error(
+                ("objective", i, "mode") if several else ("objective", "mode"),
+                f"{o.metric} is {'maximised' if natural == 'max' else 'minimised'}; "
+                f"mode must be {natural!r} (got {o.mode!r})",
+            )
     return None
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import ByteSize, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import ByteSize, ConfigDict, Field, RootModel, WithJsonSchema, field_validator, model_validator
 
 from hpo.config.backends import BACKEND_NAMES, BackendSections
 from hpo.config.trial import Strict
@@ -133,13 +133,81 @@ class DatasetConfig(Strict):
         return self.name in FILE_DATASETS
 
 
+# What a trial can be judged by: the validation metric it reports each epoch, and what its network costs,
+# measured once per trial (``params``: trainable parameters; ``flops``: forward FLOPs of one image;
+# ``latency_ms``: one image's forward pass on the trial's device and plan).
+OBJECTIVE_METRICS = ("val_accuracy", "val_loss", "params", "flops", "latency_ms")
+VALIDATION_METRICS = ("val_accuracy", "val_loss")
+
+
 class Objective(Strict):
-    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    metric: Literal["val_accuracy", "val_loss", "params", "flops", "latency_ms"] = "val_accuracy"
     mode: Literal["max", "min"] | None = None
+    # A bound the chosen model must meet (<= for a minimised objective, >= for a maximised one), e.g.
+    # ``{metric: params, limit: 1.0e6}``: the winner is the best of the trials within every limit.
+    limit: float | None = None
 
     @property
     def direction(self) -> str:
         return self.mode or ("max" if self.metric == "val_accuracy" else "min")
+
+
+class Objectives(RootModel[list[Objective]]):
+    """The study's objective: one (``objective: {metric: val_accuracy}``) or several, as a list. The first is
+    a validation metric: ASHA prunes by it, and every single-objective stage (re-check, warm start, the
+    live view) ranks by it; with several, Optuna's multi-objective samplers search their Pareto front."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        many = handler(core_schema)  # editors accept one objective or a list of them
+        return {"anyOf": [many["items"], many], "description": cls.__doc__.split("\n\n")[0] if cls.__doc__ else ""}
+
+    @model_validator(mode="after")
+    def _first_is_validation(self) -> Objectives:
+        if not self.root:
+            raise ValueError("names no objective: give one, e.g. {metric: val_accuracy}")
+        if self.root[0].metric not in VALIDATION_METRICS:
+            raise ValueError(
+                f"the first objective must be a validation metric ({', '.join(VALIDATION_METRICS)}): "
+                f"ASHA prunes by it (got {self.root[0].metric!r})"
+            )
+        names = [o.metric for o in self.root]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"names an objective twice: {', '.join(repeated)}")
+        return self
+
+    @property
+    def primary(self) -> Objective:
+        return self.root[0]
+
+    @property
+    def metric(self) -> str:
+        """The first objective's metric (what ASHA prunes by and single-objective stages rank by)."""
+        return self.root[0].metric
+
+    @property
+    def mode(self) -> str | None:
+        return self.root[0].mode
+
+    @property
+    def direction(self) -> str:
+        return self.root[0].direction
+
+    @property
+    def multi(self) -> bool:
+        return len(self.root) > 1
+
+    def __iter__(self):
+        return iter(self.root)
+
+    def __len__(self) -> int:
+        return len(self.root)
 
 
 class Budget(Strict):
@@ -176,10 +244,53 @@ class Budget(Strict):
         return seconds
 
 
+# Optuna's samplers a study can name (hpo.engine.strategies builds them).
+SAMPLER_NAMES = ("tpe", "gp", "cmaes", "random", "qmc", "grid", "nsga2")
+
+
+class SamplerConfig(Strict):
+    """How the search proposes configurations: ``sampler: gp`` or ``sampler: {type: tpe, startup_trials: 4}``.
+    ``tpe`` (the default) is multivariate, groups conditional branches, and lies constantly about running
+    trials so that trials at once do not propose the same point."""
+
+    type: Literal["tpe", "gp", "cmaes", "random", "qmc", "grid", "nsga2"] = "tpe"
+    # The sampler's seed. Default: the study's seed for a run with its own storage; with a shared
+    # tracking.optuna_storage, one derived from the run (recorded on the study run), so that no night
+    # replays another's random start-up.
+    seed: int | None = Field(default=None, ge=0)
+    # Random trials before a model-based sampler (tpe, gp, cmaes) starts modelling. Default:
+    # min(10, max(2, budget.trials // 3)).
+    startup_trials: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+
 class SchedulerConfig(Strict):
-    type: Literal["asha", "none"] = "asha"
+    """What stops weak trials early: ``asha`` (default), ``hyperband`` (ASHA over several brackets of
+    grace periods), ``median`` (the median stopping rule), or ``none``."""
+
+    type: Literal["asha", "hyperband", "median", "none"] = "asha"
     grace_period: int = Field(default=1, ge=1)
     reduction_factor: float = Field(default=3.0, ge=2.0)
+    brackets: int = Field(default=3, ge=1, le=10)  # hyperband: how many grace periods are tried
+    # What a low rung saves on: ``epochs`` (a stopped trial trained fewer of them) or ``data`` (the epochs
+    # up to each rung train on a stratified fraction of the training images, growing rung by rung).
+    fidelity: Literal["epochs", "data"] = "epochs"
+    # fidelity: data: the fraction of the training images each rung's epochs train on, rung by rung; after
+    # the last, all of them. Default: 1/rf^2, 1/rf (1/9, 1/3 with reduction_factor 3).
+    data_fractions: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = None
+
+    @property
+    def fractions(self) -> list[float]:
+        """The data fractions per rung (empty with fidelity: epochs)."""
+        if self.fidelity != "data":
+            return []
+        if self.data_fractions is not None:
+            return list(self.data_fractions)
+        return [1 / self.reduction_factor**2, 1 / self.reduction_factor]
 
 
 class Resources(Strict):
@@ -276,8 +387,9 @@ class _StudyHead(Strict):
 # A study file: its head, each backend's section (hpo.config.backends.BackendSections), then the objective,
 # the budget and the rest (a docstring here would become the JSON schema's description).
 class StudyConfig(BackendSections, _StudyHead):
-    objective: Objective = Objective()
+    objective: Objectives = Objectives([Objective()])
     budget: Budget
+    sampler: SamplerConfig = SamplerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: Resources = Resources()
     failures: Failures = Failures()
