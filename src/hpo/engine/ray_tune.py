@@ -156,12 +156,12 @@ def run_search(
     import optuna
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from hpo.engine._private_api import optuna_trial_number, retry_rule
     from hpo.engine.concurrency import ElasticLimiter, TrialDemand
     from hpo.engine.ray_callbacks import DeadlineStopper, TrialTracker, trial_error
+    from hpo.engine.strategies import make_sampler, make_scheduler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     c = study.config
@@ -172,7 +172,7 @@ def run_search(
         time_left = min(time_left if time_left is not None else math.inf, deadline - time.time() - DEADLINE_MARGIN)
 
     metric, mode = c.objective.metric, c.objective.direction
-    sampler = optuna.samplers.TPESampler(seed=c.seed, n_startup_trials=min(10, max(2, c.budget.trials // 3)))
+    sampler = make_sampler(study, c.sampler.seed if c.sampler.seed is not None else c.seed)
     storage = optuna.storages.RDBStorage(run_dir.optuna_storage)
     searcher = OptunaSearch(
         functools.partial(define_by_run, space=study.space),
@@ -183,17 +183,7 @@ def run_search(
         study_name=run_dir.optuna_study,
         points_to_evaluate=points or None,
     )
-    scheduler: TrialScheduler
-    if c.scheduler.type == "asha":
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=c.budget.max_epochs,
-            grace_period=c.scheduler.grace_period,
-            reduction_factor=c.scheduler.reduction_factor,
-        )
-        seed_asha(scheduler, records, metric, mode)
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = make_scheduler(study, records)
 
     gpu_fraction = c.resources.gpus_per_trial if 0 < c.resources.gpus_per_trial < 1 else None
     memory = c.resources.memory_per_trial
