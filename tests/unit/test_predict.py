@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
+from hpo.cli import app
 from hpo.predict import Predictor
-from hpo.stages.finalize import background_kind
-from hpo.testing import run_hpo
+from hpo.stages.finalize import background_kind, pip_requirements
 
 
 class Constant(torch.nn.Module):
@@ -51,6 +52,7 @@ def log_model(tmp_path, *, logits, classes, size, background, task="multiclass")
             name="model",
             serialization_format="pt2",
             input_example=np.zeros((2, 1, size, size), np.float32),
+            pip_requirements=pip_requirements(),  # as finalize does: MLflow then infers none (a subprocess)
             metadata=metadata,
         )
     return uri, f"runs:/{run.info.run_id}/model"
@@ -68,14 +70,14 @@ def test_a_multilabel_model_answers_every_label_above_the_threshold(tmp_path):
     classes = ["category=shirt", "colour=red", "colour=blue"]
     uri, model = log_model(tmp_path, logits=logits, classes=classes, size=8, background="varied", task="multilabel")
     Image.fromarray(digit(8, light_on_dark=True)).save(tmp_path / "shirt.png")
-    shown = run_hpo(["predict", model, str(tmp_path / "shirt.png"), "--tracking-uri", uri], tmp_path, timeout=120)
-    assert shown.returncode == 0, shown.stderr
+    # in-process (MLflow and torch are loaded already): the CLI's own subprocess is tested on the smoke model
+    cli = CliRunner()
+    image = str(tmp_path / "shirt.png")
+    shown = cli.invoke(app, ["predict", model, image, "--tracking-uri", uri])
+    assert shown.exit_code == 0, shown.output
     assert "category=shirt 88.1%  colour=blue 62.2%" in shown.stdout and "colour=red" not in shown.stdout
-    as_json = run_hpo(
-        ["predict", model, str(tmp_path / "shirt.png"), "--tracking-uri", uri, "--json", "--threshold", "0.25"],
-        tmp_path,
-        timeout=120,
-    )
+    as_json = cli.invoke(app, ["predict", model, image, "--tracking-uri", uri, "--json", "--threshold", "0.25"])
+    assert as_json.exit_code == 0, as_json.output
     (answer,) = json.loads(as_json.stdout)
     assert answer["threshold"] == 0.25
     assert [(x["label"], x["score"]) for x in answer["labels"]] == [
@@ -83,11 +85,8 @@ def test_a_multilabel_model_answers_every_label_above_the_threshold(tmp_path):
         ("colour=blue", pytest.approx(0.622459, abs=1e-5)),
         ("colour=red", pytest.approx(0.268941, abs=1e-5)),
     ]  # sigmoid per label: they need not sum to 1
-    none = run_hpo(
-        ["predict", model, str(tmp_path / "shirt.png"), "--tracking-uri", uri, "--threshold", "0.95"],
-        tmp_path,
-        timeout=120,
-    )
+    none = cli.invoke(app, ["predict", model, image, "--tracking-uri", uri, "--threshold", "0.95"])
+    assert none.exit_code == 0, none.output
     assert "no label scores 95% or more" in none.stdout
 
 
