@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from hpo.config.study import FILE_DATASETS, MULTILABEL_DATASETS, StudyConfig
 from hpo.config.trial import boolean_numbers
 from hpo.config.yaml_loader import YamlDoc, load_yaml
 from hpo.errors import StudyError, StudyErrors
-from hpo.space import SearchSpace, load_space, parse_space
+from hpo.space import Branches, Categorical, Int, SearchSpace, load_space, parse_space
 
 
 @dataclass(kw_only=True)
@@ -106,6 +107,9 @@ def load_study(file: str | Path) -> Study:
     ]
     if outside:
         raise StudyErrors(outside)
+    misfits = [e for check in SPACE_CHECKS if (e := check(config, space, doc)) is not None]
+    if misfits:
+        raise StudyErrors(misfits)
     return Study(
         config=config,
         space=space,
@@ -279,12 +283,167 @@ def _recheck_within_trials(config: StudyConfig, doc: YamlDoc) -> StudyError | No
     return None
 
 
+# ------------------------------------------------------------------- sampler and scheduler fit
+# Optuna's samplers other than TPE (grouped) and random model only the parameters every trial has, and
+# CMA-ES only numeric ones: the rest they hand to a random sampler, with a log warning in the middle of a
+# run. A study they would quietly degrade like that is refused here, with the sampler that fits.
+MODEL_SAMPLERS = ("tpe", "gp", "cmaes", "nsga2")  # those with random start-up trials (sampler.startup_trials)
+GRID_LIMIT = 100_000  # grid points: Optuna's GridSampler lists and shuffles them all up front
+
+
+def grid_values(space: SearchSpace) -> dict[str, list[Any]] | str:
+    """Every value of every parameter, for a grid over ``space``; or why the space has no finite grid."""
+    grid: dict[str, list[Any]] = {}
+    for info in space.params:
+        p = info.param
+        if isinstance(p, Categorical):
+            grid[info.name] = list(p.choices)
+        elif isinstance(p, Int):
+            grid[info.name] = list(range(p.low, p.high + 1, p.step))
+        elif p.step is not None:
+            count = math.floor((p.high - p.low) / p.step + 1e-9) + 1
+            grid[info.name] = [round(p.low + k * p.step, 12) for k in range(count)]
+        elif p.low == p.high:
+            grid[info.name] = [p.low]
+        else:
+            return f"{info.name} is a continuous range ({p.describe()}): give it a step, or use categorical values"
+    size = math.prod(len(values) for values in grid.values())
+    if size > GRID_LIMIT:
+        return f"the grid has {size:,} points, more than {GRID_LIMIT:,}: give the ranges coarser steps"
+    return grid
+
+
+def sampler_misfit(config: StudyConfig, space: SearchSpace) -> tuple[tuple[str, ...], str] | None:
+    """(field path, why) when ``config.sampler`` cannot search ``space`` for ``config.objective`` as
+    itself, or None when it can. Pure: no Optuna import (a refusal stays fast)."""
+    s = config.sampler
+    kind = ("sampler", "type")
+    conditional = conditional_params(space)
+    if s.type == "cmaes":
+        if config.objective.multi:
+            return kind, "cmaes optimises one objective, not several: use nsga2, tpe or gp"
+        others = [
+            p.name
+            for p in space.params
+            if p.name in conditional or (isinstance(p.param, Categorical) and len(p.param.choices) > 1)
+        ]
+        if others:
+            return kind, (
+                f"cmaes models float and int ranges every trial has; {_names(others)} would be sampled at "
+                "random: use tpe (conditional and categorical parameters) or gp"
+            )
+        if not space.params:
+            return kind, "cmaes needs at least one float or int range in the search space"
+    if s.type in ("gp", "qmc", "nsga2") and conditional:
+        return kind, (
+            f"{s.type} models the parameters every trial has; {_names(conditional)} (inside one_of branches) "
+            "would be sampled at random: use tpe, which models each branch, or random"
+        )
+    if s.type == "grid":
+        if conditional:
+            return kind, (
+                f"a grid crosses every parameter; {_names(conditional)} (inside one_of branches) would repeat "
+                "points of the other branches: use tpe or random, or a study per branch"
+            )
+        grid = grid_values(space)
+        if isinstance(grid, str):
+            return kind, f"grid needs a finite grid: {grid}"
+        size = math.prod(len(values) for values in grid.values())
+        if config.budget.trials > size:
+            return ("budget", "trials"), (
+                f"must be <= {size}, the points of the grid (got {config.budget.trials}): "
+                "more trials would repeat points"
+            )
+    if s.startup_trials is not None:
+        if s.type not in MODEL_SAMPLERS:
+            return ("sampler", "startup_trials"), (
+                f"applies to the samplers that model past trials ({', '.join(MODEL_SAMPLERS)}), not {s.type}"
+            )
+        if s.startup_trials >= config.budget.trials:
+            return ("sampler", "startup_trials"), (
+                f"must be < budget.trials ({config.budget.trials}), or every trial is a random start-up one "
+                f"(got {s.startup_trials})"
+            )
+    return None
+
+
+def conditional_params(space: SearchSpace) -> list[str]:
+    """The parameters not every trial has: those inside a one_of of several branches."""
+    prefixes: list[str] = []
+
+    def walk(node: dict, names: tuple[str, ...]) -> None:
+        for key, child in node.items():
+            if isinstance(child, dict):
+                walk(child, (*names, key))
+            elif isinstance(child, Branches):
+                for branch, sub in child.options.items():
+                    if len(child.options) > 1:
+                        prefixes.append(".".join((*names, key, branch)) + ".")
+                    else:
+                        walk(sub, (*names, key, branch))
+
+    walk(space.root, ())
+    return [p.name for p in space.params if p.name.startswith(tuple(prefixes))]
+
+
+def _names(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _sampler_fits_space(config: StudyConfig, space: SearchSpace, doc: YamlDoc) -> StudyError | None:
+    misfit = sampler_misfit(config, space)
+    return None if misfit is None else doc.error(*misfit)
+
+
+def _scheduler_keys_apply(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    """Scheduler keys the chosen scheduler does not read are an error, not silently ignored."""
+    s = config.scheduler
+    given = s.model_fields_set
+    if "brackets" in given and s.type != "hyperband":
+        return doc.error(("scheduler", "brackets"), f"applies to scheduler hyperband only (got {s.type})")
+    if "reduction_factor" in given and s.type in ("median", "none"):
+        return doc.error(("scheduler", "reduction_factor"), f"applies to schedulers asha and hyperband, not {s.type}")
+    if "grace_period" in given and s.type == "none":
+        return doc.error(("scheduler", "grace_period"), "scheduler none stops no trial early: it has no grace period")
+    return None
+
+
+def hyperband_brackets(config: StudyConfig) -> int:
+    """How many of ``scheduler.brackets`` have a rung. Bracket s of Ray's asynchronous Hyperband starts its
+    rungs at grace_period * reduction_factor**s; one whose first rung is not below budget.max_epochs has
+    none and never stops a trial. The default (3) is cut to this; brackets given beyond it are refused."""
+    s, epochs = config.scheduler, config.budget.max_epochs
+    return sum(1 for b in range(s.brackets) if s.grace_period * s.reduction_factor**b < epochs)
+
+
+def _hyperband_brackets_fit(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    s, epochs = config.scheduler, config.budget.max_epochs
+    if s.type != "hyperband" or s.grace_period > epochs or "brackets" not in s.model_fields_set:
+        return None
+    most = hyperband_brackets(config)
+    if s.brackets > most:
+        return doc.error(
+            ("scheduler", "brackets"),
+            f"must be <= {most} (got {s.brackets}): with grace_period {s.grace_period}, reduction_factor "
+            f"{s.reduction_factor:g} and budget.max_epochs {epochs}, later brackets have no rung and stop no trial",
+        )
+    return None
+
+
+SpaceCheck = Callable[[StudyConfig, SearchSpace, YamlDoc], StudyError | None]
+# Checks that need the parsed search space; they run once it is loaded.
+SPACE_CHECKS: list[SpaceCheck] = [_sampler_fits_space]
+
+
 # The study's own checks; each backend's (hpo.config.backends) run between the two lists, for the backends
 # the study names.
 CHECKS: list[Check] = [
     _data_dir_exists,
     _dataset_keys_apply,
     _recheck_within_trials,
+    _scheduler_keys_apply,
+    _hyperband_brackets_fit,
     _grace_within_epochs,
     _mode_follows_metric,
     _final_epochs_positive,
