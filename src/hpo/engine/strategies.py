@@ -8,6 +8,7 @@ quietly falls back to random sampling; ``make_sampler`` asks the same question, 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -89,12 +90,12 @@ def _qmc(study: Study, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def _grid(study: Study, seed: int) -> optuna.samplers.BaseSampler:
-    import optuna
-
     grid = grid_values(study.space)
     if isinstance(grid, str):
         raise HpoError(f"sampler grid: {grid}")
-    return optuna.samplers.GridSampler(grid, seed=seed)  # the seed shuffles the order the grid is walked
+    from hpo.engine._grid import GridSampler
+
+    return GridSampler(grid, seed=seed)  # the seed shuffles the order the grid is walked
 
 
 def _nsga2(study: Study, seed: int) -> optuna.samplers.BaseSampler:
@@ -130,7 +131,12 @@ def make_sampler(study: Study, seed: int) -> optuna.samplers.BaseSampler:
     misfit = sampler_misfit(c, study.space)
     if misfit is not None:
         raise HpoError(f"{'.'.join(str(p) for p in misfit[0])}: {misfit[1]}")
-    return SAMPLERS[name](study, seed)
+    import optuna
+
+    # group (TPE) and QMC are experimental in Optuna: chosen knowingly, so their warning is not the user's.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return SAMPLERS[name](study, seed)
 
 
 # ---------------------------------------------------------------------------------------- schedulers
