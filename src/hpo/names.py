@@ -129,6 +129,7 @@ class Tag(StrEnum):
     SPLIT_SEEN = "hpo.split_seen"
     WINNER_TRIAL = "hpo.winner_trial"
     WINNER_RUN = "hpo.winner_run"
+    WINNER_RULE = "hpo.winner_rule"  # on a study run with several objectives: how its winner was chosen, in words
     FINAL_RUN = "hpo.final_run"
     RUN_ID = "hpo.run_id"
     PROMOTION = "hpo.promotion"
@@ -165,9 +166,16 @@ class Metric(StrEnum):
     LR = "lr"
     SECONDS = "seconds"  # the epoch's wall time
     IMAGES_PER_SECOND = "images_per_second"
+    # What the trial's network costs, measured once per trial (hpo.train.costs) and sent with every epoch's
+    # report, so that a multi-objective study's other objectives are in each trial's last result.
+    PARAMS = "params"  # every parameter of the network
+    FLOPS = "flops"  # one image's forward pass
+    LATENCY_MS = "latency_ms"  # one image's forward pass on the trial's device and plan, in milliseconds
 
 
-EPOCH_METRICS: tuple[Metric, ...] = tuple(Metric)
+COST_METRICS: tuple[Metric, ...] = (Metric.PARAMS, Metric.FLOPS, Metric.LATENCY_MS)
+# What an epoch of the training loop measures (hpo.train.loop.EpochResult): the metrics but the costs.
+EPOCH_METRICS: tuple[Metric, ...] = tuple(m for m in Metric if m not in COST_METRICS)
 
 
 class Artifact(StrEnum):

@@ -436,6 +436,57 @@ SpaceCheck = Callable[[StudyConfig, SearchSpace, YamlDoc], StudyError | None]
 SPACE_CHECKS: list[SpaceCheck] = [_sampler_fits_space]
 
 
+def _objective_limits_apply(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    """A ``limit`` bounds the winner of a study with several objectives (hpo.engine.pareto), the first
+    objective's included (a floor on accuracy, a ceiling on loss); with one objective the best trial wins
+    and a limit would rank nothing. A limit no trial can meet is refused here, not after the search."""
+    objectives = config.objective
+    if not objectives.multi:
+        if objectives.primary.limit is not None:
+            return doc.error(
+                ("objective", "limit"),
+                "applies with several objectives (objective: a list), where it bounds the winner; "
+                "with one, the best trial wins: drop it, or add the cost it should bound",
+            )
+        return None
+    for i, o in enumerate(objectives):
+        if o.limit is None:
+            continue
+        if o.metric == "val_accuracy" and not 0.0 < o.limit <= 1.0:
+            return doc.error(("objective", i, "limit"), f"val_accuracy is a share: must be in (0, 1] (got {o.limit:g})")
+        if o.metric != "val_accuracy" and o.limit <= 0:
+            return doc.error(("objective", i, "limit"), f"{o.metric} is positive: must be > 0 (got {o.limit:g})")
+    return None
+
+
+def _choose_fits_objectives(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    """``final.choose: knee`` needs a front to take the knee of, and the re-check would overrule it: it
+    ranks its top-k by the first objective alone."""
+    if config.final.choose != "knee":
+        return None
+    if not config.objective.multi:
+        return doc.error(("final", "choose"), "knee needs several objectives (objective: a list) to trade off")
+    if config.final.recheck.top_k:
+        return doc.error(
+            ("final", "choose"),
+            "knee cannot be combined with final.recheck, which ranks by the first objective alone: "
+            "set final.recheck.top_k: 0 or final.choose: best",
+        )
+    return None
+
+
+def _several_objectives_search_only(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    """The AutoKeras baseline tunes by validation accuracy alone (its oracle takes one objective), so a
+    study with several objectives would compare it on a rule it never followed."""
+    if config.objective.multi and "autokeras" in config.backends:
+        return doc.error(
+            ("backends",),
+            "the autokeras baseline optimises one objective: a study with several objectives runs "
+            "the search backend only",
+        )
+    return None
+
+
 # The study's own checks; each backend's (hpo.config.backends) run between the two lists, for the backends
 # the study names.
 CHECKS: list[Check] = [
@@ -447,6 +498,9 @@ CHECKS: list[Check] = [
     _grace_within_epochs,
     _mode_follows_metric,
     _final_epochs_positive,
+    _objective_limits_apply,
+    _choose_fits_objectives,
+    _several_objectives_search_only,
 ]
 DATA_CHECKS: list[Check] = [_task_fits_dataset, _stream_needs_files]
 

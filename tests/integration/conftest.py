@@ -61,3 +61,16 @@ def smoke_model(smoke_run):
 
     mlflow.set_tracking_uri(smoke_run.uri)
     return mlflow.pytorch.load_model("models:/smoke@champion")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray (2 CPUs) for a module's in-process studies: `run_study` keeps a Ray it did not start,
+    so each study skips Ray's start-up (seconds on 2 cores)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -8,14 +8,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from hpo.testing import run_hpo
-
 pytestmark = pytest.mark.integration
 
 STUDY = """\
 name: {name}
 seed: 0
-dataset: {{name: fashion_mnist, validation_split: 0.2, subset: {{train: {train}, test: 500}}}}
+dataset: {{name: fashion_mnist, validation_split: 0.2, subset: {{train: {train}, test: 500}}, data_dir: {data}}}
 search_space:
   model: {{name: cnn, depth: 2, width: 16}}
   optimizer: {{name: sgd, lr: 0.05}}
@@ -26,16 +24,24 @@ final: {{register_as: shared-model, export: []}}
 """
 
 
-def test_champion_moves_only_when_beaten(tmp_path, data_dir):
-    import mlflow
+def test_champion_moves_only_when_beaten(tmp_path, data_dir, monkeypatch, local_ray):
+    import io
 
-    (tmp_path / "weak.yaml").write_text(STUDY.format(name="weak", train=600, epochs=1))
-    (tmp_path / "strong.yaml").write_text(STUDY.format(name="strong", train=3000, epochs=2))
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    from rich.console import Console
+
+    import mlflow
+    from hpo.runner import run_study
+    from hpo.study import load_study
+
+    (tmp_path / "weak.yaml").write_text(STUDY.format(name="weak", train=600, epochs=1, data=data_dir))
+    (tmp_path / "strong.yaml").write_text(STUDY.format(name="strong", train=3000, epochs=2, data=data_dir))
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    monkeypatch.chdir(tmp_path)  # the run folders, as `hpo run` here would write them
 
     def run(study: str) -> tuple[str, float]:
-        result = run_hpo(["run", study], tmp_path, data_dir)
-        assert result.returncode == 0, result.stderr
+        # in-process, on one Ray for the three runs: `hpo run` itself is the smoke test's
+        run_study(load_study(tmp_path / study), tracking_uri=uri, console=Console(file=io.StringIO()), live=False)
         version = max(client.search_model_versions("name='shared-model'"), key=lambda v: int(v.version))
         return version.version, float(version.tags["test_accuracy"])
 
@@ -58,9 +64,8 @@ def test_champion_moves_only_when_beaten(tmp_path, data_dir):
     # hpo list and hpo compare on this store (in-process: MLflow is loaded already)
     from hpo.cli import app
 
-    uri = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"]
     cli = CliRunner()
-    listed = cli.invoke(app, ["list", "--json", *uri])
+    listed = cli.invoke(app, ["list", "--json", "--tracking-uri", uri])
     assert listed.exit_code == 0, listed.output
     studies = {s["study"]: s for s in json.loads(listed.stdout)}
     assert set(studies) == {"weak", "strong"}
@@ -69,11 +74,11 @@ def test_champion_moves_only_when_beaten(tmp_path, data_dir):
     assert studies["weak"]["champion"] == studies["strong"]["champion"] == str(v2)
     assert studies["weak"]["test_accuracy"] == pytest.approx(weak_again)
     assert studies["strong"]["status"] == "FINISHED" and studies["strong"]["objective"] == "val_accuracy"
-    table = cli.invoke(app, ["list", *uri]).stdout
+    table = cli.invoke(app, ["list", "--tracking-uri", uri]).stdout
     assert "shared-model v3" in table and "shared-model v2" in table and "strong" in table, table
 
     png = tmp_path / "compare.png"
-    compared = cli.invoke(app, ["compare", "weak", "strong", "--plot", str(png), *uri])
+    compared = cli.invoke(app, ["compare", "weak", "strong", "--plot", str(png), "--tracking-uri", uri])
     assert compared.exit_code == 0, compared.output
     # the studies differ in epochs and training images (and the retrain's epochs, if strong's best came last);
     # their models are the same
@@ -84,7 +89,7 @@ def test_champion_moves_only_when_beaten(tmp_path, data_dir):
     with Image.open(png) as image:
         assert image.size[0] > 600 and image.convert("L").getextrema()[0] < 128  # lines drawn, not blank
     final_runs = {s: studies[s]["final_run"] for s in studies}
-    by_run = cli.invoke(app, ["compare", final_runs["weak"], final_runs["strong"], "--json", *uri])
+    by_run = cli.invoke(app, ["compare", final_runs["weak"], final_runs["strong"], "--json", "--tracking-uri", uri])
     assert by_run.exit_code == 0, by_run.output
     sides = json.loads(by_run.stdout)
     assert {"budget.max_epochs", "final.train_images"} <= set(sides["params_differ"])

@@ -19,6 +19,7 @@ from hpo.backends.base import BackendSummary, RunContext
 from hpo.config.backends import BACKENDS
 from hpo.data import ImageData
 from hpo.engine.live import short_params
+from hpo.engine.pareto import NoTrialWithinLimits, choose_pareto, choose_winner, rule_text
 from hpo.engine.records import TrialRecord, best_trial
 from hpo.errors import HpoError
 from hpo.names import FINISHED_ORDER, RunKind, RunOutcome, Stage, Tag
@@ -70,6 +71,10 @@ class SearchOutcome:
         counts = ", ".join(f"{n} {s}" for s in FINISHED_ORDER if (n := sum(r.status == s for r in self.records)))
         table.add_row("trials", f"{len(self.records)} ({counts})")
         table.add_row("best trial", f"#{w.number}: {c.objective.metric} {value:.4f} at epoch {epoch}")
+        if c.objective.multi:  # the winner's other objectives, and the rule that chose it
+            last = w.history[-1] if w.history else {}
+            costs = ", ".join(f"{o.metric} {last.get(o.metric, math.nan):g}" for o in list(c.objective)[1:])
+            table.add_row("chosen by", f"{rule_text(list(c.objective), c.final.choose)} ({costs})")
         table.add_row("best params", "\n".join(f"{k} = {v}" for k, v in w.params.items()))
         f = self.final
         if f is not None:
@@ -118,7 +123,7 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
 
     study, tracker, run_dir, console = run.study, run.tracker, run.run_dir, run.console
     c = study.config
-    metric, mode = c.objective.metric, c.objective.direction
+    metric = c.objective.metric
     state = run_dir.state
     notes: list[str] = []
     finished_before = state.stage not in SearchBackend.stages  # resumed in a later backend's stage
@@ -126,7 +131,7 @@ def _run_stages(run: RunContext, parent: str) -> SearchOutcome:
         records = _search(run, parent, notes)
     else:
         records, _ = journal_records(run_dir, study)
-    winner = best_trial(records, metric, mode)
+    winner = choose_winner(records, c.objective, c.final.choose)  # several objectives: by the stated rule
     if winner is None:  # _search raised already; a journal without a result cannot reach a later stage
         raise SearchFailed("no trial produced a result")
 
@@ -311,6 +316,13 @@ def _search(run: RunContext, parent: str, notes: list[str]) -> list[TrialRecord]
         _print_trials(console, study, records)
         reasons = "; ".join(f"trial {r.number}: {r.error}" for r in records if r.error) or "no trial reported"
         raise SearchFailed(f"no trial produced a result ({reasons})")
+    if c.objective.multi:
+        try:
+            _record_choice(tracker, parent, records, study, run_dir.path)
+        except NoTrialWithinLimits as exc:  # nothing the study allows to finalise
+            run_dir.advance(Stage.DONE, outcome=RunOutcome.FAILED)
+            _print_trials(console, study, records)
+            raise SearchFailed(str(exc)) from None
     if c.final.enabled:
         run_dir.advance(Stage.RECHECK)
     else:
@@ -368,6 +380,23 @@ def _log_search_summary(
             value, epoch = r.best(metric, mode)
             writer.writerow([r.number, r.status, r.epochs, value, epoch, r.run_id, short_params(r.params)])
     tracker.log_artifact(parent, board)
+
+
+def _record_choice(tracker: Tracker, parent: str, records: list[TrialRecord], study: Study, workdir: Path) -> None:
+    """A study with several objectives: its rule and the trial it chooses as tags of the study run, and
+    the Pareto front (table and plot) beside its leaderboard. ``NoTrialWithinLimits`` when none qualifies."""
+    from hpo.report.pareto import PARETO_CSV, PARETO_PNG, write_pareto
+
+    c = study.config
+    choice = choose_pareto(records, list(c.objective), c.final.choose)
+    write_pareto(choice, workdir, f"{study.name}: Pareto front of {len(choice.points)} trials")
+    for name in (PARETO_CSV, PARETO_PNG):
+        tracker.log_artifact(parent, workdir / name)
+    tags: dict[str, str] = {Tag.WINNER_RULE: choice.describe()}
+    if choice.chosen is not None:
+        tags.update({Tag.WINNER_TRIAL: choice.chosen.trial_id, Tag.WINNER_RUN: choice.chosen.run_id or ""})
+    tracker.set_tags(parent, tags)
+    choose_winner(records, c.objective, c.final.choose)  # raises when no trial is within the limits
 
 
 def _log_stats(tracker: Tracker, parent: str, path: Path, **extra: float) -> None:

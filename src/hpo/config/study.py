@@ -134,8 +134,8 @@ class DatasetConfig(Strict):
 
 
 # What a trial can be judged by: the validation metric it reports each epoch, and what its network costs,
-# measured once per trial (``params``: trainable parameters; ``flops``: forward FLOPs of one image;
-# ``latency_ms``: one image's forward pass on the trial's device and plan).
+# measured once per trial (``params``: all its parameters, a frozen backbone's too; ``flops``: forward FLOPs
+# of one image; ``latency_ms``: one image's forward pass on the trial's device and plan).
 OBJECTIVE_METRICS = ("val_accuracy", "val_loss", "params", "flops", "latency_ms")
 VALIDATION_METRICS = ("val_accuracy", "val_loss")
 
@@ -327,6 +327,10 @@ class RecheckConfig(Strict):
 
 class FinalConfig(Strict):
     enabled: bool = True
+    # With several objectives, how the winner is chosen (hpo.engine.pareto): ``best``, the best first
+    # objective among the trials within every objective's limit; ``knee``, the point of their Pareto front
+    # nearest the ideal one, each objective scaled to the front's range.
+    choose: Literal["best", "knee"] = "best"
     recheck: RecheckConfig = RecheckConfig()
     retrain_on: Literal["train+val", "train"] = "train+val"
     epochs: int | Literal["best"] = "best"

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpo.config.study import VALIDATION_METRICS
 from hpo.data import ImageData
 from hpo.engine.asha import seed_asha
 from hpo.engine.records import TrialRecord
@@ -40,6 +41,7 @@ class TrialSettings:
     precision: str = "auto"  # resources.precision / channels_last / compile (hpo.train.plan)
     channels_last: bool | str = "auto"
     compile: bool | str = "auto"
+    costs: tuple[str, ...] = ()  # the cost objectives the study names: measured too (hpo.train.costs)
     known_plans: dict[str, dict] = field(default_factory=dict)  # plans this run measured already
 
 
@@ -69,6 +71,7 @@ def _train_trial(
 
     from hpo.engine.limits import memory_cap, out_of_memory_as_infeasible
     from hpo.train import PlanCache, Preferences, TrainData, plan_training, train
+    from hpo.train.costs import ALWAYS_MEASURED, measure_costs
 
     started = time.time()  # for the orchestration-overhead accounting (benchmarks/orchestration.py)
     pid, node = os.getpid(), ray.get_runtime_context().get_node_id()
@@ -76,10 +79,16 @@ def _train_trial(
 
     plan_info: dict[str, Any] = {"device_tags": device.tags()}
 
+    costs: dict[str, float] = {}  # what the network costs, measured once, sent with every epoch (hpo.train.costs)
+
     def report(epoch, _model) -> None:
+        if not costs:
+            which = {*ALWAYS_MEASURED, *settings.costs}
+            costs.update(measure_costs(_model, train_data.x_train.shape[1:], plan, which))
         tune.report(
             {
                 **epoch.metrics(),
+                **costs,
                 "epoch": epoch.epoch,
                 "early_stop": epoch.early_stop,
                 "trial_started": started,
@@ -197,6 +206,7 @@ def run_search(
         precision=c.resources.precision,
         channels_last=c.resources.channels_last,
         compile=c.resources.compile,
+        costs=tuple(o.metric for o in c.objective if o.metric not in VALIDATION_METRICS),
         known_plans=run_dir.load_plans(),
     )
     put_start = time.perf_counter()

@@ -14,14 +14,15 @@ from typing import Any
 
 from hpo.engine.records import ACTIVE, TrialRecord
 from hpo.engine.trial_output import OutputTail
-from hpo.names import EPOCH_METRICS, Artifact, RunKind, Tag, TrialStatus
+from hpo.names import COST_METRICS, EPOCH_METRICS, Artifact, RunKind, Tag, TrialStatus
 from hpo.space import SearchSpace
 from hpo.tracking import Tracker, flatten
 
 EPOCH = "epoch"  # the keys of a trial's report besides its metrics (see engine.ray_tune.run_trial)
 EARLY_STOP = "early_stop"
 OUTPUT = "output"  # what the trial wrote to stdout and stderr since its last report (hpo.engine.trial_output)
-HISTORY_KEYS: tuple[str, ...] = (EPOCH, *EPOCH_METRICS, EARLY_STOP)  # what a history row keeps of a report
+# What a history row keeps of a report: its epoch's metrics, and its network's costs (the same each epoch).
+HISTORY_KEYS: tuple[str, ...] = (EPOCH, *EPOCH_METRICS, *COST_METRICS, EARLY_STOP)
 OUT_OF_MEMORY = "TrialOutOfMemory"  # the type name of hpo.engine.limits.TrialOutOfMemory, as errors print it
 
 

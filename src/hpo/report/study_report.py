@@ -14,8 +14,10 @@ from pathlib import Path
 from hpo.errors import HpoError
 from hpo.names import RunKind, Tag
 from hpo.report.compare import comparison_rows, latest_backend_runs, progress, progress_png
+from hpo.report.pareto import PARETO_CSV, PARETO_PNG
 
 PLOTS = [
+    (PARETO_PNG, "Pareto front: the first objective against each other one"),
     ("confusion_matrix.png", "Confusion matrix (counts)"),
     ("confusion_matrix_normalized.png", "Confusion matrix (normalised by true class)"),
     ("learning_curves.png", "Learning curves"),
@@ -44,6 +46,7 @@ code { background: #f6f6f6; padding: 0 0.2rem; }
 {% if comparison %}<h2>Backends side by side</h2>{{ table(comparison) }}{% endif %}
 <h2>Leaderboard</h2>
 {{ table(leaderboard) }}
+{% if pareto %}<h2>Pareto front</h2><p>Winner: {{ rule }}.</p>{{ table(pareto) }}{% endif %}
 {% if recheck %}<h2>Winner re-check</h2>{{ table(recheck) }}{% endif %}
 {% if families %}<h2>Best per model family</h2>{{ table(families) }}{% endif %}
 <h2>Per-class metrics on the test set</h2>
@@ -95,6 +98,8 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
         leaderboard = _read_csv(study_dir / "leaderboard.csv", drop=("run_id",))
         recheck = _read_csv(study_dir / "recheck.csv") if (study_dir / "recheck.csv").exists() else None
         families = _read_csv(evaluation / "families.csv") if (evaluation / "families.csv").exists() else None
+        # several objectives: every trial's values, the front, the limits and the chosen one
+        pareto = _read_csv(evaluation / PARETO_CSV) if (evaluation / PARETO_CSV).exists() else None
         per_class = (
             _read_csv(evaluation / "per_class_metrics.csv")
             if (evaluation / "per_class_metrics.csv").exists()
@@ -130,6 +135,7 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
         ("trials", str(len(leaderboard) - 1)),
         ("wall time", f"{study_run.data.metrics.get('wall_seconds', 0) / 60:.1f} min"),
     ]
+    rule = study_run.data.tags.get(Tag.WINNER_RULE, "")
     config = [["parameter", "value"]] + [[k, v] for k, v in sorted(final.data.params.items())]
 
     env = jinja2.Environment(autoescape=True)
@@ -147,6 +153,8 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
         "kpis": kpis,
         "leaderboard": leaderboard,
         "recheck": recheck,
+        "pareto": pareto,
+        "rule": rule,
         "families": families,
         "per_class": per_class,
         "config": config,
@@ -169,6 +177,8 @@ def write_report(study_name: str, tracking_uri: str, out_dir: Path) -> ReportFil
     ]
     if comparison:
         md[-3:-3] = ["## Backends side by side", "", _md(comparison)]
+    if pareto:
+        md += ["## Pareto front", "", f"Winner: {rule}.", "", _md(pareto)]
     if recheck:
         md += ["## Winner re-check", "", _md(recheck)]
     if families:

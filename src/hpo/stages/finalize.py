@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from hpo._torchvision import import_torchvision
 from hpo.config.study import Resources
 from hpo.data import ImageData
 from hpo.data.streaming import FileImages, head
+from hpo.engine.pareto import choose_pareto
 from hpo.engine.records import TrialRecord
 from hpo.errors import HpoError
 from hpo.names import Metric, RunKind, Tag
@@ -80,6 +81,7 @@ def finalize(
 
     from hpo.report import learning_curves_png
     from hpo.report.evaluation import write_evaluation, write_multilabel_evaluation
+    from hpo.report.pareto import write_pareto
     from hpo.report.study_plots import family_table, optuna_plots_html
 
     c = study.config
@@ -173,6 +175,9 @@ def finalize(
             family_table(
                 records, c.objective.metric, c.objective.direction, winner, test_accuracy, out / "families.csv"
             )
+            if c.objective.multi:  # the front, the limits and the winner (chosen by the rule, or re-checked)
+                choice = replace(choose_pareto(records, list(c.objective), c.final.choose), chosen=winner)
+                write_pareto(choice, out, f"{study.name}: Pareto front of {len(choice.points)} trials")
             if optuna_storage:
                 optuna_plots_html(optuna_storage, optuna_study or study.name, out / "optuna_plots.html")
             for path in sorted(out.iterdir()):

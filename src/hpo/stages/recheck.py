@@ -22,6 +22,7 @@ import numpy as np
 from hpo.config import TrialConfig
 from hpo.config.study import Resources
 from hpo.data import ImageData
+from hpo.engine.pareto import choose_pareto
 from hpo.engine.records import TrialRecord
 from hpo.engine.trial_book import error_status, error_text
 from hpo.names import RunKind, RunStatus, Tag
@@ -105,6 +106,9 @@ def recheck(
     c = study.config
     metric, mode = c.objective.metric, c.objective.direction
     scored = [r for r in records if r.best(metric, mode)[0] is not None]
+    if c.objective.multi:  # several objectives: the top-k of the trials within every limit (hpo.engine.pareto)
+        feasible = {p.record.trial_id for p in choose_pareto(records, list(c.objective)).points if p.feasible}
+        scored = [r for r in scored if r.trial_id in feasible]
     if not scored or c.final.recheck.top_k == 0:
         return None
     scored.sort(key=lambda r: r.best(metric, mode)[0] or 0.0, reverse=(mode == "max"))  # all have a value
