@@ -10,7 +10,7 @@ import pytest
 from hpo.config.yaml_loader import parse_yaml
 from hpo.engine.records import TrialRecord
 from hpo.engine.trial_book import HISTORY_KEYS, OUTPUT, TrialBook, classify, error_status, error_text
-from hpo.names import EPOCH_METRICS, Artifact, Metric, RunKind, RunStatus, Tag, TrialStatus
+from hpo.names import COST_METRICS, EPOCH_METRICS, Artifact, Metric, RunKind, RunStatus, Tag, TrialStatus
 from hpo.space import SearchSpace, parse_space
 from hpo.tracking import InMemoryTracker, Tracker
 
@@ -46,7 +46,7 @@ class Journal:
 def result(epoch: int, val_accuracy: float, **extra) -> dict:
     return {
         "epoch": epoch,
-        **dict.fromkeys(EPOCH_METRICS, 0.5),
+        **dict.fromkeys((*EPOCH_METRICS, *COST_METRICS), 0.5),  # a trial's costs come with every epoch
         Metric.VAL_ACCURACY: val_accuracy,
         "early_stop": False,
         "trial_started": 100.0,
