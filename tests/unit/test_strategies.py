@@ -196,3 +196,14 @@ def test_each_scheduler_is_rays_own_built_from_the_study(tmp_path):
 
     none = make_scheduler(study_with(tmp_path, scheduler="{type: none}"), records)
     assert type(none) is FIFOScheduler
+
+
+def test_the_eta_foresees_hyperbands_brackets_and_no_rungs_for_median():
+    from hpo.engine.eta import epoch_survival
+
+    one = epoch_survival(4, (1, 2.0))
+    assert one == [1.0, 1.0, 0.5, 0.25, 0.25]  # ASHA: rungs at epochs 1 and 2
+    # bracket 1 starts its rungs at epoch 2: its trials train longer, and the mix lies between the two
+    mixed = epoch_survival(4, (1, 2.0), brackets=2)
+    assert mixed[:2] == [1.0, 1.0] and all(a < m < 1.0 for a, m in zip(one[2:], mixed[2:], strict=True))
+    assert epoch_survival(4, None) == [1.0] * 5  # median and none: no rungs to foresee

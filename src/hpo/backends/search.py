@@ -23,7 +23,7 @@ from hpo.engine.pareto import NoTrialWithinLimits, choose_pareto, choose_winner,
 from hpo.engine.records import TrialRecord, best_trial
 from hpo.errors import HpoError
 from hpo.names import FINISHED_ORDER, RunKind, RunOutcome, Stage, Tag
-from hpo.study import Study
+from hpo.study import Study, hyperband_brackets
 from hpo.tracking import Tracker
 
 if TYPE_CHECKING:  # at run time the final stage (and torch with it) loads when a run reaches it
@@ -282,7 +282,11 @@ def _search(run: RunContext, parent: str, notes: list[str]) -> list[TrialRecord]
             console=console,
             time_spent=time_spent,
             deadline=run.deadline,
-            asha=(c.scheduler.grace_period, c.scheduler.reduction_factor) if c.scheduler.type == "asha" else None,
+            # the rungs of asha and hyperband (the median rule has none to foresee)
+            asha=(c.scheduler.grace_period, c.scheduler.reduction_factor)
+            if c.scheduler.type in ("asha", "hyperband")
+            else None,
+            brackets=hyperband_brackets(c) if c.scheduler.type == "hyperband" else 1,
         )
         if run.live
         else None

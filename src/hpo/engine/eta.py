@@ -9,11 +9,14 @@ records and the time, and show ``ETA ~12 min``. The estimate is the smaller of t
   so a new trial is expected to train ``sum_t P(epoch t)`` epochs, and a running trial at epoch ``e`` the
   rest of that sum given that it reached ``e``. Once trials finish, their epoch counts (early stopping,
   pruning, failures) pull the expectation towards what this search actually does.
+  Hyperband is ASHA over several brackets, each starting its rungs later: its curve is the brackets'
+  mixed; the median rule has no rungs to model, so it is taken as stopping nothing until trials finish.
 - **time**: what is left of the time budget or before the deadline, which ends the search whatever remains.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,7 +32,8 @@ class SearchBudget:
 
     trials: int
     max_epochs: int
-    asha: tuple[int, float] | None = None  # (grace_period, reduction_factor); None: no pruning scheduler
+    asha: tuple[int, float] | None = None  # (grace_period, reduction_factor); None: no rungs (none, median)
+    brackets: int = 1  # asynchronous Hyperband's brackets (scheduler: hyperband)
     ends_at: float | None = None  # wall clock (epoch seconds) where the time budget or the deadline ends it
 
 
@@ -45,17 +49,23 @@ class Eta:
         return text + (" (time budget)" if self.bound_by == "time" else "")
 
 
-def epoch_survival(max_epochs: int, asha: tuple[int, float] | None) -> list[float]:
-    """``P(a trial trains epoch t)`` for ``t`` in ``0..max_epochs`` (index 0 is 1: every trial starts)."""
+def epoch_survival(max_epochs: int, asha: tuple[int, float] | None, brackets: int = 1) -> list[float]:
+    """``P(a trial trains epoch t)`` for ``t`` in ``0..max_epochs`` (index 0 is 1: every trial starts).
+    ``brackets`` > 1: asynchronous Hyperband, bracket s starting its rungs at grace * factor**s; a trial
+    joins bracket s with Ray's odds, proportional to e**(its rungs)."""
     if asha is None:
         return [1.0] * (max_epochs + 1)
     grace, factor = asha
-    rungs = []
-    k = 0
-    while grace * factor**k < max_epochs:  # a rung at max_epochs stops nothing: the trial is done there
-        rungs.append(grace * factor**k)
-        k += 1
-    return [1.0] + [factor ** -sum(r < t for r in rungs) for t in range(1, max_epochs + 1)]
+    curves, weights = [], []
+    for s in range(brackets):
+        rungs = []
+        k = s
+        while grace * factor**k < max_epochs:  # a rung at max_epochs stops nothing: the trial is done there
+            rungs.append(grace * factor**k)
+            k += 1
+        curves.append([1.0] + [factor ** -sum(r < t for r in rungs) for t in range(1, max_epochs + 1)])
+        weights.append(math.exp(len(rungs)))
+    return [sum(w * c[t] for w, c in zip(weights, curves, strict=True)) / sum(weights) for t in range(max_epochs + 1)]
 
 
 def remaining_epochs(survival: Sequence[float], trained: int) -> float:
@@ -73,7 +83,7 @@ def estimate(records: Sequence[TrialRecord], budget: SearchBudget, *, now: float
     if not seconds:
         return Eta(left, "time") if left is not None and left <= 0 else None
     epoch = sum(seconds) / len(seconds)
-    survival = epoch_survival(budget.max_epochs, budget.asha)
+    survival = epoch_survival(budget.max_epochs, budget.asha, budget.brackets)
     finished = [r for r in records if r.status not in ACTIVE]
     expected = sum(survival[1:])
     per_trial = (PRIOR_WEIGHT * expected + sum(r.epochs for r in finished)) / (PRIOR_WEIGHT + len(finished))

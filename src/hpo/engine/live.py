@@ -54,9 +54,11 @@ class LiveView:
         time_spent: float = 0.0,
         deadline: float | None = None,
         asha: tuple[int, float] | None = None,
+        brackets: int = 1,
     ) -> None:
         """``time_spent``: search seconds earlier attempts used of ``time_budget``; ``deadline``: when the
-        study must end (epoch seconds); ``asha``: (grace_period, reduction_factor) when ASHA prunes."""
+        study must end (epoch seconds); ``asha``: (grace_period, reduction_factor) when ASHA prunes, over
+        ``brackets`` brackets with Hyperband."""
         self.records = records
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
         self.time_budget = time_budget
@@ -66,6 +68,7 @@ class LiveView:
             trials=trials,
             max_epochs=max_epochs,
             asha=asha,
+            brackets=brackets,
             ends_at=min([*ends, *([deadline] if deadline is not None else [])], default=None),
         )
         self.peak_running = 0  # the most trials seen running at once: the concurrency the ETA assumes
