@@ -166,6 +166,8 @@ class Metric(StrEnum):
     LR = "lr"
     SECONDS = "seconds"  # the epoch's wall time
     IMAGES_PER_SECOND = "images_per_second"
+    DATA_FRACTION = "data_fraction"  # the share of the training images the epoch trained on (data fidelity)
+    TRAIN_IMAGES = "train_images"  # how many training images the epoch trained on
     # What the trial's network costs, measured once per trial (hpo.train.costs) and sent with every epoch's
     # report, so that a multi-objective study's other objectives are in each trial's last result.
     PARAMS = "params"  # every parameter of the network

@@ -283,6 +283,34 @@ def _recheck_within_trials(config: StudyConfig, doc: YamlDoc) -> StudyError | No
     return None
 
 
+def _data_fidelity_fits(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
+    """``fidelity: data`` shrinks the epochs before ASHA's rungs, so it needs rungs; the fractions grow
+    rung by rung and stay below 1 (after the last, every rung trains on all images)."""
+    s = config.scheduler
+    if s.fidelity == "data" and s.type not in ("asha", "hyperband"):
+        return doc.error(
+            ("scheduler", "fidelity"),
+            f"data needs scheduler.type asha or hyperband, whose rungs it follows (got {s.type})",
+        )
+    if s.data_fractions is None:
+        return None
+    if s.fidelity != "data":
+        return doc.error(("scheduler", "data_fractions"), "applies with scheduler.fidelity: data only")
+    for i, f in enumerate(s.data_fractions):
+        if f >= 1.0:
+            return doc.error(
+                ("scheduler", "data_fractions", i),
+                f"must be < 1: the epochs after the listed fractions train on all images (got {f:g})",
+            )
+        if i and f <= s.data_fractions[i - 1]:
+            return doc.error(
+                ("scheduler", "data_fractions", i),
+                f"must be > the fraction before it ({s.data_fractions[i - 1]:g}): each rung trains on more "
+                f"images (got {f:g})",
+            )
+    return None
+
+
 # ------------------------------------------------------------------- sampler and scheduler fit
 # Optuna's samplers other than TPE (grouped) and random model only the parameters every trial has, and
 # CMA-ES only numeric ones: the rest they hand to a random sampler, with a log warning in the middle of a
@@ -498,6 +526,7 @@ CHECKS: list[Check] = [
     _grace_within_epochs,
     _mode_follows_metric,
     _final_epochs_positive,
+    _data_fidelity_fits,
     _objective_limits_apply,
     _choose_fits_objectives,
     _several_objectives_search_only,

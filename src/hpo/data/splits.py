@@ -29,3 +29,30 @@ def split_indices(labels: np.ndarray, test_split: float, seed: int) -> tuple[np.
     """Stratified (train, test) indices holding out ``test_split`` of ``labels`` (at least one example)."""
     test = stratified_sample(strata(labels), max(1, round(len(labels) * test_split)), np.random.default_rng(seed))
     return np.setdiff1d(np.arange(len(labels)), test), test
+
+
+def rarest_label(labels: np.ndarray) -> np.ndarray:
+    """What a data-fidelity subset keeps in proportion: the class; for multi-label rows (0/1, N x labels),
+    each row's rarest label (-1 for a row with none). A row's label combination is often unique, which
+    leaves nothing to keep in proportion; its rarest label keeps every label's share, the rare ones most."""
+    if labels.ndim == 1:
+        return labels
+    positives = labels.astype(bool)
+    counts = positives.sum(axis=0)
+    rarity = np.where(positives, counts, np.iinfo(np.int64).max)  # a label a row lacks never wins
+    return np.where(positives.any(axis=1), rarity.argmin(axis=1), -1)
+
+
+def nested_subsets(labels: np.ndarray, sizes: list[int], seed: int) -> list[np.ndarray]:
+    """Stratified subsets of ``labels`` (see ``rarest_label``) of the given ascending ``sizes``, each inside
+    the next: sorted indices, drawn from the largest down, each a stratified sample of the one above it."""
+    if list(sizes) != sorted(sizes):
+        raise ValueError(f"sizes must be ascending (got {sizes})")
+    rng = np.random.default_rng(seed)
+    keys = rarest_label(labels)
+    subsets: list[np.ndarray] = []
+    current = np.arange(len(labels))
+    for n in reversed(sizes):
+        current = current[stratified_sample(keys[current], n, rng)]
+        subsets.append(current)
+    return subsets[::-1]

@@ -16,6 +16,7 @@ from typing import Any
 from hpo.config.study import VALIDATION_METRICS
 from hpo.data import ImageData
 from hpo.engine.asha import seed_asha
+from hpo.engine.fidelity import epoch_fractions
 from hpo.engine.records import TrialRecord
 from hpo.engine.run_dir import StudyDir
 from hpo.engine.trial_book import OUTPUT, TrialBook, classify, may_retry
@@ -43,6 +44,10 @@ class TrialSettings:
     compile: bool | str = "auto"
     costs: tuple[str, ...] = ()  # the cost objectives the study names: measured too (hpo.train.costs)
     known_plans: dict[str, dict] = field(default_factory=dict)  # plans this run measured already
+    # scheduler.fidelity: data: the share of the training images each epoch trains on (hpo.engine.fidelity);
+    # empty: every epoch on all of them. Only the search's trials have one: re-checks and the final retrain
+    # train on all the data.
+    data_fractions: tuple[float, ...] = ()
 
 
 def run_trial(params: dict[str, Any], *, space: SearchSpace, data: ImageData, settings: TrialSettings) -> None:
@@ -117,7 +122,15 @@ def _train_trial(
             epochs=settings.max_epochs,
         )
         plan_info.update(plan=plan.to_dict(), plan_key=plan.key, plan_tags=plan.tags())
-        train(config, train_data, epochs=settings.max_epochs, seed=settings.seed, plan=plan, report=report)
+        train(
+            config,
+            train_data,
+            epochs=settings.max_epochs,
+            seed=settings.seed,
+            plan=plan,
+            report=report,
+            data_fractions=settings.data_fractions,
+        )
 
 
 def _plan_logger(run_dir: StudyDir, view) -> Callable[[TrialRecord, str], None]:
@@ -208,6 +221,7 @@ def run_search(
         compile=c.resources.compile,
         costs=tuple(o.metric for o in c.objective if o.metric not in VALIDATION_METRICS),
         known_plans=run_dir.load_plans(),
+        data_fractions=tuple(epoch_fractions(c.scheduler, c.budget.max_epochs)),
     )
     put_start = time.perf_counter()
     trainable = tune.with_parameters(run_trial, space=study.space, data=data, settings=settings)  # ray.put once

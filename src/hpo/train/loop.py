@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import time
 import warnings
@@ -15,6 +17,7 @@ from torch import nn
 from hpo.config.trial import ScheduleConfig, TrialConfig
 from hpo.data.augment import BatchAugment
 from hpo.data.images import ImageData
+from hpo.data.splits import nested_subsets
 from hpo.data.streaming import FileImages, concat_images, iterate_batches
 from hpo.models import create_model
 from hpo.models.zoo import backbone_parts
@@ -108,6 +111,8 @@ class EpochResult:
     seconds: float
     images_per_second: float
     early_stop: bool = False  # this is the last epoch: early stopping ends the run here
+    data_fraction: float = 1.0  # the share of the training images this epoch trained on (data fidelity)
+    train_images: int | None = None  # how many images it trained on
 
     def metrics(self) -> dict[str, float]:
         """The epoch's metrics by their names (``hpo.names.Metric``); validation ones only where measured."""
@@ -138,6 +143,7 @@ def train(
     prefs: Preferences | None = None,
     report: Report | None = None,
     model: nn.Module | None = None,
+    data_fractions: Sequence[float] | None = None,
 ) -> TrainResult:
     """Train ``config`` for up to ``epochs`` epochs; after each, evaluate on the validation data (if any)
     and call ``report(result, model)``. Stops early when ``config.early_stopping.patience`` epochs pass
@@ -147,7 +153,12 @@ def train(
     is chosen here by measurement on ``device`` with ``threads`` (default: torch's) as ``prefs`` allow.
     ``model`` replaces the network ``config.model`` describes (it must take float images in [0, 1]);
     benchmarks use it to train one architecture with two different loops. A compiled plan runs training
-    steps through ``torch.compile``; evaluation and the returned model stay eager."""
+    steps through ``torch.compile``; evaluation and the returned model stay eager.
+
+    ``data_fractions`` (data fidelity, ``hpo.engine.fidelity``): epoch ``e`` trains on a stratified
+    ``data_fractions[e - 1]`` of the training images (all of them past the list's end), the smaller
+    subsets inside the larger, drawn with ``seed``; the learning-rate schedule spans the steps these
+    epochs really take. Validation always uses the whole validation split."""
     if plan is None:
         plan = plan_training(
             config,
@@ -167,6 +178,10 @@ def train(
     # Master weights and the loss stay fp32 whatever the plan's precision.
     model = to_device(model, dev, plan.memory_format)
     steps_per_epoch = math.ceil(len(data.y_train) / config.batch_size)
+    data_fractions = list(data_fractions or [])
+    subsets = epoch_subsets(data.y_train, data_fractions, epochs, seed)
+    fractions = [1.0 if s is None else data_fractions[e] for e, s in enumerate(subsets)]
+    sizes = [len(data.y_train) if s is None else len(s) for s in subsets]
     step = TrainStep(
         config,
         model,
@@ -176,8 +191,10 @@ def train(
         multilabel=data.multilabel,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
+        epoch_steps=[math.ceil(n / config.batch_size) for n in sizes] if data_fractions else None,
         generator=gen,
     )
+    on_device = {id(s): torch.as_tensor(s, device=dev) for s in subsets if s is not None}  # each subset once
     x_train = data.x_train if isinstance(data.x_train, FileImages) else data.x_train.to(dev)
     y_train = data.y_train.to(dev)
     # The validation images join the training images on the device, once per trial (they are a fraction
@@ -193,7 +210,12 @@ def train(
             start = time.perf_counter()
             model.train()
             freezer.epoch_begins(epoch)
-            order = torch.randperm(len(y_train), generator=gen, device=dev)
+            subset = subsets[epoch - 1]
+            if subset is None:
+                order = torch.randperm(len(y_train), generator=gen, device=dev)
+            else:  # a data-fidelity epoch: the same shuffle, over the subset's indices
+                chosen = on_device[id(subset)]
+                order = chosen[torch.randperm(len(chosen), generator=gen, device=dev)]
             # batch norm cannot train on a single sample: a last batch of one is left out
             batches = [b for b in torch.split(order, config.batch_size) if len(b) >= 2]
             images: Iterator[torch.Tensor]  # uint8, one batch at a time, on the device
@@ -209,7 +231,7 @@ def train(
             if not math.isfinite(loss_sum):
                 raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}")
 
-            n = len(y_train)
+            n = sum(len(b) for b in batches)  # the images it trained on (a last batch of one is left out)
             val_loss = val_acc = None
             if x_val is not None and y_val is not None:
                 val_loss, val_acc = evaluate(model, x_val, y_val, plan=plan)
@@ -232,6 +254,8 @@ def train(
                 seconds=seconds,
                 images_per_second=n / seconds,
                 early_stop=stop,
+                data_fraction=fractions[epoch - 1],
+                train_images=n,
             )
             result.history.append(epoch_result)
             if report is not None:
@@ -240,6 +264,21 @@ def train(
                 result.stopped_early = True
                 break
     return result
+
+
+def epoch_subsets(labels: torch.Tensor, fractions: Sequence[float], epochs: int, seed: int) -> list[np.ndarray | None]:
+    """For each epoch, the training images it trains on under ``fractions`` (see ``train``): sorted indices,
+    or None for all of them. One nested family of stratified subsets per run (``nested_subsets``), so an
+    epoch on a third of the images sees the ninth it trained on before, and the same ``seed`` gives the
+    same subsets in every trial."""
+    per_epoch = [fractions[e] if e < len(fractions) else 1.0 for e in range(epochs)]
+    partial = sorted({f for f in per_epoch if f < 1.0})
+    if not partial:
+        return [None] * epochs
+    n = len(labels)
+    sizes = [min(n, max(2, round(f * n))) for f in partial]  # batch norm needs two images
+    subsets = dict(zip(partial, nested_subsets(labels.cpu().numpy(), sizes, seed), strict=True))
+    return [subsets.get(f) for f in per_epoch]
 
 
 class TrainStep:
@@ -260,12 +299,15 @@ class TrainStep:
         multilabel: bool,
         epochs: int,
         steps_per_epoch: int,
+        epoch_steps: Sequence[int] | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         dev = plan.torch_device
         self.config, self.plan, self.multilabel = config, plan, multilabel
         self.optimizer = make_optimizer(config, model)
-        self.scheduler = make_schedule(config.schedule, self.optimizer, config.optimizer.lr, epochs, steps_per_epoch)
+        self.scheduler = make_schedule(
+            config.schedule, self.optimizer, config.optimizer.lr, epochs, steps_per_epoch, epoch_steps
+        )
         self.scaler = plan.grad_scaler()
         self.augment = BatchAugment(config.augment, generator, channels=channels)
         self.forward = torch.compile(model) if plan.compile else model
@@ -411,10 +453,18 @@ def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimiz
 
 
 def make_schedule(
-    s: ScheduleConfig, optimizer: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int
+    s: ScheduleConfig,
+    optimizer: torch.optim.Optimizer,
+    lr: float,
+    epochs: int,
+    steps_per_epoch: int,
+    epoch_steps: Sequence[int] | None = None,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-step schedule over the whole run, with a linear warm-up over ``warmup_fraction`` of it."""
-    total = max(2, epochs * steps_per_epoch)
+    """A per-step schedule over the whole run, with a linear warm-up over ``warmup_fraction`` of it.
+    ``epoch_steps``: the steps of each epoch where they differ (data fidelity); else ``steps_per_epoch``
+    each. The schedule spans their sum, so OneCycle and cosine end where the run does."""
+    ends = list(itertools.accumulate(epoch_steps if epoch_steps is not None else [steps_per_epoch] * epochs))
+    total = max(2, ends[-1] if ends else 0)
     if s.name == "onecycle":
         # Each phase must span more than one step, or OneCycleLR divides by zero (runs of a few steps).
         pct = min(max(s.warmup_fraction, 0.02, 1.5 / total), 1 - 0.5 / total)
@@ -433,7 +483,7 @@ def make_schedule(
         if s.name == "cosine":
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
         if s.name == "step":
-            return s.gamma ** (step // (s.step_every * steps_per_epoch))
+            return s.gamma ** (bisect.bisect_right(ends, step) // s.step_every)  # epochs done // step_every
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
