@@ -1,16 +1,21 @@
 """ASHA vs full-budget random search over the same sampled configurations, on real Fashion-MNIST.
 
     python benchmarks/asha_efficiency.py [--study benchmarks/studies/asha.yaml] [--no-record]
+        [--train N] [--trials N] [--max-epochs N] [--grace N] [--reduction RF] [--fractions F F ...]
 
 Samples the study's ``budget.trials`` configurations once (Optuna's RandomSampler, seeded), then runs the
-search twice over exactly those configurations, in the same order: every trial to ``max_epochs``
-(no scheduler), and with the study's ASHA scheduler. Reports each arm's best validation accuracy and the
-epochs it spent.
+search three times over exactly those configurations, in the same order: every trial to ``max_epochs``
+(no scheduler), with the study's ASHA scheduler (epoch fidelity), and with ASHA on data-size fidelity
+(``fidelity: data``: the epochs up to each rung train on a stratified fraction of the training images).
+Reports each arm's best validation accuracy, the epochs it spent and its image-passes: the images its
+epochs trained on, summed over trials, in units of the training split. The options shrink the study to
+fit a time budget (the training subset, configurations, epochs, rungs).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -37,8 +42,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--study", default=str(Path(__file__).parent / "studies" / "asha.yaml"))
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--train", type=int, help="training images (train+val subset of Fashion-MNIST)")
+    parser.add_argument("--trials", type=int, help="configurations sampled")
+    parser.add_argument("--max-epochs", type=int)
+    parser.add_argument("--grace", type=int, help="ASHA grace period")
+    parser.add_argument("--reduction", type=float, help="ASHA reduction factor")
+    parser.add_argument("--fractions", type=float, nargs="+", help="data fractions per rung (default 1/rf^2, 1/rf)")
     args = parser.parse_args()
     from hpo.backends.search import SearchOutcome
+    from hpo.names import Metric
     from hpo.runner import run_study
     from hpo.study import load_study
     from hpo.testing import find_fashion_mnist
@@ -46,9 +58,10 @@ def main() -> None:
     os.environ.setdefault("HPO_DATA_DIR", str(find_fashion_mnist()))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     base = load_study(args.study)
-    c = base.config
+    c = _shrunk(base.config, args)
     points = sample_points(base, c.budget.trials, c.seed)
     work = Path(tempfile.mkdtemp(prefix="hpo-asha-"))
+    data_fidelity = c.scheduler.model_copy(update={"fidelity": "data", "data_fractions": args.fractions})
     uri = f"sqlite:///{work / 'mlflow.db'}"
     arms = {
         "full budget (no early stopping)": c.model_copy(
@@ -61,8 +74,12 @@ def main() -> None:
         f"ASHA (grace {c.scheduler.grace_period}, reduction {c.scheduler.reduction_factor:g})": c.model_copy(
             update={"name": c.name + "-asha", "output_dir": str(work / "runs")}
         ),
+        f"ASHA on data fractions {_fractions(data_fidelity.fractions)}": c.model_copy(
+            update={"name": c.name + "-data", "output_dir": str(work / "runs"), "scheduler": data_fidelity}
+        ),
     }
     results = {}
+    partial = work / "results.json"  # each arm's figures as it ends, should a later arm not finish
     for label, config in arms.items():
         study = type(base)(
             config=config, space=base.space, space_data=base.space_data, file=base.file, space_file=base.space_file
@@ -70,15 +87,26 @@ def main() -> None:
         start = time.time()
         outcome = run_study(study, tracking_uri=uri, live=False, points=points, fresh=True)
         metric, mode = c.objective.metric, c.objective.direction
-        best = outcome.result(SearchOutcome).winner.best(metric, mode)
+        search = outcome.result(SearchOutcome)
+        best = search.winner.best(metric, mode)
+        rows = [row for r in search.records for row in r.history]
         results[label] = {
             "best": best[0],
-            "trial": outcome.result(SearchOutcome).winner.number,
+            "trial": search.winner.number,
             "epoch": best[1],
-            "epochs": sum(r.epochs for r in outcome.result(SearchOutcome).records),
+            "epochs": sum(r.epochs for r in search.records),
+            "images": sum(row[Metric.TRAIN_IMAGES] for row in rows),
+            "full_epoch": max(
+                (row[Metric.TRAIN_IMAGES] for row in rows if row[Metric.DATA_FRACTION] == 1.0), default=0
+            ),
             "seconds": time.time() - start,
         }
-    full, asha = list(results.values())
+        partial.write_text(json.dumps(results, indent=1))
+        print(label, results[label], flush=True)
+    full, asha, data = list(results.values())
+    split = full["full_epoch"]  # the training split's images: what one full epoch trains on
+    for r in results.values():
+        r["passes"] = r["images"] / split
     rows = [
         [
             label,
@@ -86,21 +114,55 @@ def main() -> None:
             f"#{r['trial']} (epoch {r['epoch']})",
             r["epochs"],
             f"{r['epochs'] / full['epochs']:.0%}",
+            f"{r['passes']:.1f}",
+            f"{r['passes'] / full['passes']:.1%}",
             f"{r['seconds'] / 60:.1f} min",
         ]
         for label, r in results.items()
     ]
-    table = markdown_table(["arm", "best val accuracy", "best trial", "epochs spent", "epochs vs full", "wall"], rows)
+    header = ["arm", "best val accuracy", "best trial", "epochs spent", "epochs vs full", "image-passes"]
+    table = markdown_table([*header, "passes vs full", "wall"], rows)
     gap = (full["best"] - asha["best"]) * 100
+    data_gap = (full["best"] - data["best"]) * 100
+    ratio = data["passes"] / full["passes"]
     notes = (
         f"{c.budget.trials} configurations sampled once (RandomSampler, seed {c.seed}) and evaluated in the "
-        f"same order by both arms; max {c.budget.max_epochs} epochs; {c.dataset.subset.train:,}-image "
+        f"same order by every arm; max {c.budget.max_epochs} epochs; {c.dataset.subset.train:,}-image "
         f"stratified subset of the real training set ({c.dataset.validation_split:.0%} held out for "
         f"validation). ASHA's best is {gap:+.2f} percentage points below full budget's "
         f"(within 0.3 pp: {'yes' if gap <= 0.3 else 'no'}), using "
-        f"{asha['epochs'] / full['epochs']:.0%} of its epochs."
+        f"{asha['epochs'] / full['epochs']:.0%} of its epochs. Data fidelity's best is {data_gap:+.2f} pp below "
+        f"full budget's at {ratio:.1%} of its image-passes (target: within 0.3 pp at <= 1/10: "
+        f"{'met' if data_gap <= 0.3 and ratio <= 0.1 else 'missed'})."
     )
     record("ASHA efficiency vs full-budget search", table, notes, dry_run=args.no_record)
+
+
+def _fractions(fractions: list[float]) -> str:
+    from fractions import Fraction
+
+    return ", ".join(str(Fraction(f).limit_denominator(100)) for f in fractions) + ", all"
+
+
+def _shrunk(c, args):
+    """The study with the command line's sizes."""
+    dataset = c.dataset
+    if args.train:
+        dataset = dataset.model_copy(update={"subset": dataset.subset.model_copy(update={"train": args.train})})
+    budget = c.budget.model_copy(
+        update={k: v for k, v in {"trials": args.trials, "max_epochs": args.max_epochs}.items() if v}
+    )
+    scheduler = c.scheduler.model_copy(
+        update={
+            k: v
+            for k, v in {
+                "grace_period": args.grace,
+                "reduction_factor": args.reduction,
+            }.items()
+            if v
+        }
+    )
+    return c.model_copy(update={"dataset": dataset, "budget": budget, "scheduler": scheduler})
 
 
 if __name__ == "__main__":
