@@ -240,3 +240,19 @@ def test_latency_of_one_image_on_the_plan_and_the_model_left_as_it_was():
     costs = measure_costs(model, (1, 28, 28), plan, which=(Metric.PARAMS, Metric.LATENCY_MS))
     assert set(costs) == {"params", "latency_ms"} and costs["params"] == count_params(model)
     assert set(measure_costs(model, (1, 28, 28), plan)) == {"params", "flops", "latency_ms"}
+
+
+def test_optunas_plots_of_a_two_objective_study_follow_the_first_and_add_the_front(tmp_path):
+    import optuna
+
+    from hpo.report.study_plots import optuna_plots_html
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="two", storage=storage, directions=["maximize", "minimize"])
+    for accuracy, params in ((0.8, 100.0), (0.9, 1000.0), (0.7, 500.0)):
+        trial = study.ask({"width": optuna.distributions.IntDistribution(4, 64)})
+        study.tell(trial, [accuracy, params])
+    page = optuna_plots_html(storage, "two", tmp_path / "plots.html", "val_accuracy").read_text()
+    titles = ["Optimisation history", "Parameter importances", "Parallel coordinates", "Pareto front"]
+    assert all(f"<h2>{title}</h2>" in page for title in titles)
+    assert "<em>not available" not in page and "val_accuracy" in page

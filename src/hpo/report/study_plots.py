@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import html
 import warnings
 from collections.abc import Callable
@@ -13,9 +14,10 @@ from hpo.engine.live import short_params
 from hpo.engine.records import TrialRecord
 
 
-def optuna_plots_html(storage_url: str, study_name: str, path: Path) -> Path:
+def optuna_plots_html(storage_url: str, study_name: str, path: Path, first_objective: str | None = None) -> Path:
     """Optimisation history, parameter importances and parallel coordinates in one HTML file (plotly.js
-    embedded once, so it opens offline)."""
+    embedded once, so it opens offline); for several objectives, of the first (``first_objective``), and
+    Optuna's Pareto front."""
     import optuna
     import plotly.io as pio
 
@@ -26,6 +28,10 @@ def optuna_plots_html(storage_url: str, study_name: str, path: Path) -> Path:
         ("Parameter importances", optuna.visualization.plot_param_importances),
         ("Parallel coordinates", optuna.visualization.plot_parallel_coordinate),
     ]
+    if len(study.directions) > 1:  # several objectives: the plots follow the first, and the front is added
+        name = first_objective or "objective 0"
+        figures = [(title, functools.partial(plot, target=_first_value, target_name=name)) for title, plot in figures]
+        figures.append(("Pareto front", optuna.visualization.plot_pareto_front))
     parts = []
     for i, (title, plot) in enumerate(figures):
         try:
@@ -41,6 +47,10 @@ def optuna_plots_html(storage_url: str, study_name: str, path: Path) -> Path:
         f"Optuna plots</title></head><body><h1>{html.escape(study_name)}</h1>\n" + "\n".join(parts) + "</body></html>"
     )
     return path
+
+
+def _first_value(trial: Any) -> float:
+    return trial.values[0]
 
 
 def family_table(

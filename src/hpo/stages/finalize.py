@@ -179,7 +179,9 @@ def finalize(
                 choice = replace(choose_pareto(records, list(c.objective), c.final.choose), chosen=winner)
                 write_pareto(choice, out, f"{study.name}: Pareto front of {len(choice.points)} trials")
             if optuna_storage:
-                optuna_plots_html(optuna_storage, optuna_study or study.name, out / "optuna_plots.html")
+                optuna_plots_html(
+                    optuna_storage, optuna_study or study.name, out / "optuna_plots.html", c.objective.metric
+                )
             for path in sorted(out.iterdir()):
                 tracker.log_artifact(run_id, path, "evaluation")
         metrics = {
