@@ -213,18 +213,31 @@ def test_streamed_images_train_on_the_fraction(tmp_path, monkeypatch):
 
 
 def test_the_fraction_reaches_the_trials_record_and_run(observed_run):
-    """What ``_train_trial`` reports of each epoch (its metrics by name) becomes the trial's history and
-    per-epoch metrics of its run."""
+    """What ``_train_trial`` reports of each epoch (its metrics by name) becomes the trial's history, the
+    per-epoch metrics of its run and the live view's lines."""
+    import io
+
+    from rich.console import Console
+
+    from hpo.engine.live import LiveView
+
     steps, _ = observed_run
     space = parse_space(
         parse_yaml("model: {name: cnn, depth: 2, width: 8}\noptimizer: {name: sgd, lr: 0.05}\n", Path("s.yaml"))
     )
     tracker = InMemoryTracker()
-    book = TrialBook(space, tracker, tracker.start_run("study"), [], 3)
-    record = book.started("t1", {})
-    for e in steps.epochs:
-        epoch = e["result"]
-        book.reported("t1", {**epoch.metrics(), "epoch": epoch.epoch, "early_stop": epoch.early_stop})
+    out, records = io.StringIO(), []
+    view = LiveView(records, trials=1, time_budget=None, max_epochs=3, metric="val_accuracy", mode="max",
+                    console=Console(file=out, force_terminal=False, width=200))  # fmt: skip
+    book = TrialBook(space, tracker, tracker.start_run("study"), records, 3, on_change=view.trial_changed)
+    with view:
+        record = book.started("t1", {})
+        for e in steps.epochs:
+            epoch = e["result"]
+            book.reported("t1", {**epoch.metrics(), "epoch": epoch.epoch, "early_stop": epoch.early_stop})
+    lines = out.getvalue().splitlines()
+    assert lines[1].endswith("s on 11% of the training images") and lines[2].endswith("s on 33% of the training images")
+    assert lines[3].endswith(" s")  # the last epoch, on all of them
     expected = pytest.approx([*FRACTIONS, 1.0])
     assert [row[Metric.DATA_FRACTION] for row in record.history] == expected
     run = tracker.runs[record.run_id]

@@ -144,6 +144,8 @@ class LiveView:
                 f"trial {record.number} epoch {record.epochs}/{self.max_epochs}: {now}{best}, "
                 f"{last.get(Metric.SECONDS, 0.0):.0f} s"
             )
+            if last.get(Metric.DATA_FRACTION, 1.0) < 1.0:  # data fidelity: the rung's share of the images
+                line += f" on {last[Metric.DATA_FRACTION]:.0%} of the training images"
         elif record.status == TrialStatus.RUNNING:
             again = f" (attempt {record.attempts})" if record.attempts > 1 else ""
             line = f"trial {record.number} started{again}: {short_params(record.params)}"
