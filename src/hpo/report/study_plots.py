@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import functools
 import html
 import warnings
 from collections.abc import Callable
@@ -30,7 +29,7 @@ def optuna_plots_html(storage_url: str, study_name: str, path: Path, first_objec
     ]
     if len(study.directions) > 1:  # several objectives: the plots follow the first, and the front is added
         name = first_objective or "objective 0"
-        figures = [(title, functools.partial(plot, target=_first_value, target_name=name)) for title, plot in figures]
+        figures = [(title, _of_first(plot, name)) for title, plot in figures]
         figures.append(("Pareto front", optuna.visualization.plot_pareto_front))
     parts = []
     for i, (title, plot) in enumerate(figures):
@@ -49,8 +48,13 @@ def optuna_plots_html(storage_url: str, study_name: str, path: Path, first_objec
     return path
 
 
-def _first_value(trial: Any) -> float:
-    return trial.values[0]
+def _of_first(plot: Callable[..., Any], name: str) -> Callable[[Any], Any]:
+    """``plot`` of a multi-objective study's first objective (Optuna asks for a target there)."""
+
+    def first(trial: Any) -> float:
+        return trial.values[0]
+
+    return lambda study: plot(study, target=first, target_name=name)
 
 
 def family_table(
