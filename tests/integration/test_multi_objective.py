@@ -10,7 +10,9 @@ import csv
 import json
 
 import pytest
+from typer.testing import CliRunner
 
+from hpo.cli import app
 from hpo.testing import run_hpo
 
 pytestmark = pytest.mark.integration
@@ -59,7 +61,8 @@ def test_accuracy_and_size_end_to_end(tmp_path, data_dir):
     assert len(complete) == 3 and all(len(t.values) == 2 for t in complete)
     assert {t.values[1] for t in complete} >= {178.0, 94186.0}  # the two start_with networks' sizes
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("pareto-test")
     runs = client.search_runs([experiment.experiment_id])
     by_kind: dict[str, list] = {}
@@ -92,8 +95,12 @@ def test_accuracy_and_size_end_to_end(tmp_path, data_dir):
     assert float(chosen["params"]) == winner.data.metrics["params"]
     assert study_run.data.tags["hpo.winner_run"] == winner.info.run_id
 
-    report = run_hpo(["report", "study.yaml", "--out", str(tmp_path / "report")], tmp_path, data_dir)
-    assert report.returncode == 0, report.stderr
+    # `hpo report` in this process (the run above covers the CLI's subprocess; a second one imports
+    # everything again)
+    report = CliRunner().invoke(
+        app, ["report", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "report"), "--tracking-uri", uri]
+    )
+    assert report.exit_code == 0, report.output
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "## Pareto front" in markdown and f"best val_accuracy with params <= {LIMIT}" in markdown
     assert "| trial | val_accuracy | params | on_front | within_limits | chosen |" in markdown
