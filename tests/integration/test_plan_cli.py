@@ -29,7 +29,7 @@ def families(study: str) -> set[str]:
 
 @pytest.mark.parametrize("study", SHIPPED)
 def test_plan_sizes_and_times_every_family_of_each_shipped_study(study, tmp_path, data_dir):
-    if study in ("fashion_mnist", "smoke"):
+    if study in ("fashion_mnist", "fashion_mnist_pareto", "smoke"):
         where = data_dir
     else:
         where = tmp_path / "data"
