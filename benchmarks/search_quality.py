@@ -243,6 +243,7 @@ def report(
 def run_arm(arm: str, seed: int, minutes: float, train: int, work: Path, start_with: bool) -> dict[str, Any]:
     from hpo.backends.search import SearchOutcome
     from hpo.engine.live import short_params
+    from hpo.names import Metric
     from hpo.runner import run_study
     from hpo.study import load_study
 
@@ -306,7 +307,7 @@ def run_arm(arm: str, seed: int, minutes: float, train: int, work: Path, start_w
         "statuses": {st: sum(r.status == st for r in s.records) for st in sorted({r.status for r in s.records})},
         "epochs": sum(r.epochs for r in s.records),
         # a data-fidelity epoch trains on a fraction of the split; every other epoch on all of it
-        "image_passes": sum(row.get("data_fraction", 1.0) for r in s.records for row in r.history),
+        "image_passes": sum(row.get(Metric.DATA_FRACTION, 1.0) for r in s.records for row in r.history),
         "winner": {
             "number": s.winner.number,
             "value": value,
