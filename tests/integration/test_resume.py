@@ -189,10 +189,16 @@ def test_a_killed_study_continues_where_it_stopped(tmp_path, data_dir):
     assert len(versions) == 1 and versions[0].run_id == live["final"][0].info.run_id
 
     run_dir = _run_dir(tmp_path)
-    sampler = optuna.load_study(study_name=f"resumable/{run_dir.name}", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    sampler = optuna.load_study(study_name="resumable", storage=f"sqlite:///{run_dir / 'optuna.db'}")
     done = [t for t in sampler.trials if t.state.is_finished() and not t.system_attrs.get("hpo:cut_off")]
     assert len(done) == 6  # one told result per trial, before and after the crash
     assert [t for t in sampler.trials if t.system_attrs.get("hpo:cut_off")]
     told = [t.params for t in done]
     for old in finished_before.values():
         assert old["params"] in told
+    numbers = {t.number: t for t in sampler.trials}
+    for trial in trials:  # each trial's fate as the sampler heard it (hpo.engine.searcher), crashes or not
+        heard = numbers[trial["optuna_number"]]
+        expected = {"completed": "COMPLETE", "pruned": "PRUNED"}.get(trial["status"])
+        assert expected is None or heard.state.name == expected, (trial["number"], trial["status"], heard.state)
+        assert heard.system_attrs["hpo:run"] == run_dir.name

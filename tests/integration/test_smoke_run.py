@@ -183,3 +183,26 @@ def test_registered_model_loads_back_and_predicts(smoke_runs, smoke_run, smoke_m
     assert logits.shape == (len(smoke_data.y_test), 10)
     # the logged model runs in fp32; the final evaluation ran as the plan said (bf16 where native)
     assert abs(accuracy - final.data.metrics["test_accuracy"]) < 0.02
+
+
+def test_the_sampler_heard_each_trials_fate(smoke_run):
+    """hpo's searcher (hpo.engine.searcher) in a real run: each epoch reached Optuna as an intermediate value;
+    a trial ASHA stopped is PRUNED, not COMPLETE with its last value; a full trial is COMPLETE with its best."""
+    import json
+
+    import optuna
+
+    (db,) = (smoke_run.work / "runs" / "smoke").glob("*/optuna.db")
+    sampler = optuna.load_study(study_name="smoke", storage=f"sqlite:///{db}")
+    heard = {t.number: t for t in sampler.get_trials(deepcopy=False)}
+    journal = json.loads((db.parent / "trials.json").read_text())["trials"]
+    assert len(journal) == 4 and any(t["status"] == "pruned" for t in journal)
+    for trial in journal:
+        told = heard[trial["optuna_number"]]
+        curve = {row["epoch"]: row["val_accuracy"] for row in trial["history"]}
+        assert told.intermediate_values == pytest.approx(curve)
+        if trial["status"] == "pruned":
+            assert told.state == optuna.trial.TrialState.PRUNED and told.system_attrs["hpo:stopped_by"] == "scheduler"
+        else:
+            assert trial["status"] == "completed" and len(curve) == 2
+            assert told.state == optuna.trial.TrialState.COMPLETE and told.value == pytest.approx(max(curve.values()))

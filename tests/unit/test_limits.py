@@ -141,27 +141,6 @@ def test_a_trial_whose_node_was_lost_is_retried(kind):
     assert may_retry(error_text(str(exc).splitlines()[-1])), str(exc)  # a lost process's error: its last line
 
 
-def test_a_retried_trial_reporting_its_epochs_again_raises_no_optuna_warning():
-    """A retry starts over and reports epoch 1, 2, ... again to the same Optuna trial (through Ray's
-    OptunaSearch): Optuna keeps the first values and would warn on the console of each repeat."""
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trial = optuna.create_study(direction="maximize").ask()
-    trial.report(0.5, step=1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with retry_rule(lambda trial: True):
-            trial.report(0.6, step=1)  # the retry's first epoch
-        assert not caught, [str(w.message) for w in caught]
-        trial.report(0.6, step=1)  # outside the search, Optuna's warning stands
-    assert [str(w.message) for w in caught] == [
-        "The reported value is ignored because this `step=1` is already reported."
-    ]
-
-
 def test_an_out_of_memory_mentioning_a_lost_node_is_still_not_retried():
     error = error_text("TrialOutOfMemory: out of memory with batch size 64 on cpu (NodeDiedError in the log)")
     assert error.startswith("TrialOutOfMemory") and not may_retry(error)

@@ -8,23 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hpo.engine._private_api import PrivateApiChanged, asha_rungs, optuna_trial_number
-
-
-def test_optuna_search_still_maps_tune_trials_to_optuna_trials():
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    def space(trial) -> None:
-        trial.suggest_float("x", 0.0, 1.0)
-
-    searcher = OptunaSearch(space, metric="val_accuracy", mode="max", sampler=optuna.samplers.RandomSampler(seed=0))
-    assert optuna_trial_number(searcher, "tune-1") is None
-    searcher.suggest("tune-1")
-    searcher.suggest("tune-2")
-    assert optuna_trial_number(searcher, "tune-1") == 0 and optuna_trial_number(searcher, "tune-2") == 1
+from hpo.engine._private_api import PrivateApiChanged, asha_rungs
 
 
 def test_asha_still_keeps_its_rungs_per_bracket():
@@ -41,5 +25,3 @@ def test_asha_still_keeps_its_rungs_per_bracket():
 def test_a_missing_attribute_is_named():
     with pytest.raises(PrivateApiChanged, match=r"has no attribute '_brackets'.*_private_api\.py"):
         asha_rungs(SimpleNamespace())
-    with pytest.raises(PrivateApiChanged, match="'_ot_trials'"):
-        optuna_trial_number(object(), "t")

@@ -1,9 +1,8 @@
 """Every read of a private attribute of Ray Tune or Optuna, in one place.
 
-hpo needs three things neither library offers publicly:
+hpo needs two things neither library offers publicly (which Optuna trial stands for a Tune trial, once
+read from Ray's ``OptunaSearch``, is now hpo's own searcher's to say: ``hpo.engine.searcher``):
 
-- which Optuna trial OptunaSearch asked for a Tune trial (``OptunaSearch._ot_trials``), so that after a
-  crash the driver's journal and the sampler's storage can be reconciled trial by trial;
 - ASHA's rungs (``AsyncHyperBandScheduler._brackets``, ``_Bracket._rungs``), so that a resumed search can
   hand a fresh scheduler the rung results of trials finished before the crash;
 - a say in whether a failed trial is retried (``Trial.should_recover``), so that a trial that ran out of
@@ -15,7 +14,6 @@ Each accessor raises ``PrivateApiChanged`` naming the attribute when a library u
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -33,13 +31,6 @@ def _attribute(owner: Any, name: str) -> Any:
             f"{type(owner).__module__}.{type(owner).__qualname__} has no attribute {name!r} any more: "
             "update hpo/engine/_private_api.py for this version"
         ) from None
-
-
-def optuna_trial_number(searcher: Any, trial_id: str) -> int | None:
-    """The number of the Optuna trial ``searcher`` (Ray's ``OptunaSearch``) asked for Tune trial
-    ``trial_id``; None if it asked none (a trial it did not suggest)."""
-    ot_trial = _attribute(searcher, "_ot_trials").get(trial_id)
-    return None if ot_trial is None else int(ot_trial.number)
 
 
 def asha_rungs(scheduler: Any) -> list[tuple[float, dict[str, float]]]:
@@ -62,9 +53,8 @@ def retry_rule(may_retry: Callable[[Any], bool]) -> Iterator[None]:
     the controller runs (under Ray Client, Tune runs it in a remote task: there Ray's count alone decides).
 
     A retried trial starts over (on whichever node has room: a lost node's trial goes to another) and
-    reports its epochs again to the same Optuna trial, which keeps the first value of each step and warns
-    of every other: that warning is silenced for the block (the search's trials report to Optuna through
-    Ray's ``OptunaSearch``; hpo's own records and tracker runs follow the attempt that finished)."""
+    reports its epochs again: hpo's searcher skips the steps its Optuna trial has already (hpo's own
+    records and tracker runs follow the attempt that finished)."""
     from ray.tune.experiment import Trial
 
     ray_rule = _attribute(Trial, "should_recover")
@@ -74,12 +64,6 @@ def retry_rule(may_retry: Callable[[Any], bool]) -> Iterator[None]:
 
     Trial.should_recover = should_recover  # type: ignore[method-assign]
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=OPTUNA_STEP_REPORTED, category=UserWarning)
-            yield
+        yield
     finally:
         Trial.should_recover = ray_rule  # type: ignore[method-assign]
-
-
-# Optuna's warning for a step reported twice to one trial (optuna.trial.Trial.report), as a regex.
-OPTUNA_STEP_REPORTED = r"The reported value is ignored because this `step=\d+` is already reported"

@@ -4,7 +4,6 @@ every trial reads it from there."""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from hpo.engine.run_dir import StudyDir
 from hpo.engine.trial_book import OUTPUT, TrialBook, classify, may_retry
 from hpo.engine.trial_output import OutputCapture
 from hpo.errors import HpoError
-from hpo.space import SearchSpace, define_by_run
+from hpo.space import SearchSpace
 from hpo.study import Study
 from hpo.tracking import Tracker
 
@@ -178,9 +177,9 @@ def run_search(
     import optuna
     import ray
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
-    from hpo.engine._private_api import optuna_trial_number, retry_rule
+    from hpo.engine import searcher as searchers
+    from hpo.engine._private_api import retry_rule
     from hpo.engine.concurrency import ElasticLimiter, TrialDemand
     from hpo.engine.ray_callbacks import DeadlineStopper, TrialTracker, trial_error
     from hpo.engine.strategies import make_sampler, make_scheduler
@@ -192,19 +191,25 @@ def run_search(
     time_left = None if c.budget.time is None else c.budget.time - time_spent
     if deadline is not None:
         time_left = min(time_left if time_left is not None else math.inf, deadline - time.time() - DEADLINE_MARGIN)
+    # whether the search's time limit is the deadline's (budget.until) rather than budget.time's
+    deadline_bound = deadline is not None and (c.budget.time is None or time_left != c.budget.time - time_spent)
 
     metric, mode = c.objective.metric, c.objective.direction
-    sampler = make_sampler(study, c.sampler.seed if c.sampler.seed is not None else c.seed)
-    storage = optuna.storages.RDBStorage(run_dir.optuna_storage)
-    searcher = OptunaSearch(
-        functools.partial(define_by_run, space=study.space),
-        metric=metric,
-        mode=mode,
-        sampler=sampler,
-        storage=storage,
+    # A seed per run (recorded), so that runs sharing a storage do not replay each other's start-up trials.
+    seed = run_dir.sampler_seed(c.sampler.seed, c.seed)
+    tracker.set_tags(parent_run, {SAMPLER_SEED_TAG: seed})
+    searcher = searchers.build_searcher(
+        study,
+        sampler=make_sampler(study, seed),
+        storage=run_dir.optuna_storage,
         study_name=run_dir.optuna_study,
-        points_to_evaluate=points or None,
+        run=run_dir.run_name,
+        points=points,
     )
+    own = searcher if isinstance(searcher, searchers.OptunaSearcher) else None  # (a benchmark's may differ)
+    if own is not None and own.skipped_points and view is not None:
+        n = len(own.skipped_points)
+        view.note(f"{n} start point{'s' * (n != 1)} skipped: an earlier run of the shared study evaluated it")
     scheduler = make_scheduler(study, records)
 
     gpu_fraction = c.resources.gpus_per_trial if 0 < c.resources.gpus_per_trial < 1 else None
@@ -255,7 +260,7 @@ def run_search(
         restarts=restarts,
         journal=lambda recs: run_dir.save_trials(recs, time_spent + time.time() - fit_start),
         on_change=view.trial_changed if view is not None else None,
-        optuna_number=functools.partial(optuna_trial_number, searcher),
+        optuna_number=own.optuna_number if own is not None else None,
         on_plan=_plan_logger(run_dir, view),
     )
     stopper = (
@@ -288,6 +293,8 @@ def run_search(
         with retry_rule(lambda trial: may_retry(trial_error(trial))):
             _fit(tuner, view)
     fit_end = time.time()
+    if own is not None:  # trials the time budget or the deadline ended: Tune told the searcher nothing
+        own.close(searchers.DEADLINE if book.stop_reason or deadline_bound else searchers.BUDGET)
     book.close_unfinished()
     run_dir.save_trials(records, time_spent + fit_end - fit_start)
     stats = {
@@ -316,6 +323,7 @@ def run_search(
 
 
 DEADLINE_MARGIN = 30.0  # seconds the search leaves before a deadline even without an estimate
+SAMPLER_SEED_TAG = "hpo.sampler_seed"  # on the study run: the seed this run's sampler had
 
 
 def _fit(tuner, view) -> None:

@@ -2,8 +2,11 @@
 
 Ray's own ``Tuner.restore`` snapshots the experiment at most every ~10 s (trials finished in between
 would run again) and has lost OptunaSearch's state before (ray#30861). The sources of truth here are
-written on every event instead: ``trials.json`` (the driver's journal) and Optuna's SQLite storage. A
-resumed search is a new Ray Tune run over the same Optuna study, seeded with what is already known.
+written on every event instead: ``trials.json`` (the driver's journal) and Optuna's storage. A resumed
+search is a new Ray Tune run over the same Optuna study, seeded with what is already known.
+
+In a shared storage the Optuna study holds every run of the study, and another run may be adding to it
+right now: recovery reads and changes only the trials marked with this run (``hpo:run``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpo.engine.records import TrialRecord
-from hpo.engine.run_dir import TERMINAL, StudyDir
+from hpo.engine.run_dir import BUDGET, DEADLINE, RUN, STOPPED_BY, TERMINAL, StudyDir
 from hpo.engine.trial_book import classify, end_run
 from hpo.names import RunKind, TrialStatus
 from hpo.study import Study
@@ -41,6 +44,7 @@ class SampledTrial:
     state: str  # RUNNING | COMPLETE | PRUNED | FAIL | WAITING
     params: dict[str, Any]
     cut_off: bool = False  # marked cut off by an earlier recovery
+    stopped_by: str | None = None  # hpo:stopped_by: scheduler | budget | deadline (hpo.engine.searcher)
 
 
 @dataclass
@@ -72,6 +76,13 @@ def reconcile(
     for record in records:
         told = by_number.get(record.optuna_number) if record.optuna_number is not None else None
         if record.status in TERMINAL:
+            kept.append(record)
+        elif told is not None and told.stopped_by in (BUDGET, DEADLINE) and told.state in (PRUNED, FAIL):
+            # The search had ended (time budget or deadline) and told the sampler so; the driver died before
+            # journaling it.
+            record.status = TrialStatus.STOPPED
+            record.ended = time.time()
+            end_run(tracker, record, f"stopped at epoch {record.epochs}: the search's {told.stopped_by} ran out")
             kept.append(record)
         elif told is not None and told.state == FAIL and not told.cut_off:
             # Ray told the sampler the trial failed, then the driver died before recording why.
@@ -120,7 +131,13 @@ def recover_search(run_dir: StudyDir, study: Study, tracker: Tracker, parent_run
     except KeyError:  # killed before the sampler's study existed
         study_id = None
     trials = storage.get_all_trials(study_id, deepcopy=False) if study_id is not None else []
-    sampled = [SampledTrial(t.number, t.state.name, dict(t.params), bool(t.system_attrs.get(CUT_OFF))) for t in trials]
+    sampled = [
+        SampledTrial(
+            t.number, t.state.name, dict(t.params), bool(t.system_attrs.get(CUT_OFF)), t.system_attrs.get(STOPPED_BY)
+        )
+        for t in trials
+        if _own(t.system_attrs.get(RUN), run_dir)
+    ]
     done = reconcile(records, sampled, tracker, parent_run, study.config.budget.max_epochs)
 
     for number in done.cut_off:  # (none without a sampler study)
@@ -133,3 +150,12 @@ def recover_search(run_dir: StudyDir, study: Study, tracker: Tracker, parent_run
         for params in done.to_enqueue:
             study_obj.enqueue_trial(params, skip_if_exists=False)
     return RecoveredSearch(done.kept, done.restarts, time_spent)
+
+
+def _own(run: Any, run_dir: StudyDir) -> bool:
+    """Whether a sampler trial marked ``run`` (``hpo:run``; None: unmarked) is this run's. An unmarked trial
+    is this run's in a storage of its own, or in a study of its own (an older hpo's ``<study>/<folder>``); in
+    a shared study it is another's (enqueued and not yet asked for, or a run killed before marking it)."""
+    if run is not None:
+        return run == run_dir.run_name
+    return not run_dir.shared_storage or run_dir.optuna_study == f"{run_dir.state.study}/{run_dir.path.name}"

@@ -6,7 +6,9 @@ Each run of a study owns a folder, ``runs/<study>/<timestamp>/``, holding what a
   :mod:`hpo.config.backends`; recorded when the run starts) and the one reached, the MLflow study run, the
   study's fingerprint, the time budget already spent, the re-check's verdict, each stage's own state;
 - ``trials.json``: every trial the driver has seen, rewritten (atomically) on each event;
-- ``optuna.db``: the sampler's history (Optuna's own storage);
+- ``optuna.db``: the sampler's history (Optuna's own storage), unless the study names a shared one
+  (``tracking.optuna_storage``): there every run of a study adds to one Optuna study, named after the
+  study, each trial marked with its run (the system attribute ``hpo:run``);
 - ``ray_procs.json``: while the run's driver lives, the processes of the Ray instance it started (see
   :mod:`hpo.engine.ray_procs`); left behind only if the driver and its watchdog were both killed.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -35,6 +38,12 @@ from hpo.errors import RunRefused
 from hpo.names import FINISHED_ORDER, RunOutcome, Stage
 
 TERMINAL = FINISHED_ORDER  # a trial in trials.json with one of these statuses is finished (hpo.names)
+
+# System attributes hpo sets on Optuna trials (hpo.engine.searcher): the run (its folder's name) that asked
+# for the trial, and, on a trial stopped before its budget, who stopped it.
+RUN = "hpo:run"
+STOPPED_BY = "hpo:stopped_by"
+SCHEDULER, BUDGET, DEADLINE = "scheduler", "budget", "deadline"  # the values of STOPPED_BY
 
 
 class ResumeConflict(RunRefused):
@@ -59,6 +68,9 @@ class RunState:
     final: dict[str, Any] | None = None  # the final stage's result, once it has registered the model
     # what a backend keeps between attempts, by stage: its MLflow run, the seconds spent, its result, ...
     stage_state: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The run's study in Optuna's storage (None: begun by an older hpo, which named it <study>/<folder>)
+    optuna_study: str | None = None
+    sampler_seed: int | None = None  # fixed when the search first starts, so that a resumed run keeps it
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -123,7 +135,10 @@ class StudyDir:
                     break
                 except FileExistsError:
                     path = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{n}"
-            created = cls(path, RunState(study=study, fingerprint=fingerprint, stage=stages[0], stages=list(stages)))
+            state = RunState(
+                study=study, fingerprint=fingerprint, stage=stages[0], stages=list(stages), optuna_study=study
+            )
+            created = cls(path, state)
             created.lock(wait=False)
             created.save_state()
             return created, False
@@ -286,8 +301,32 @@ class StudyDir:
 
     @property
     def optuna_study(self) -> str:
-        """This run's study in Optuna's storage: ``<study>/<folder>``, unique in a shared storage."""
-        return f"{self.state.study}/{self.path.name}"
+        """This run's study in Optuna's storage: the study's name. In a shared storage, every run of the
+        study adds its trials to it (marked with ``hpo:run``), so the sampler learns from earlier nights.
+        A run begun by an older hpo keeps its own, ``<study>/<folder>``."""
+        return self.state.optuna_study or f"{self.state.study}/{self.path.name}"
+
+    @property
+    def run_name(self) -> str:
+        """What names this run on its Optuna trials (``hpo:run``): its folder's name."""
+        return self.path.name
+
+    def sampler_seed(self, configured: int | None, study_seed: int) -> int:
+        """The sampler's seed for this run, fixed (in ``state.json``) the first time it is asked: the
+        ``configured`` one (``sampler.seed``); else the study's seed for a run with its own storage; else,
+        with a shared storage, one derived from the study's seed and this run's folder, so that no night
+        replays another's random start-up."""
+        if self.state.sampler_seed is None:
+            if configured is not None:
+                seed = configured
+            elif not self.shared_storage:
+                seed = study_seed
+            else:
+                digest = hashlib.sha256(f"{study_seed}/{self.state.study}/{self.path.name}".encode()).digest()
+                seed = int.from_bytes(digest[:4], "big") % 2**31
+            self.state.sampler_seed = seed
+            self.save_state()
+        return self.state.sampler_seed
 
 
 def describe(run: StudyDir, metric: str = "val_accuracy", mode: str = "max") -> dict[str, Any]:
