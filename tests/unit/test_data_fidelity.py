@@ -244,3 +244,33 @@ def test_the_fraction_reaches_the_trials_record_and_run(observed_run):
     assert [p.step for p in run.metrics[Metric.DATA_FRACTION]] == [1, 2, 3]
     assert [p.value for p in run.metrics[Metric.DATA_FRACTION]] == expected
     assert [p.value for p in run.metrics[Metric.TRAIN_IMAGES]] == [e["result"].train_images for e in steps.epochs]
+
+
+# ---------------------------------------------------------------------------------------------- the study
+@pytest.mark.parametrize(
+    ("scheduler", "expected"),
+    [
+        ("{type: median, fidelity: data}", "s.yaml:7: scheduler.fidelity: data needs scheduler.type asha or hyperband"),
+        ("{type: asha, data_fractions: [0.1]}", "s.yaml:7: scheduler.data_fractions: applies with scheduler.fidelity"),
+        (
+            "{fidelity: data, data_fractions: [0.3, 0.2]}",
+            "s.yaml:7: scheduler.data_fractions.1: must be > the fraction",
+        ),
+        ("{fidelity: data, data_fractions: [0.1, 1.0]}", "s.yaml:7: scheduler.data_fractions.1: must be < 1"),
+        ("{type: hyperband, fidelity: data, data_fractions: [0.1, 0.5]}", None),
+    ],
+)
+def test_the_study_check_names_the_field(tmp_path, scheduler, expected):
+    from hpo.errors import StudyErrors
+    from hpo.study import load_study
+
+    (tmp_path / "s.yaml").write_text(
+        "name: x\ndataset: {name: fashion_mnist}\nsearch_space:\n  model: {name: cnn}\n"
+        f"  optimizer: {{name: sgd, lr: 0.1}}\nbudget: {{trials: 2, max_epochs: 9}}\nscheduler: {scheduler}\n"
+    )
+    if expected is None:
+        assert load_study(tmp_path / "s.yaml").config.scheduler.fractions == [0.1, 0.5]
+        return
+    with pytest.raises(StudyErrors) as info:
+        load_study(tmp_path / "s.yaml")
+    assert any(expected in str(e) for e in info.value.errors), info.value.errors
