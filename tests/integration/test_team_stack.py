@@ -104,9 +104,10 @@ def test_mlflow_and_optuna_on_postgres_and_a_warm_started_second_study(tmp_path,
     # Optuna: both runs' sampler histories live in PostgreSQL; the second began with the first's top 2.
     storage = f"{postgres}/optuna"
     names = optuna.get_all_study_names(storage=storage)
-    first_name = next(n for n in names if n.startswith("first/"))
-    second_name = next(n for n in names if n.startswith("second/"))
-    told = [t for t in optuna.load_study(study_name=first_name, storage=storage).trials if t.value is not None]
+    first_name, second_name = "first", "second"  # one Optuna study per study name, for all its runs
+    assert {first_name, second_name} <= set(names)
+    first_trials = optuna.load_study(study_name=first_name, storage=storage).trials
+    told = [t for t in first_trials if t.state.name == "COMPLETE"]  # warm start ranks the complete ones
     top2 = [t.params for t in sorted(told, key=lambda t: t.value, reverse=True)[:2]]
     second_trials = sorted(optuna.load_study(study_name=second_name, storage=storage).trials, key=lambda t: t.number)
     assert [t.params for t in second_trials[:2]] == top2
