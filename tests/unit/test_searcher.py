@@ -157,3 +157,14 @@ def test_start_points_come_first_and_those_another_run_evaluated_are_skipped(spa
     assert second.skipped_points == [point]
     assert second.suggest("b") == other
     assert stored(storage)[second.optuna_number("b") or 0].system_attrs[RUN] == "night-2"
+
+
+def test_a_pickled_searcher_opens_its_study_again(space, storage):
+    """Tune pickles the search algorithm with its tuner (and runs it remotely under Ray Client)."""
+    import pickle
+
+    s = searcher(space, storage)
+    run_trial(s, "a", [0.5, 0.6, 0.7, 0.8])
+    copy = pickle.loads(pickle.dumps(s))
+    number = run_trial(copy, "b", [0.4, 0.45])
+    assert stored(storage)[number].state == TrialState.PRUNED and copy.optuna_number("a") == 0

@@ -115,7 +115,7 @@ class OptunaSearcher(Searcher):
         primary = next(iter(objective))
         super().__init__(metric=primary.metric, mode=primary.direction)
         self.storage = optuna.storages.get_storage(storage) if isinstance(storage, str) else storage
-        self.study_name = study_name
+        self.study_name, self._url, self._sampler = study_name, storage if isinstance(storage, str) else None, sampler
         self.study = optuna.create_study(
             storage=self.storage,
             sampler=sampler,
@@ -245,17 +245,22 @@ class OptunaSearcher(Searcher):
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
         self.storage.set_trial_system_attr(trial_id, key, value)
 
-    # Tune pickles its search algorithm with the tuner's state (and saves the searcher's): the study, its
-    # storage's connections and the open trials stay in this process. hpo resumes from the storage itself.
+    # Tune pickles its search algorithm with the tuner's state (under Ray Client, to run it remotely): the
+    # study and its storage's connections are opened again from the URL; open trials stay in this process
+    # (hpo resumes a killed search from the storage itself, not from Tune's copy).
     _LOCAL = ("study", "storage", "_open")
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in self._LOCAL}
 
     def __setstate__(self, state: dict) -> None:
+        import optuna
+
         self.__dict__.update(state)
-        self.study = self.storage = None  # type: ignore[assignment]
         self._open = {}
+        if self._url is not None:
+            self.storage = optuna.storages.get_storage(self._url)
+            self.study = optuna.load_study(study_name=self.study_name, storage=self.storage, sampler=self._sampler)
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: the Optuna storage holds it all (Tune calls this on every experiment checkpoint)."""
