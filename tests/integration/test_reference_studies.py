@@ -18,7 +18,8 @@ from hpo.names import TrialStatus
 from hpo.testing import REPO_ROOT
 from hpo.testing.datasets import write_apparel_csv, write_cifar, write_tiny_imagenet
 
-pytestmark = pytest.mark.integration
+# the four studies share one Ray (each in-process study keeps a Ray it did not start)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]
 
 
 def _shrunk(study: str, work: Path, data_dir: Path, **dataset) -> Path:
@@ -56,8 +57,6 @@ def _one_point_per_family(space) -> list[dict]:
 
 
 def _run(path: Path, work: Path, monkeypatch):
-    import ray
-
     from hpo.runner import run_study
     from hpo.study import load_study
 
@@ -65,11 +64,7 @@ def _run(path: Path, work: Path, monkeypatch):
     study = load_study(path)
     points = _one_point_per_family(study.space)
     study.config.budget.trials = len(points)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    try:
-        outcome = run_study(study, console=Console(file=io.StringIO()), live=False, points=points)
-    finally:
-        ray.shutdown()
+    outcome = run_study(study, console=Console(file=io.StringIO()), live=False, points=points)
     search = outcome.result(SearchOutcome)
     families = {r.config.model.name for r in search.records}
     assert families == {p["model.name"] for p in points}
