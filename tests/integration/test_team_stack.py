@@ -21,7 +21,7 @@ PASSWORD = "pg-pw-4411"  # the server trusts loopback; the URI carries a passwor
 STUDY = """\
 name: {name}
 seed: {seed}
-dataset: {{name: fashion_mnist, validation_split: 0.2, subset: {{train: 1500, test: 300}}, data_dir: {data}}}
+dataset: {{name: fashion_mnist, validation_split: 0.2, subset: {{train: 600, test: 200}}, data_dir: {data}}}
 search_space:
   model: {{name: cnn, depth: 2, width: {{categorical: [8, 16]}}, batchnorm: before_activation}}
   optimizer: {{name: sgd, lr: {{float: [0.003, 0.3], log: true}}}}
@@ -29,7 +29,7 @@ search_space:
 budget: {{trials: {trials}, max_epochs: 2}}
 scheduler: {{type: asha, grace_period: 1, reduction_factor: 2}}
 resources: {{max_concurrent: 1}}
-final: {{register_as: nightly}}
+final: {{register_as: nightly, export: []}}
 tracking: {{uri: "{pg}/mlflow", experiment: nightly, optuna_storage: "{pg}/optuna"}}
 {extra}
 """
