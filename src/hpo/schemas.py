@@ -21,6 +21,8 @@ MODIFIERS = {"float": ("log", "step"), "int": ("log", "step"), "categorical": ()
 EXTENDS = "extends"
 SELECTOR = "name"  # one_of stores the chosen branch here, so only objects with a `name` can branch
 _NOTES = ("title", "description", "default")
+# Study fields that also take their type's name alone (a before-validator of their model).
+NAMED_ALONE = ("sampler", "scheduler")
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const")
 
 
@@ -52,6 +54,11 @@ def study_schema() -> dict[str, Any]:
         "description": "a search-space file (relative to this study), or the space itself",
         "anyOf": [{"type": "string", "minLength": 1}, {"$ref": "#/$defs/SearchSpace"}],
     }
+    for field in NAMED_ALONE:  # `sampler: gp` as well as `sampler: {type: gp, seed: 3}`
+        model = schema["properties"][field]
+        names = schema["$defs"][model["$ref"].rsplit("/", 1)[1]]["properties"]["type"]["enum"]
+        reference = {"$ref": model.pop("$ref")}
+        model["anyOf"] = [{"type": "string", "enum": names}, reference]
     schema.pop("title")
     return {
         "$schema": DRAFT,

@@ -285,7 +285,8 @@ def _recheck_within_trials(config: StudyConfig, doc: YamlDoc) -> StudyError | No
 
 def _data_fidelity_fits(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
     """``fidelity: data`` shrinks the epochs before ASHA's rungs, so it needs rungs; the fractions grow
-    rung by rung and stay below 1 (after the last, every rung trains on all images)."""
+    rung by rung (or stay: a rung may train longer on the same images) and stay below 1 (after the last,
+    every rung trains on all images)."""
     s = config.scheduler
     if s.fidelity == "data" and s.type not in ("asha", "hyperband"):
         return doc.error(
@@ -302,11 +303,11 @@ def _data_fidelity_fits(config: StudyConfig, doc: YamlDoc) -> StudyError | None:
                 ("scheduler", "data_fractions", i),
                 f"must be < 1: the epochs after the listed fractions train on all images (got {f:g})",
             )
-        if i and f <= s.data_fractions[i - 1]:
+        if i and f < s.data_fractions[i - 1]:
             return doc.error(
                 ("scheduler", "data_fractions", i),
-                f"must be > the fraction before it ({s.data_fractions[i - 1]:g}): each rung trains on more "
-                f"images (got {f:g})",
+                f"must be >= the fraction before it ({s.data_fractions[i - 1]:g}): a promoted trial trains "
+                f"on the images it trained on and more (got {f:g})",
             )
     return None
 

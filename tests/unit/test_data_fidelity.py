@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from hpo.config.study import SchedulerConfig
 from hpo.config.trial import ScheduleConfig, TrialConfig
@@ -256,10 +257,11 @@ def test_the_fraction_reaches_the_trials_record_and_run(observed_run):
         ("{type: asha, data_fractions: [0.1]}", "s.yaml:7: scheduler.data_fractions: applies with scheduler.fidelity"),
         (
             "{fidelity: data, data_fractions: [0.3, 0.2]}",
-            "s.yaml:7: scheduler.data_fractions.1: must be > the fraction",
+            "s.yaml:7: scheduler.data_fractions.1: must be >= the fraction",
         ),
         ("{fidelity: data, data_fractions: [0.1, 1.0]}", "s.yaml:7: scheduler.data_fractions.1: must be < 1"),
         ("{type: hyperband, fidelity: data, data_fractions: [0.1, 0.5]}", None),
+        ("{fidelity: data, data_fractions: [0.5, 0.5]}", None),  # a rung may train longer on the same images
     ],
 )
 def test_the_study_check_names_the_field(tmp_path, scheduler, expected):
@@ -271,8 +273,14 @@ def test_the_study_check_names_the_field(tmp_path, scheduler, expected):
         f"  optimizer: {{name: sgd, lr: 0.1}}\nbudget: {{trials: 2, max_epochs: 9}}\nscheduler: {scheduler}\n"
     )
     if expected is None:
-        assert load_study(tmp_path / "s.yaml").config.scheduler.fractions == [0.1, 0.5]
+        listed = yaml.safe_load(scheduler)["data_fractions"]
+        assert load_study(tmp_path / "s.yaml").config.scheduler.fractions == listed
         return
     with pytest.raises(StudyErrors) as info:
         load_study(tmp_path / "s.yaml")
     assert any(expected in str(e) for e in info.value.errors), info.value.errors
+
+
+@pytest.mark.parametrize("name", ["asha", "hyperband", "median", "none"])
+def test_a_scheduler_is_named_alone(name):
+    assert SchedulerConfig.model_validate(name) == SchedulerConfig(type=name)

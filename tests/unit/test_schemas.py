@@ -109,6 +109,22 @@ def test_schema_refuses_a_wrong_file(tmp_path, kind, text, expected):
     assert expected in result.stdout, result.stdout
 
 
+@pytest.mark.parametrize(
+    "text", ["sampler: gp\nscheduler: none\n", "sampler: {type: qmc, seed: 3}\nscheduler: hyperband\n"]
+)
+def test_study_schema_takes_a_sampler_or_scheduler_by_name(tmp_path, text):
+    from hpo.study import load_study
+
+    path = tmp_path / "named.yaml"
+    path.write_text(STUDY + text)
+    result = check_jsonschema("--schemafile", str(KINDS["study"][0]), str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    load_study(path)  # and hpo reads it the same way
+    (tmp_path / "wrong.yaml").write_text(STUDY + "scheduler: asha2\n")
+    result = check_jsonschema("--schemafile", str(KINDS["study"][0]), str(tmp_path / "wrong.yaml"))
+    assert result.returncode == 1 and "$.scheduler" in result.stdout, result.stdout
+
+
 def test_space_schema_accepts_the_whole_vocabulary(tmp_path):
     """What the parser takes beyond the shipped spaces: extends, one_of on optimizer and schedule, empty and
     null branches, step, null among choices, a model family by name."""

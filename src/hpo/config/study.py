@@ -270,7 +270,8 @@ class SamplerConfig(Strict):
 
 class SchedulerConfig(Strict):
     """What stops weak trials early: ``asha`` (default), ``hyperband`` (ASHA over several brackets of
-    grace periods), ``median`` (the median stopping rule), or ``none``."""
+    grace periods), ``median`` (the median stopping rule), or ``none``; ``scheduler: none`` or
+    ``scheduler: {type: asha, grace_period: 2}``."""
 
     type: Literal["asha", "hyperband", "median", "none"] = "asha"
     grace_period: int = Field(default=1, ge=1)
@@ -282,6 +283,11 @@ class SchedulerConfig(Strict):
     # fidelity: data: the fraction of the training images each rung's epochs train on, rung by rung; after
     # the last, all of them. Default: 1/rf^2, 1/rf (1/9, 1/3 with reduction_factor 3).
     data_fractions: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
 
     @property
     def fractions(self) -> list[float]:
