@@ -91,6 +91,26 @@ def test_finished_trials_pull_the_expectation_towards_what_the_search_does():
     assert per_trial2 < model
 
 
+def test_data_fidelity_epochs_cost_their_share_of_the_images():
+    """Rungs at 1 and 3 of 9 with a ninth and a third of the images before them: a new trial is expected to
+    train 1/9 + (2/3)(1/3) + 6/9 full-data epochs, and the epochs measured on a ninth count as a ninth."""
+    fractions = (1 / 9, 1 / 3, 1 / 3, *[1.0] * 6)
+    budget = SearchBudget(trials=3, max_epochs=9, asha=(1, 3.0), fractions=fractions)
+    model = 1 / 9 + 2 / 3 * 1 / 3 + 6 / 9
+    survival = epoch_survival(9, (1, 3.0))
+    assert remaining_epochs(survival, 0, budget.weights()) == pytest.approx(model)
+    assert remaining_epochs(survival, 3, budget.weights()) == pytest.approx(6 / 9 / (1 / 3))
+    # one trial ran its first epoch on a ninth of the images in 2 s: a full-data epoch takes 18 s
+    first = trial(0, 1, seconds=2.0)
+    first.history[0][Metric.DATA_FRACTION] = 1 / 9
+    found = estimate([first], budget, now=NOW)
+    expected_running = 18.0 * remaining_epochs(survival, 1, budget.weights())
+    assert found is not None and found.seconds == pytest.approx(expected_running + 2 * model * 18.0)
+    # the same search counted in plain epochs would expect far more (each epoch as long as the first)
+    plain = estimate([trial(0, 1, seconds=2.0)], SearchBudget(trials=3, max_epochs=9, asha=(1, 3.0)), now=NOW)
+    assert plain is not None and plain.seconds == pytest.approx(2.0 * (remaining_epochs(survival, 1) + 2 * 7 / 3))
+
+
 def test_a_retrying_trial_starts_again_from_scratch():
     budget = SearchBudget(trials=1, max_epochs=3)
     retrying = trial(0, 2, TrialStatus.RETRYING)

@@ -18,6 +18,7 @@ from rich.table import Table
 from hpo.backends.base import BackendSummary, RunContext
 from hpo.config.backends import BACKENDS
 from hpo.data import ImageData
+from hpo.engine.fidelity import epoch_fractions
 from hpo.engine.live import short_params
 from hpo.engine.pareto import NoTrialWithinLimits, choose_pareto, choose_winner, rule_text
 from hpo.engine.records import TrialRecord, best_trial
@@ -287,6 +288,7 @@ def _search(run: RunContext, parent: str, notes: list[str]) -> list[TrialRecord]
             if c.scheduler.type in ("asha", "hyperband")
             else None,
             brackets=hyperband_brackets(c) if c.scheduler.type == "hyperband" else 1,
+            fractions=tuple(epoch_fractions(c.scheduler, c.budget.max_epochs)),
         )
         if run.live
         else None

@@ -11,6 +11,9 @@ records and the time, and show ``ETA ~12 min``. The estimate is the smaller of t
   pruning, failures) pull the expectation towards what this search actually does.
   Hyperband is ASHA over several brackets, each starting its rungs later: its curve is the brackets'
   mixed; the median rule has no rungs to model, so it is taken as stopping nothing until trials finish.
+  With data fidelity an epoch costs in proportion to the share of the training images it trains on: the
+  epochs are counted in full-data epochs (an epoch on a ninth of the images is a ninth of one), and the
+  measured epoch time is per full-data epoch.
 - **time**: what is left of the time budget or before the deadline, which ends the search whatever remains.
 """
 
@@ -35,6 +38,12 @@ class SearchBudget:
     asha: tuple[int, float] | None = None  # (grace_period, reduction_factor); None: no rungs (none, median)
     brackets: int = 1  # asynchronous Hyperband's brackets (scheduler: hyperband)
     ends_at: float | None = None  # wall clock (epoch seconds) where the time budget or the deadline ends it
+    # scheduler fidelity: data: the share of the training images epoch 1, 2, ... trains on; empty: all of them
+    fractions: tuple[float, ...] = ()
+
+    def weights(self) -> list[float]:
+        """What epoch ``t`` (index ``t``; index 0 unused) costs, in full-data epochs."""
+        return [1.0, *(self.fractions or [1.0] * self.max_epochs)]
 
 
 @dataclass(frozen=True)
@@ -68,25 +77,30 @@ def epoch_survival(max_epochs: int, asha: tuple[int, float] | None, brackets: in
     return [sum(w * c[t] for w, c in zip(weights, curves, strict=True)) / sum(weights) for t in range(max_epochs + 1)]
 
 
-def remaining_epochs(survival: Sequence[float], trained: int) -> float:
-    """Epochs a trial that trained ``trained`` epochs is expected to train still."""
+def remaining_epochs(survival: Sequence[float], trained: int, weights: Sequence[float] | None = None) -> float:
+    """Epochs a trial that trained ``trained`` epochs is expected to train still (``weights``: each epoch's
+    cost, in full-data epochs; default 1 each)."""
     if trained >= len(survival) - 1:
         return 0.0
-    return sum(survival[trained + 1 :]) / survival[trained]
+    w = weights or [1.0] * len(survival)
+    return sum(p * c for p, c in zip(survival[trained + 1 :], w[trained + 1 :], strict=True)) / survival[trained]
 
 
 def estimate(records: Sequence[TrialRecord], budget: SearchBudget, *, now: float, concurrency: int = 1) -> Eta | None:
     """Seconds until the search ends, or None before any epoch was measured (nothing to go by yet).
     ``concurrency``: the trials that run at once (as seen: the most that ran together so far)."""
-    seconds = [row[Metric.SECONDS] for r in records for row in r.history if row.get(Metric.SECONDS)]
+    timed = [row for r in records for row in r.history if row.get(Metric.SECONDS)]
     left = None if budget.ends_at is None else max(0.0, budget.ends_at - now)
-    if not seconds:
+    if not timed:
         return Eta(left, "time") if left is not None and left <= 0 else None
-    epoch = sum(seconds) / len(seconds)
+    # seconds per full-data epoch: an epoch on a third of the images took about a third of one
+    epoch = sum(row[Metric.SECONDS] for row in timed) / sum(_share(row) for row in timed)
     survival = epoch_survival(budget.max_epochs, budget.asha, budget.brackets)
+    weights = budget.weights()
     finished = [r for r in records if r.status not in ACTIVE]
-    expected = sum(survival[1:])
-    per_trial = (PRIOR_WEIGHT * expected + sum(r.epochs for r in finished)) / (PRIOR_WEIGHT + len(finished))
+    expected = remaining_epochs(survival, 0, weights)
+    done = sum(_share(row) for r in finished for row in r.history)
+    per_trial = (PRIOR_WEIGHT * expected + done) / (PRIOR_WEIGHT + len(finished))
     # A trial's time beyond its epochs (its start, the validation and checks outside its epoch seconds). The
     # first trial in each worker also paid the worker's start-up and its plan's measurement, which trials
     # after it (on the same, reused worker) do not: they count only while no other trial has finished.
@@ -95,7 +109,7 @@ def estimate(records: Sequence[TrialRecord], budget: SearchBudget, *, now: float
     overhead = sum(overheads) / len(overheads) if overheads else 0.0
 
     running = [
-        epoch * (remaining_epochs(survival, r.epochs) if r.status == TrialStatus.RUNNING else per_trial)
+        epoch * (remaining_epochs(survival, r.epochs, weights) if r.status == TrialStatus.RUNNING else per_trial)
         for r in records
         if r.status in ACTIVE  # a retrying trial starts again from scratch
     ]
@@ -106,3 +120,8 @@ def estimate(records: Sequence[TrialRecord], budget: SearchBudget, *, now: float
     if left is not None and left < trials_eta:
         return Eta(left, "time")
     return Eta(trials_eta, "trials")
+
+
+def _share(row: dict) -> float:
+    """The share of the training images an epoch trained on (1 without data fidelity)."""
+    return float(row.get(Metric.DATA_FRACTION) or 1.0)

@@ -55,10 +55,12 @@ class LiveView:
         deadline: float | None = None,
         asha: tuple[int, float] | None = None,
         brackets: int = 1,
+        fractions: tuple[float, ...] = (),
     ) -> None:
         """``time_spent``: search seconds earlier attempts used of ``time_budget``; ``deadline``: when the
         study must end (epoch seconds); ``asha``: (grace_period, reduction_factor) when ASHA prunes, over
-        ``brackets`` brackets with Hyperband."""
+        ``brackets`` brackets with Hyperband; ``fractions``: with data fidelity, the share of the training
+        images each epoch trains on."""
         self.records = records
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
         self.time_budget = time_budget
@@ -69,6 +71,7 @@ class LiveView:
             max_epochs=max_epochs,
             asha=asha,
             brackets=brackets,
+            fractions=fractions,
             ends_at=min([*ends, *([deadline] if deadline is not None else [])], default=None),
         )
         self.peak_running = 0  # the most trials seen running at once: the concurrency the ETA assumes
