@@ -38,7 +38,9 @@ def test_search_and_finalize_end_before_a_deadline_two_minutes_away(tmp_path, da
     (run_dir,) = [d for d in (tmp_path / "runs" / "smoke").iterdir() if d.is_dir()]  # not .open.lock
     assert json.loads((run_dir / "state.json").read_text())["stage"] == "done"
     trials = json.loads((run_dir / "trials.json").read_text())["trials"]
-    assert 4 <= len(trials) < 500  # the search ran, and the deadline, not the trial budget, ended it
+    # the search ran (how many trials fit depends on the CPU: 3 to 6 on 2-core Zen 3, 1 on Zen 2), and the
+    # deadline, not the trial budget, ended it
+    assert 1 <= len(trials) < 500
     stopped = [t for t in trials if t["status"] == "stopped"]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
@@ -47,3 +49,20 @@ def test_search_and_finalize_end_before_a_deadline_two_minutes_away(tmp_path, da
     for t in stopped:  # a trial cut short by the deadline says so in MLflow
         run = next(r for r in runs if r.info.run_id == t["run_id"])
         assert "the deadline is" in run.data.tags["hpo.reason"]
+
+    # and the sampler heard it: a trial the deadline cut short (if one was running; the search usually stops
+    # starting trials in time for them to end) is PRUNED (stopped_by deadline), never COMPLETE with a value it
+    # did not earn; COMPLETE only for trials that ran their epochs
+    import optuna
+
+    heard = {
+        t.number: t
+        for t in optuna.load_study(study_name="smoke", storage=f"sqlite:///{run_dir / 'optuna.db'}").get_trials()
+    }
+    for t in trials:
+        told = heard[t["optuna_number"]]
+        if t["status"] == "stopped":
+            assert told.state == optuna.trial.TrialState.PRUNED, (t, told.state)
+            assert told.system_attrs["hpo:stopped_by"] == "deadline"
+        else:
+            assert told.state != optuna.trial.TrialState.COMPLETE or len(t["history"]) == 2, (t, told.state)

@@ -53,7 +53,7 @@ SAMPLER_CASES = {
 SCHEDULER_CASES = {
     "hyperband": "{type: hyperband, grace_period: 1, reduction_factor: 2, brackets: 1}",
     "median": "{type: median, grace_period: 1}",
-    "none": "{type: none}",
+    "none": "none",  # a scheduler by its name alone
 }
 # Two learning rates that learn and one too small to move the network in an epoch: the weak trial, last.
 POINTS = [
