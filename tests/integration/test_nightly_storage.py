@@ -41,6 +41,7 @@ def test_two_nights_share_one_sampler_study_with_seeds_of_their_own(tmp_path, da
     (tmp_path / "shared").mkdir()
     (tmp_path / "study.yaml").write_text(STUDY.format(data=data_dir, storage=storage))
     monkeypatch.chdir(tmp_path)  # the run folders and MLflow's store, as `hpo run` here would write them
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store, whatever ran before
     for _night in (1, 2):  # in-process, on one Ray: `hpo run` itself is the smoke test's
         run_study(load_study(tmp_path / "study.yaml"), console=Console(file=io.StringIO()), live=False)
 
