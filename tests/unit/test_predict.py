@@ -31,6 +31,24 @@ class Constant(torch.nn.Module):
         return self.linear(x.flatten(1))
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uri_put_back():
+    """log_model sets MLflow's process-wide tracking URI, which MLflow mirrors in $MLFLOW_TRACKING_URI: put
+    both back after each test, so that a later test in the process finds its default store."""
+    import os
+
+    import mlflow
+
+    before_env = os.environ.get("MLFLOW_TRACKING_URI")
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    yield
+    mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None: back to unset
+    if before_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before_env
+
+
 def log_model(tmp_path, *, logits, classes, size, background, task="multiclass") -> tuple[str, str]:
     import mlflow
 
@@ -121,3 +139,21 @@ def test_the_background_is_measured_from_the_training_images(fashion_subset, rng
     assert background_kind(255 - fashion_subset.x_train[:512]) == "light"
     photos = rng.integers(0, 256, size=(64, 3, 32, 32), dtype=np.uint8)
     assert background_kind(photos) == "varied"
+
+
+def test_logging_a_model_leaves_the_default_store_alone(tmp_path):
+    """What the fixture above undoes, checked: after a test that logged a model, hpo's default store is again
+    ./mlflow/ (not that test's), as for the next test in the process."""
+    import os
+
+    from hpo.tracking.mlflow_tracker import default_tracking_uri
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    fixture = _mlflow_uri_put_back.__wrapped__()  # the fixture's body, run by hand around one log_model
+    next(fixture)
+    log_model(tmp_path, logits=[0.0, 1.0], classes=["a", "b"], size=4, background="dark")
+    assert os.environ.get("MLFLOW_TRACKING_URI") == f"sqlite:///{tmp_path / 'mlflow.db'}"  # what it sets
+    with pytest.raises(StopIteration):
+        next(fixture)
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env
+    assert str(tmp_path) not in default_tracking_uri()
