@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from hpo.config import StudyConfig, TrialConfig
+from hpo.config.study import NamedByType
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 # The search-space vocabulary (hpo.space), kept in step with its parser by a test.
@@ -21,8 +22,6 @@ MODIFIERS = {"float": ("log", "step"), "int": ("log", "step"), "categorical": ()
 EXTENDS = "extends"
 SELECTOR = "name"  # one_of stores the chosen branch here, so only objects with a `name` can branch
 _NOTES = ("title", "description", "default")
-# Study fields that also take their type's name alone (a before-validator of their model).
-NAMED_ALONE = ("sampler", "scheduler")
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const")
 
 
@@ -54,7 +53,8 @@ def study_schema() -> dict[str, Any]:
         "description": "a search-space file (relative to this study), or the space itself",
         "anyOf": [{"type": "string", "minLength": 1}, {"$ref": "#/$defs/SearchSpace"}],
     }
-    for field in NAMED_ALONE:  # `sampler: gp` as well as `sampler: {type: gp, seed: 3}`
+    named = [f for f, info in StudyConfig.model_fields.items() if _named_by_type(info.annotation)]
+    for field in named:  # `sampler: gp` as well as `sampler: {type: gp, seed: 3}`
         model = schema["properties"][field]
         names = schema["$defs"][model["$ref"].rsplit("/", 1)[1]]["properties"]["type"]["enum"]
         reference = {"$ref": model.pop("$ref")}
@@ -66,6 +66,10 @@ def study_schema() -> dict[str, Any]:
         "description": "A study file of hpo (hpo validate checks it in full).",
         **schema,
     }
+
+
+def _named_by_type(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, NamedByType)
 
 
 def space_schema() -> dict[str, Any]:

@@ -248,7 +248,16 @@ class Budget(Strict):
 SAMPLER_NAMES = ("tpe", "gp", "cmaes", "random", "qmc", "grid", "nsga2")
 
 
-class SamplerConfig(Strict):
+class NamedByType(Strict):
+    """A model with a ``type`` that a study may also give by that name alone (``sampler: gp``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+
+class SamplerConfig(NamedByType):
     """How the search proposes configurations: ``sampler: gp`` or ``sampler: {type: tpe, startup_trials: 4}``.
     ``tpe`` (the default) is multivariate, groups conditional branches, and lies constantly about running
     trials so that trials at once do not propose the same point."""
@@ -262,13 +271,8 @@ class SamplerConfig(Strict):
     # min(10, max(2, budget.trials // 3)).
     startup_trials: int | None = Field(default=None, ge=0)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _name_alone(cls, value: Any) -> Any:
-        return {"type": value} if isinstance(value, str) else value
 
-
-class SchedulerConfig(Strict):
+class SchedulerConfig(NamedByType):
     """What stops weak trials early: ``asha`` (default), ``hyperband`` (ASHA over several brackets of
     grace periods), ``median`` (the median stopping rule), or ``none``; ``scheduler: none`` or
     ``scheduler: {type: asha, grace_period: 2}``."""
@@ -283,11 +287,6 @@ class SchedulerConfig(Strict):
     # fidelity: data: the fraction of the training images each rung's epochs train on, rung by rung; after
     # the last, all of them. Default: 1/rf^2, 1/rf (1/9, 1/3 with reduction_factor 3).
     data_fractions: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _name_alone(cls, value: Any) -> Any:
-        return {"type": value} if isinstance(value, str) else value
 
     @property
     def fractions(self) -> list[float]:
