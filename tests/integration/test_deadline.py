@@ -51,8 +51,9 @@ def test_search_and_finalize_end_before_a_deadline_two_minutes_away(tmp_path, da
         assert "the deadline is" in run.data.tags["hpo.reason"]
 
     # and the sampler heard it: a trial the deadline cut short (if one was running; the search usually stops
-    # starting trials in time for them to end) is PRUNED (stopped_by deadline), never COMPLETE with a value it
-    # did not earn; COMPLETE only for trials that ran their epochs
+    # starting trials in time for them to end) is PRUNED (stopped_by deadline) if it reported an epoch, FAIL if
+    # it had none (never measured: TPE would rank it the worst of all), never COMPLETE with a value it did not
+    # earn; COMPLETE only for trials that ran their epochs
     import optuna
 
     heard = {
@@ -62,7 +63,9 @@ def test_search_and_finalize_end_before_a_deadline_two_minutes_away(tmp_path, da
     for t in trials:
         told = heard[t["optuna_number"]]
         if t["status"] == "stopped":
-            assert told.state == optuna.trial.TrialState.PRUNED, (t, told.state)
+            expected = optuna.trial.TrialState.PRUNED if t["history"] else optuna.trial.TrialState.FAIL
+            assert told.state == expected, (t, told.state)
+            assert len(told.intermediate_values) == len(t["history"])
             assert told.system_attrs["hpo:stopped_by"] == "deadline"
         else:
             assert told.state != optuna.trial.TrialState.COMPLETE or len(t["history"]) == 2, (t, told.state)
