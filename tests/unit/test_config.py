@@ -1,3 +1,4 @@
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,34 @@ def test_a_search_budget_must_leave_time_for_one_epoch(tmp_path, time, ok):
         f"budget.time: must be at least 10s, or left out: a shorter search stops every trial before its first "
         f"epoch (got {time!r})" in messages(info)[0]
     )
+
+
+@pytest.mark.parametrize(
+    "until, expected",
+    [
+        ("06:00", datetime(2026, 12, 3, 6, 0)),  # the next 06:00: tomorrow's, it is 22:30
+        ("23:15", datetime(2026, 12, 2, 23, 15)),
+        ("2026-12-05T07:30+01:00", datetime(2026, 12, 5, 7, 30)),
+        ("45m", datetime(2026, 12, 2, 23, 15)),  # a duration: that long after the run's start
+        ("1h30m", datetime(2026, 12, 3, 0, 0)),
+    ],
+)
+def test_a_deadline_is_a_time_of_day_a_date_time_or_a_duration_from_the_start(until, expected):
+    from hpo.config.study import parse_deadline
+
+    zone = timezone(timedelta(hours=1))
+    start = datetime(2026, 12, 2, 22, 30, tzinfo=zone)
+    assert parse_deadline(until, start) == expected.replace(tzinfo=zone)
+
+
+def test_a_deadline_that_is_none_of_those_names_all_three(tmp_path):
+    study = STUDY.format(trials=2, grace=1).replace("time: 1m", 'until: "soon"')
+    with pytest.raises(StudyErrors) as info:
+        load_study(write(tmp_path, study))
+    assert messages(info) == [
+        f"{tmp_path / 'study.yaml'}:4: budget.until: must be a time of day like 06:00, an ISO date-time like "
+        "2026-11-23T06:00 or a duration from the run's start like 45m (got 'soon')"
+    ]
 
 
 def _hide(monkeypatch, *packages: str) -> None:

@@ -72,17 +72,22 @@ def parse_duration(value: Any) -> float:
 
 
 def parse_deadline(value: str, now: datetime | None = None) -> datetime:
-    """``"06:00"`` -> the next 06:00 after ``now`` (local time); an ISO date-time as it is (local if naive)."""
+    """``"06:00"`` -> the next 06:00 after ``now`` (local time); an ISO date-time as it is (local if naive);
+    a duration (``"45m"``, ``"1h30m"``) -> that long after ``now``, the run's start."""
     now = now or datetime.now().astimezone()
     match = re.fullmatch(r"\s*([01]?\d|2[0-3]):([0-5]\d)\s*", value)
     if match:
         at = now.replace(hour=int(match[1]), minute=int(match[2]), second=0, microsecond=0)
         return at if at > now else at + timedelta(days=1)
+    duration = _DURATION.match(value)
+    if duration and any(duration.groups()):
+        return now + timedelta(seconds=parse_duration(value))
     try:
         at = datetime.fromisoformat(value.strip())
     except ValueError:
         raise ValueError(
-            f"must be a time of day like 06:00 or an ISO date-time like 2026-11-23T06:00 (got {value!r})"
+            "must be a time of day like 06:00, an ISO date-time like 2026-11-23T06:00 or a duration from the "
+            f"run's start like 45m (got {value!r})"
         ) from None
     return at if at.tzinfo else at.astimezone()
 
@@ -219,7 +224,8 @@ class Budget(Strict):
     until: str | None = Field(
         default=None,
         description="a deadline for the whole study, search and final stage: "
-        "'06:00' (the next 06:00, local time) or an ISO date-time; the search ends "
+        "'06:00' (the next 06:00, local time), an ISO date-time, or a duration from the run's start "
+        "('45m': the whole study in 45 minutes, whatever the machine); the search ends "
         "early enough for the re-check and final stage to finish before it",
     )
 
