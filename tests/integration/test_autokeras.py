@@ -225,6 +225,9 @@ def test_a_killed_baseline_continues_where_it_stopped(tmp_path, data_dir):
             epochs=2,
         )
         .replace("max_trials: 1", "max_trials: 2")
+        # AutoKeras' second model would be a ResNet50 at 224 px (minutes for one batch on 2 cores): vanilla
+        # CNNs alone, the block type a user sets for a CPU baseline
+        .replace("batch_size: 64}", "batch_size: 64, block_type: vanilla}")
         .replace("time: 5m", "time: 45s")
     )
     driver = subprocess.Popen(
@@ -281,7 +284,13 @@ def test_a_killed_baseline_continues_where_it_stopped(tmp_path, data_dir):
     if before:
         assert trials[0].info.run_id == before[0].info.run_id  # kept, not redone
     assert trials[0].info.status == RunStatus.FINISHED and trials[0].data.tags[Tag.STATUS] == TrialStatus.COMPLETED
-    begins = [json.loads(line)["trial"] for line in events.read_text().splitlines() if '"trial_begin"' in line]
-    assert begins.count("0") == 1
+    begun = [json.loads(line) for line in events.read_text().splitlines() if '"trial_begin"' in line]
+    assert [b["trial"] for b in begun].count("0") == 1
+    for b in begun:  # each model a vanilla CNN, as autokeras.block_type says
+        assert any(k.startswith("image_block_1/conv_block_1/") for k in b["params"]), b["params"]
+        assert not any(
+            k.startswith(("image_block_1/res_net", "image_block_1/xception", "image_block_1/efficient"))
+            for k in b["params"]
+        ), b["params"]
     (final,) = _children(live, baseline, RunKind.FINAL)
     assert 0.3 < final.data.metrics["test_accuracy"] <= 1.0

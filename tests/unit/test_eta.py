@@ -151,3 +151,72 @@ def test_log_lines_carry_the_eta_once_an_epoch_was_measured():
     assert view.progress.tasks[0].fields["eta"] == ""  # the live table's column fills in when it renders
     view.render()
     assert view.progress.tasks[0].fields["eta"] == "ETA ~6 min"
+
+
+# ---------------------------------------------------------------------------- what the deadline waits for
+DEADLINE_STUDY = """\
+name: d
+dataset: {{name: fashion_mnist, validation_split: 0.1}}
+search_space: {{model: {{name: cnn}}}}
+budget: {{trials: 8, max_epochs: 15, until: 45m}}
+final: {{retrain_on: train+val, epochs: {epochs}{recheck}}}
+"""
+
+
+def _deadline_study(tmp_path, epochs="best", recheck=""):
+    from hpo.study import load_study
+
+    path = tmp_path / "study.yaml"
+    path.write_text(DEADLINE_STUDY.format(epochs=epochs, recheck=recheck))
+    return load_study(path)
+
+
+def _scored(number: int, accuracies: list[float], seconds: float, fraction: float | None = None) -> TrialRecord:
+    history = [
+        {
+            "epoch": e,
+            Metric.VAL_ACCURACY: a,
+            Metric.SECONDS: seconds,
+            **({Metric.DATA_FRACTION: fraction} if fraction else {}),
+        }
+        for e, a in enumerate(accuracies, start=1)
+    ]
+    return TrialRecord(f"t{number}", number, {}, TrialConfig(), history=history)
+
+
+def test_the_deadline_waits_for_the_winner_so_far_retrained_for_its_best_epoch_count(tmp_path):
+    """Not for ``max_epochs`` at the slowest epoch any trial ran: on a 2-core Zen 3, a CNN's first 156-s
+    epoch stopped the 45-minute Fashion-MNIST study at once, as if its final stage needed 15 such epochs."""
+    from types import SimpleNamespace
+
+    from hpo.backends.search import FINAL_OVERHEAD, after_search_seconds
+
+    study, data = _deadline_study(tmp_path), SimpleNamespace(y_train=[0] * 900, y_val=[0] * 100)
+    scale = 1000 / 900  # the final stage retrains on train+val
+    assert after_search_seconds(study, data, [_scored(0, [], 100.0)]) is None  # no epoch yet: nothing to go by
+    fast = _scored(0, [0.80, 0.90, 0.88], seconds=100.0)  # the winner so far, best at epoch 2
+    slow = _scored(1, [0.70], seconds=300.0)
+    assert after_search_seconds(study, data, [fast, slow]) == pytest.approx(1.2 * (2 * 100.0 * scale + FINAL_OVERHEAD))
+    # the slow one takes the lead at its epoch 3: its epochs, at its pace
+    slow = _scored(1, [0.70, 0.85, 0.95], seconds=300.0)
+    assert after_search_seconds(study, data, [fast, slow]) == pytest.approx(1.2 * (3 * 300.0 * scale + FINAL_OVERHEAD))
+    # an epoch on a third of the data (data fidelity) stands for three times its seconds on all of it
+    screened = _scored(2, [0.99], seconds=50.0, fraction=1 / 3)
+    assert after_search_seconds(study, data, [fast, screened]) == pytest.approx(
+        1.2 * (1 * 150.0 * scale + FINAL_OVERHEAD)
+    )
+
+
+def test_a_fixed_epoch_count_or_a_recheck_is_waited_for_at_the_slowest_epoch(tmp_path):
+    from types import SimpleNamespace
+
+    from hpo.backends.search import FINAL_OVERHEAD, after_search_seconds
+
+    data = SimpleNamespace(y_train=[0] * 900, y_val=[0] * 100)
+    records = [_scored(0, [0.80, 0.90], seconds=100.0), _scored(1, [0.70], seconds=300.0)]
+    fixed = _deadline_study(tmp_path, epochs="10")
+    assert after_search_seconds(fixed, data, records) == pytest.approx(1.2 * (10 * 300.0 * 1000 / 900 + FINAL_OVERHEAD))
+    # a re-check runs the top configurations for max_epochs: the winner's best epoch is not known before it
+    rechecked = _deadline_study(tmp_path, recheck=", recheck: {top_k: 2, seeds: 1}")
+    need = after_search_seconds(rechecked, data, records)
+    assert need is not None and need >= 1.2 * (15 * 300.0 * 1000 / 900 + FINAL_OVERHEAD + 15 * 300.0)

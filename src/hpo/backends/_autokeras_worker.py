@@ -7,7 +7,8 @@ file of events (``split``, ``trial_begin``, ``epoch``, ``trial_end``, ``final_be
 ``done``) that the driver turns into MLflow runs as they arrive. Keras Tuner's project folder persists
 finished trials, so a killed worker started again continues the search instead of repeating it.
 
-The spec's keys: ``data``, ``events``, ``directory``, ``tuner``, ``max_trials``, ``epochs``, ``batch_size``,
+The spec's keys: ``data``, ``events``, ``directory``, ``tuner``, ``block_type`` (null: AutoKeras' own
+``ImageClassifier`` space), ``max_trials``, ``epochs``, ``batch_size``,
 ``deadline`` (epoch seconds or null), ``seed``, ``objective``, ``retrain_on`` ("train+val" | "train"),
 ``final_epochs`` (an int or "best"), ``threads``, ``memory_bytes`` (the cap on what the search may
 allocate), ``driver_pid`` (the worker exits when that process is
@@ -174,6 +175,40 @@ def tuner_class(name: str) -> type:
     }[name]
 
 
+def image_classifier(spec: dict, emit: Events):
+    """``autokeras.ImageClassifier`` as the spec says; with a ``block_type``, the same network (an image
+    block, then a classification head) with that block type alone, and the greedy tuner's first models
+    those of AutoKeras' hand-picked ones that have it."""
+    import autokeras as ak
+    import autokeras.tuners as tuners
+
+    common = {
+        "max_trials": int(spec["max_trials"]),
+        "directory": spec["directory"],
+        "project_name": "autokeras",
+        "objective": spec["objective"],
+        "overwrite": False,
+        "seed": spec["seed"],
+    }
+    block_type = spec.get("block_type")
+    if block_type is None:
+        tuner = logged_tuner(tuner_class(spec["tuner"]), spec, emit)
+        return ak.ImageClassifier(num_classes=int(spec["num_classes"]), tuner=tuner, **common)
+    key = "image_block_1/block_type"
+    if spec["tuner"] == "greedy":  # its hand-picked first models, those of this block type
+        common["initial_hps"] = [
+            {k: v for k, v in hps.items() if k != key}
+            for hps in tuners.task_specific.IMAGE_CLASSIFIER
+            if hps.get(key) == block_type
+        ]
+        tuner = logged_tuner(tuners.Greedy, spec, emit)
+    else:
+        tuner = logged_tuner(tuner_class(spec["tuner"]), spec, emit)
+    images = ak.ImageInput()
+    head = ak.ClassificationHead(num_classes=int(spec["num_classes"]))(ak.ImageBlock(block_type=block_type)(images))
+    return ak.AutoModel(inputs=images, outputs=head, tuner=tuner, **common)
+
+
 def die_with_driver(driver: int | None, emit: Events) -> None:
     """Ask the kernel (Linux) to signal this process the moment its driver dies, whatever it is doing then,
     and stop there: the checks between batches alone leave it training on for minutes while AutoKeras
@@ -214,16 +249,7 @@ def main(spec_path: str) -> None:
     def nhwc(x: np.ndarray) -> np.ndarray:  # Keras wants channels last; values stay 0-255 (AutoKeras normalises)
         return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).astype(np.float32)
 
-    classifier = ak.ImageClassifier(
-        num_classes=int(spec["num_classes"]),
-        max_trials=int(spec["max_trials"]),
-        directory=spec["directory"],
-        project_name="autokeras",
-        objective=spec["objective"],
-        overwrite=False,
-        seed=spec["seed"],
-        tuner=logged_tuner(tuner_class(spec["tuner"]), spec, emit),
-    )
+    classifier = image_classifier(spec, emit)
     # A model too big for this machine (AutoKeras' ResNet50 at 224 px takes ~22 GB on a CPU) fails its
     # trial with an allocation error, which Keras Tuner records, instead of waking the OOM killer.
     from hpo.engine.limits import memory_cap

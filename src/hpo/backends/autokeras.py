@@ -287,6 +287,7 @@ class AutoKerasBackend:
             "events": str(events),
             "directory": str(self.folder / "tuner"),
             "tuner": c.autokeras.tuner,
+            "block_type": c.autokeras.block_type,
             "max_trials": self.max_trials,
             "epochs": c.budget.max_epochs,
             "batch_size": c.autokeras.batch_size,

@@ -23,7 +23,7 @@ from hpo.engine.live import short_params
 from hpo.engine.pareto import NoTrialWithinLimits, choose_pareto, choose_winner, rule_text
 from hpo.engine.records import TrialRecord, best_trial
 from hpo.errors import HpoError
-from hpo.names import FINISHED_ORDER, RunKind, RunOutcome, Stage, Tag
+from hpo.names import FINISHED_ORDER, Metric, RunKind, RunOutcome, Stage, Tag
 from hpo.study import Study, hyperband_brackets
 from hpo.tracking import Tracker
 
@@ -347,23 +347,43 @@ FINAL_OVERHEAD = 30.0  # seconds: evaluation, plots, model logging, exports, reg
 
 
 def after_search_seconds(study: Study, data: ImageData, records: list[TrialRecord]) -> float | None:
-    """A cautious estimate of what the re-check and the final stage take, from the slowest epoch seen
-    so far (None before any epoch): the deadline stopper ends the search when this no longer fits."""
-    seconds = [row["seconds"] for r in records for row in r.history if row.get("seconds")]
+    """A cautious estimate of what the re-check and the final stage would take if the search stopped now
+    (None before any epoch): the deadline stopper ends the search when this no longer fits.
+
+    With ``final.epochs: best`` and no re-check, the final stage retrains the winner so far for its best
+    epoch count, at the pace of its own slowest epoch (on a trial's share of the CPUs; the final stage has
+    them all): the stopper asks again after every result, so a winner that trains on, or a slower one that
+    takes the lead, raises the estimate as it happens. Otherwise (a fixed epoch count, or no winner yet),
+    the epochs the final stage will train at the slowest epoch any trial ran."""
+    seconds = [_full_epoch(row) for r in records for row in r.history if row.get("seconds")]
     if not seconds:
         return None
     c = study.config
-    epoch = max(seconds)
+    slowest = max(seconds)
     need = 0.0
     if c.final.enabled:
-        epochs = c.budget.max_epochs if c.final.epochs == "best" else c.final.epochs
+        epochs, epoch = (c.budget.max_epochs if c.final.epochs == "best" else c.final.epochs), slowest
+        runs = c.final.recheck.top_k * c.final.recheck.seeds
+        if c.final.epochs == "best" and not runs:
+            try:
+                winner = choose_winner(records, c.objective, c.final.choose)
+            except NoTrialWithinLimits:
+                winner = None
+            best_epoch = winner.best(c.objective.metric, c.objective.direction)[1] if winner else None
+            own = [_full_epoch(row) for row in winner.history if row.get("seconds")] if winner else []
+            if best_epoch is not None and own:
+                epochs, epoch = best_epoch, max(own)
         scale = (len(data.y_train) + len(data.y_val)) / len(data.y_train) if c.final.retrain_on == "train+val" else 1
         need += epochs * epoch * scale + FINAL_OVERHEAD
-        runs = c.final.recheck.top_k * c.final.recheck.seeds
         if runs:
             slots = c.resources.max_concurrent or max(1, int(cluster_cpus() / c.resources.cpus_per_trial))
-            need += math.ceil(runs / slots) * c.budget.max_epochs * epoch
+            need += math.ceil(runs / slots) * c.budget.max_epochs * slowest
     return 1.2 * need
+
+
+def _full_epoch(row: dict) -> float:
+    """Seconds of an epoch on all the training images, from a history row (data fidelity: a fraction)."""
+    return float(row["seconds"]) / float(row.get(Metric.DATA_FRACTION) or 1.0)
 
 
 def _log_search_summary(

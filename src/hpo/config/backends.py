@@ -33,6 +33,10 @@ class AutoKerasConfig(Strict):
     ``final.retrain_on`` and ``final.epochs`` say, then tested once."""
 
     tuner: Literal["greedy", "bayesian", "hyperband", "random"] = "greedy"
+    # The kind of network AutoKeras builds (its ImageBlock's block_type); left out, AutoKeras searches all of
+    # them, and its greedy tuner's second and third models are a ResNet50 and a pretrained EfficientNet-B7
+    # at 224 px (minutes a batch on a CPU; the latter downloads ImageNet weights).
+    block_type: Literal["vanilla", "resnet", "xception", "efficient"] | None = None
     max_trials: int | None = Field(default=None, ge=1, le=10_000)
     batch_size: int = Field(default=32, ge=1, le=8192)
     # Keras 3 runs on PyTorch by default (no TensorFlow needed); "tensorflow" needs the tensorflow extra.
