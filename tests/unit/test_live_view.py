@@ -39,6 +39,32 @@ def test_log_lines_show_starts_epochs_and_ends():
     assert lines[3].endswith("1/3 done | trial 1 pruned after 2 epochs: val_accuracy 0.8500 (epoch 1)")
 
 
+def test_a_trial_ended_before_its_first_epoch_says_so_and_one_epoch_is_singular():
+    out = io.StringIO()
+    none = TrialRecord("t1", 1, {"model.name": "resnet"}, TrialConfig(), status="stopped")
+    one = TrialRecord("t2", 2, {"model.name": "cnn"}, TrialConfig(), status="stopped")
+    one.history.append({"epoch": 1, "val_accuracy": 0.85, "seconds": 156.0})
+    view = LiveView(
+        [none, one],
+        trials=24,
+        time_budget=None,
+        max_epochs=15,
+        metric="val_accuracy",
+        mode="max",
+        console=Console(file=out, force_terminal=False, width=200),
+    )
+    with view:
+        view.trial_changed(none)
+        view.trial_changed(one)
+        view.note("the search stopped early: the deadline is 06:46 and the final stage needs about 42.1 min")
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("| trial 1 stopped after 0 epochs: no result"), lines
+    assert lines[1].endswith("| trial 2 stopped after 1 epoch: val_accuracy 0.8500 (epoch 1)"), lines
+    assert lines[2].endswith(
+        "] the search stopped early: the deadline is 06:46 and the final stage needs about 42.1 min"
+    )
+
+
 def test_on_a_terminal_the_table_shows_the_trials_and_the_driver_log_still_gets_their_lines(tmp_path):
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=200)

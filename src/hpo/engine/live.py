@@ -156,8 +156,9 @@ class LiveView:
             line = f"trial {record.number} failed, retrying: {record.retry_errors[-1]}"
         else:
             value, epoch = record.best(self.metric, self.mode)
-            best = f"{self.metric} {value:.4f} (epoch {epoch})" if value is not None else record.error or ""
-            line = f"trial {record.number} {record.status} after {record.epochs} epochs: {best}"
+            best = f"{self.metric} {value:.4f} (epoch {epoch})" if value is not None else record.error or "no result"
+            epochs = f"{record.epochs} epoch{'s' * (record.epochs != 1)}"
+            line = f"trial {record.number} {record.status} after {epochs}: {best}"
         text = f"[{clock}] {done}/{self.progress.tasks[0].total} done | {line}"
         if self.interactive:
             log_only(self.console, text)

@@ -293,6 +293,8 @@ def run_search(
         with retry_rule(lambda trial: may_retry(trial_error(trial))):
             _fit(tuner, view)
     fit_end = time.time()
+    if book.stop_reason and view is not None:
+        view.note(f"the search stopped early: {book.stop_reason}")
     if own is not None:  # trials the time budget or the deadline ended: Tune told the searcher nothing
         own.close(searchers.DEADLINE if book.stop_reason or deadline_bound else searchers.BUDGET)
     book.close_unfinished()
