@@ -16,22 +16,38 @@ from hpo.engine.records import TrialRecord
 def optuna_plots_html(storage_url: str, study_name: str, path: Path, first_objective: str | None = None) -> Path:
     """Optimisation history, parameter importances and parallel coordinates in one HTML file (plotly.js
     embedded once, so it opens offline); for several objectives, of the first (``first_objective``), and
-    Optuna's Pareto front."""
+    Optuna's Pareto front; for one, every trial's learning curve (pruned and stopped trials too).
+
+    Optuna draws the first three from COMPLETE trials alone: where none ran its budget (ASHA, the time
+    budget or a deadline cut every one), the page says so instead of showing empty plots."""
     import optuna
     import plotly.io as pio
+    from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=study_name, storage=storage_url)
+    multi = len(study.directions) > 1
     figures: list[tuple[str, Callable[[Any], Any]]] = [
         ("Optimisation history", optuna.visualization.plot_optimization_history),
         ("Parameter importances", optuna.visualization.plot_param_importances),
         ("Parallel coordinates", optuna.visualization.plot_parallel_coordinate),
     ]
-    if len(study.directions) > 1:  # several objectives: the plots follow the first, and the front is added
+    if multi:  # several objectives: the plots follow the first, and the front is added
         name = first_objective or "objective 0"
         figures = [(title, _of_first(plot, name)) for title, plot in figures]
         figures.append(("Pareto front", optuna.visualization.plot_pareto_front))
+    complete = bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if not complete:
+        figures = []
+    if not multi:  # Optuna holds each epoch of a single-objective study's trials
+        figures.append(("Learning curves", optuna.visualization.plot_intermediate_values))
     parts = []
+    if not complete:
+        parts.append(
+            "<p><em>No trial ran its full budget (each was pruned, stopped by the time budget or the deadline, "
+            "or failed), and Optuna's optimisation history, parameter importances and parallel coordinates "
+            "are drawn from those that did.</em></p>"
+        )
     for i, (title, plot) in enumerate(figures):
         try:
             with warnings.catch_warnings():  # a small study's importances warn of regimes with few trials
